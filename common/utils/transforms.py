@@ -1,0 +1,438 @@
+"""Geometry and rotation helpers (DATA.md §2.1, §7; MODEL.md §2.4, §5.5, §6.2).
+
+NumPy helpers serve the data side (projection, extrinsics, similarity alignment,
+joint-set transfer, adjacency); torch helpers serve the model (6D -> matrix,
+matrix <-> axis-angle, global <-> relative rotations down the SMPL tree).
+
+The torch rotation conversions re-derive the torchgeometry-0.1.2 formulas written
+out in MODEL.md §5.5 / §6.2, so the forward values match the authors' code; branch
+selection uses ``torch.where`` with safe substitutes in the unused branch so there
+are no NaN gradients (MODEL.md §10.15). Low-precision inputs (float16/bfloat16,
+e.g. under autocast) are converted in float32; float64 stays float64. The tree
+compositions (global <-> relative) are plain matmuls and follow autocast.
+"""
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from main.config import cfg
+
+__all__ = [
+    'cam2pixel', 'pixel2cam', 'world2cam', 'cam2world',
+    'rigid_transform_3D', 'rigid_align', 'rigid_align_batch',
+    'transform_joint_to_other_db', 'denorm_joints',
+    'build_adj', 'normalize_adj', 'rotation_z',
+    'rot6d_to_rotmat', 'rotmat_to_axis_angle', 'axis_angle_to_rotmat',
+    'global_to_relative', 'relative_to_global',
+    'global_to_relative_loop', 'relative_to_global_loop',
+]
+
+
+# --------------------------------------------------------------------------- projection
+
+def cam2pixel(cam_coord, f, c):
+    """Pinhole projection (DATA.md §7.1).
+
+    cam_coord (N,3) camera coordinates (any length unit), f (fx, fy) and c (cx, cy) in
+    pixels. Returns (N,3): (u, v, Z) with u = X/Z*fx + cx, v = Y/Z*fy + cy.
+    """
+    x = cam_coord[:, 0] / cam_coord[:, 2] * f[0] + c[0]
+    y = cam_coord[:, 1] / cam_coord[:, 2] * f[1] + c[1]
+    z = cam_coord[:, 2]
+    return np.stack((x, y, z), axis=1)
+
+
+def pixel2cam(pixel_coord, f, c):
+    """Back-projection, inverse of ``cam2pixel``: (u, v, Z) (N,3) -> (X, Y, Z) (N,3)."""
+    x = (pixel_coord[:, 0] - c[0]) / f[0] * pixel_coord[:, 2]
+    y = (pixel_coord[:, 1] - c[1]) / f[1] * pixel_coord[:, 2]
+    z = pixel_coord[:, 2]
+    return np.stack((x, y, z), axis=1)
+
+
+def world2cam(world_coord, R, t):
+    """World -> camera (DATA.md §7.2): X_c = R X_w + t per row.
+
+    world_coord (N,3), R (3,3), t (3,) in the unit of world_coord; returns (N,3).
+    """
+    return world_coord @ np.asarray(R).T + np.asarray(t).reshape(1, 3)
+
+
+def cam2world(cam_coord, R, t):
+    """Camera -> world, inverse of ``world2cam``: X_w = R^-1 (X_c - t) per row."""
+    return (cam_coord - np.asarray(t).reshape(1, 3)) @ np.linalg.inv(R).T
+
+
+# ----------------------------------------------------------------- similarity alignment
+
+def rigid_transform_3D(A, B):
+    """Similarity (Umeyama) fit of A onto B (DATA.md §7.5).
+
+    A, B (n,3). Returns (c, R, t): scale (float), rotation (3,3) with det +1, translation
+    (3,) such that c R A_i + t ~ B_i in the least-squares sense.
+    """
+    n = A.shape[0]
+    mu_a = A.mean(axis=0)
+    mu_b = B.mean(axis=0)
+    H = (A - mu_a).T @ (B - mu_b) / n
+    U, s, Vt = np.linalg.svd(H)
+    R = Vt.T @ U.T
+    if np.linalg.det(R) < 0:
+        # Reflection: flip the weakest direction so R is a proper rotation.
+        s = s.copy()
+        s[-1] = -s[-1]
+        Vt = Vt.copy()
+        Vt[-1] = -Vt[-1]
+        R = Vt.T @ U.T
+    var_a = np.var(A, axis=0).sum()  # population variance, summed over the axes
+    c = s.sum() / var_a
+    t = mu_b - c * (R @ mu_a)
+    return c, R, t
+
+
+def rigid_align(A, B):
+    """A (n,3) aligned onto B (n,3) by the similarity of ``rigid_transform_3D``; returns (n,3)."""
+    c, R, t = rigid_transform_3D(A, B)
+    return c * (A @ R.T) + t
+
+
+def rigid_align_batch(A, B):
+    """Vectorised ``rigid_align`` for stacks: A, B (b,n,3) -> aligned A (b,n,3)."""
+    A = np.asarray(A)
+    B = np.asarray(B)
+    n = A.shape[1]
+    mu_a = A.mean(axis=1, keepdims=True)
+    mu_b = B.mean(axis=1, keepdims=True)
+    H = np.swapaxes(A - mu_a, 1, 2) @ (B - mu_b) / n
+    U, s, Vt = np.linalg.svd(H)
+    V = np.swapaxes(Vt, 1, 2)
+    Ut = np.swapaxes(U, 1, 2)
+    R = V @ Ut
+    reflect = np.linalg.det(R) < 0
+    # Same reflection fix as the single version, applied only where det R < 0.
+    sign = np.ones((A.shape[0], 3), dtype=s.dtype)
+    sign[reflect, -1] = -1.0
+    s = s * sign
+    V = V * sign[:, None, :]
+    R = V @ Ut
+    var_a = np.var(A, axis=1).sum(axis=1)
+    c = s.sum(axis=1) / var_a
+    t = mu_b[:, 0] - c[:, None] * (R @ mu_a[:, 0, :, None])[..., 0]
+    return c[:, None, None] * (A @ np.swapaxes(R, 1, 2)) + t[:, None, :]
+
+
+# ------------------------------------------------------------------- joint-set helpers
+
+def transform_joint_to_other_db(src_joint, src_name, dst_name):
+    """Transfer rows between joint sets by name (DATA.md §2.1).
+
+    src_joint (J_src, ...) with names ``src_name``; returns float32 (len(dst_name), ...)
+    holding each shared joint's row at its destination index and zeros elsewhere.
+    """
+    src_joint = np.asarray(src_joint)
+    dst_index = {}
+    for i, name in enumerate(dst_name):
+        dst_index.setdefault(name, i)
+    pairs = [(i, dst_index[name]) for i, name in enumerate(src_name) if name in dst_index]
+    new_joint = np.zeros((len(dst_name),) + src_joint.shape[1:], dtype=np.float32)
+    if pairs:
+        src_idx, dst_idx = (list(p) for p in zip(*pairs))
+        new_joint[dst_idx] = src_joint[src_idx]
+    return new_joint
+
+
+def denorm_joints(joints_hm, bb2img_trans, input_img_shape=None, output_hm_shape=None):
+    """Heatmap-space joints -> original-image pixels (DATA.md §7.6); does not modify the input.
+
+    joints_hm (N,C), C >= 2, columns x, y in heatmap units (0..64); bb2img_trans (2,3)
+    crop -> image affine. Columns beyond x, y are copied unchanged. Shapes default to
+    ``cfg.input_img_shape`` (H, W) and ``cfg.output_hm_shape`` (D, H, W).
+    """
+    img_h, img_w = input_img_shape if input_img_shape is not None else cfg.input_img_shape
+    hm_shape = output_hm_shape if output_hm_shape is not None else cfg.output_hm_shape
+    joints = np.array(joints_hm, copy=True)
+    x_crop = joints[:, 0] / hm_shape[2] * img_w
+    y_crop = joints[:, 1] / hm_shape[1] * img_h
+    xy1 = np.stack((x_crop, y_crop, np.ones_like(x_crop)), axis=1)
+    joints[:, :2] = xy1 @ np.asarray(bb2img_trans).T
+    return joints
+
+
+def build_adj(joint_num, skeleton, flip_pairs):
+    """Symmetric 0/1 float64 adjacency (joint_num, joint_num) over bones and flip pairs.
+
+    MODEL.md §2.4 step 1; ``skeleton`` and ``flip_pairs`` are sequences of (i, j).
+    """
+    adj = np.zeros((joint_num, joint_num), dtype=np.float64)
+    for i, j in tuple(skeleton) + tuple(flip_pairs):
+        adj[i, j] = 1.0
+        adj[j, i] = 1.0
+    return adj
+
+
+def normalize_adj(adj):
+    """D^-1/2 (A + I) D^-1/2 (float64) with d the column sums of A + I (MODEL.md §2.4).
+
+    As the original, the smallest positive float64 is added to every entry of diag(d)
+    before the power; it keeps the off-diagonal zeros finite (no inf*0) and leaves the
+    diagonal 1/sqrt(d_j) unchanged.
+    """
+    adj = np.asarray(adj, dtype=np.float64)
+    eye = np.eye(adj.shape[0])
+    adj_hat = adj + eye
+    degree = adj_hat.sum(axis=0)
+    d_inv_sqrt = np.power(np.diag(degree) + np.nextafter(0.0, 1.0), -0.5) * eye
+    return d_inv_sqrt @ adj_hat @ d_inv_sqrt
+
+
+def rotation_z(rot_deg):
+    """Rotation-augmentation matrix R_z(-rot) (DATA.md §7.8), float32 (3,3), rot in degrees."""
+    alpha = np.deg2rad(-rot_deg)
+    cos_a, sin_a = np.cos(alpha), np.sin(alpha)
+    return np.array([[cos_a, -sin_a, 0.0],
+                     [sin_a, cos_a, 0.0],
+                     [0.0, 0.0, 1.0]], dtype=np.float32)
+
+
+# ------------------------------------------------------------------- torch rotations
+
+def _compute_dtype(x):
+    """float32 for float16/bfloat16 (and integer) inputs, otherwise the input's float dtype."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def rot6d_to_rotmat(x):
+    """6D -> rotation matrix (MODEL.md §5.5), interleaved convention.
+
+    x (..., 6) (any leading shape; typically (N,6)). The 6 numbers form a 3x2 matrix row
+    by row, so a1 = (c0, c2, c4), a2 = (c1, c3, c5); Gram-Schmidt with F.normalize
+    (eps 1e-12), b3 = b1 x b2, R = [b1 b2 b3] as columns. Returns (..., 3, 3) in float32
+    for float16/bfloat16 input (the original's normalisations are float32 under AMP),
+    otherwise in the input dtype.
+    """
+    lead = x.shape[:-1]
+    x = x.reshape(-1, 3, 2).to(_compute_dtype(x))
+    a1 = x[:, :, 0]
+    a2 = x[:, :, 1]
+    b1 = F.normalize(a1, dim=-1, eps=1e-12)
+    # Element-wise dot (not einsum) so autocast cannot move it to half precision.
+    dot = (b1 * a2).sum(dim=-1, keepdim=True)
+    b2 = F.normalize(a2 - dot * b1, dim=-1, eps=1e-12)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack((b1, b2, b3), dim=-1).reshape(*lead, 3, 3)
+
+
+def _rotmat_to_quaternion(R):
+    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule (MODEL.md §5.5)."""
+    r00, r01, r02 = R[:, 0, 0], R[:, 0, 1], R[:, 0, 2]
+    r10, r11, r12 = R[:, 1, 0], R[:, 1, 1], R[:, 1, 2]
+    r20, r21, r22 = R[:, 2, 0], R[:, 2, 1], R[:, 2, 2]
+    # Operand order as in the original so the float rounding is the same.
+    t0 = 1 + r00 - r11 - r22
+    t1 = 1 - r00 + r11 - r22
+    t2 = 1 - r00 - r11 + r22
+    t3 = 1 + r00 + r11 + r22
+    q0 = torch.stack((r21 - r12, t0, r10 + r01, r02 + r20), dim=-1)
+    q1 = torch.stack((r02 - r20, r10 + r01, t1, r21 + r12), dim=-1)
+    q2 = torch.stack((r10 - r01, r02 + r20, r21 + r12, t2), dim=-1)
+    q3 = torch.stack((t3, r21 - r12, r02 - r20, r10 - r01), dim=-1)
+
+    d2 = r22 < 1e-6
+    d01 = r00 > r11
+    n01 = r00 < -r11
+    case0 = d2 & d01
+    case1 = d2 & ~d01
+    case2 = ~d2 & n01
+    # Select t before the square root so no unused (possibly negative) t reaches sqrt,
+    # which would put NaN into the backward pass.
+    t = torch.where(case0, t0, torch.where(case1, t1, torch.where(case2, t2, t3)))
+    q = torch.where(case0[:, None], q0,
+                    torch.where(case1[:, None], q1, torch.where(case2[:, None], q2, q3)))
+    return q / torch.sqrt(t)[:, None] * 0.5
+
+
+def _quaternion_to_axis_angle(q):
+    """(N,4) (w,x,y,z) -> (N,3) axis-angle, torchgeometry formula with a NaN-free backward."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    s2 = x * x + y * y + z * z
+    has_axis = s2 > 0
+    # At s2 == 0 the k = theta2 / s branch is unused; a substitute of 1 keeps its
+    # gradient finite (the original gets NaN there, MODEL.md §10.15).
+    s = torch.sqrt(torch.where(has_axis, s2, torch.ones_like(s2)))
+    two_theta = 2 * torch.where(w < 0, torch.atan2(-s, -w), torch.atan2(s, w))
+    k = torch.where(has_axis, two_theta / s, torch.full_like(s2, 2.0))
+    return torch.stack((x, y, z), dim=-1) * k[:, None]
+
+
+def rotmat_to_axis_angle(R):
+    """Rotation matrix -> axis-angle (radians) (MODEL.md §5.5).
+
+    R (..., 3, 3) (a (...,3,4) input is accepted; the 4th column is ignored as in the
+    original). Returns (..., 3); NaN elements (only from non-finite input) become 0.
+    Float32 for float16/bfloat16 input, otherwise the input dtype.
+    """
+    lead = R.shape[:-2]
+    R = R[..., :3, :3].reshape(-1, 3, 3).to(_compute_dtype(R))
+    aa = _quaternion_to_axis_angle(_rotmat_to_quaternion(R))
+    aa = torch.where(torch.isnan(aa), torch.zeros_like(aa), aa)
+    return aa.reshape(*lead, 3)
+
+
+def axis_angle_to_rotmat(aa):
+    """Axis-angle (radians) -> rotation matrix, torchgeometry ``angle_axis_to_rotation_matrix``
+    (MODEL.md §6.2 step 1), top-left 3x3.
+
+    aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6);
+    otherwise the first-order form I + [r]_x. Float32 for float16/bfloat16 input,
+    otherwise the input dtype. Gradients are finite at theta = 0.
+    """
+    lead = aa.shape[:-1]
+    r = aa.reshape(-1, 3).to(_compute_dtype(aa))
+    rx, ry, rz = r[:, 0], r[:, 1], r[:, 2]
+    theta2 = rx * rx + ry * ry + rz * rz
+    use_rodrigues = theta2 > 1e-6
+    # Substitute 1 in the unused branch: sqrt'(0) = inf would make 0 * inf = NaN gradients.
+    theta = torch.sqrt(torch.where(use_rodrigues, theta2, torch.ones_like(theta2)))
+    wx = rx / (theta + 1e-6)
+    wy = ry / (theta + 1e-6)
+    wz = rz / (theta + 1e-6)
+    c = torch.cos(theta)
+    s = torch.sin(theta)
+    omc = 1.0 - c
+    rodrigues = torch.stack((
+        c + wx * wx * omc, wx * wy * omc - wz * s, wy * s + wx * wz * omc,
+        wz * s + wx * wy * omc, c + wy * wy * omc, -wx * s + wy * wz * omc,
+        -wy * s + wx * wz * omc, wx * s + wy * wz * omc, c + wz * wz * omc,
+    ), dim=-1)
+    one = torch.ones_like(rx)
+    first_order = torch.stack((
+        one, -rz, ry,
+        rz, one, -rx,
+        -ry, rx, one,
+    ), dim=-1)
+    R = torch.where(use_rodrigues[:, None], rodrigues, first_order)
+    return R.reshape(*lead, 3, 3)
+
+
+@lru_cache(maxsize=16)
+def _tree_plan(parents):
+    """Schedule for composing rotations down a kinematic tree rooted at joint 0.
+
+    Returns (order, levels, inverse): ``order`` lists the joints by depth (root first);
+    ``levels`` holds, per depth >= 1, (start, end, parent_sel), the depth's joints being
+    order[start:end] and parent_sel selecting their parents inside the previous depth's
+    block, either ('slice', a, b) (a contiguous run, or one shared parent that broadcasts)
+    or ('index', positions); ``inverse`` undoes ``order`` (None when order is 0..J-1).
+    """
+    num = len(parents)
+    depth = [None] * num
+    depth[0] = 0
+
+    def resolve(j, seen):
+        if depth[j] is not None:
+            return depth[j]
+        p = parents[j]
+        if not 0 <= p < num or p == j or j in seen:
+            raise ValueError(f'invalid kinematic tree: joint {j} has parent {p} '
+                             f'(parents={list(parents)})')
+        seen.add(j)
+        depth[j] = resolve(p, seen) + 1
+        return depth[j]
+
+    for j in range(1, num):
+        resolve(j, set())
+    order = [0]
+    levels = []
+    prev = [0]
+    for d in range(1, max(depth) + 1):
+        joints = [j for j in range(num) if depth[j] == d]
+        where_prev = {j: i for i, j in enumerate(prev)}
+        pos = [where_prev[parents[j]] for j in joints]
+        if len(set(pos)) == 1:
+            sel = ('slice', pos[0], pos[0] + 1)
+        elif pos == list(range(pos[0], pos[0] + len(pos))):
+            sel = ('slice', pos[0], pos[0] + len(pos))
+        else:
+            sel = ('index', tuple(pos))
+        levels.append((len(order), len(order) + len(joints), sel))
+        order.extend(joints)
+        prev = joints
+    inverse = None
+    if order != list(range(num)):
+        inverse = [0] * num
+        for position, joint in enumerate(order):
+            inverse[joint] = position
+        inverse = tuple(inverse)
+    return tuple(order), tuple(levels), inverse
+
+
+@lru_cache(maxsize=64)
+def _index(values, device):
+    """Cached int64 index tensor on ``device`` (no host-to-device copy per call)."""
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+def _parents_tuple(parents, num_joints):
+    parents = tuple(int(p) for p in parents)
+    if len(parents) != num_joints:
+        raise ValueError(f'parents has {len(parents)} entries for {num_joints} joints')
+    return parents
+
+
+def global_to_relative(R_global, parents):
+    """Global -> parent-relative rotations (MODEL.md §5.5).
+
+    R_global (..., J, 3, 3), parents: J ints (entry 0, the root, is ignored).
+    R_rel_0 = R_g_0, R_rel_j = R_g_parent(j)^T R_g_j. One batched matmul over all children;
+    under autocast it runs in half precision, as the original's products do (MODEL.md §10.14).
+    """
+    parents = _parents_tuple(parents, R_global.shape[-3])
+    _tree_plan(parents)  # validates the tree
+    parent_rot = R_global.index_select(-3, _index(parents[1:], R_global.device))
+    rel_children = parent_rot.transpose(-1, -2) @ R_global[..., 1:, :, :]
+    return torch.cat((R_global[..., :1, :, :], rel_children), dim=-3)
+
+
+def relative_to_global(R_rel, parents):
+    """Parent-relative -> global rotations: G_0 = R_0, G_j = G_parent(j) R_j.
+
+    R_rel (..., J, 3, 3), parents: J ints (entry 0 ignored). One batched matmul per tree
+    depth (8 for SMPL), each product G_parent @ R_j associated as in the per-joint loop;
+    no in-place writes, so autograd is safe. Under autocast the products run in half
+    precision, as in the original's GT accumulation (MODEL.md §10.14).
+    """
+    parents = _parents_tuple(parents, R_rel.shape[-3])
+    order, levels, inverse = _tree_plan(parents)
+    device = R_rel.device
+    R = R_rel if inverse is None else R_rel.index_select(-3, _index(order, device))
+    blocks = [R[..., :1, :, :]]
+    for start, end, sel in levels:
+        prev = blocks[-1]
+        if sel[0] == 'slice':
+            parent_rot = prev[..., sel[1]:sel[2], :, :]  # a single parent broadcasts
+        else:
+            parent_rot = prev.index_select(-3, _index(sel[1], device))
+        blocks.append(parent_rot @ R[..., start:end, :, :])
+    out = torch.cat(blocks, dim=-3)
+    return out if inverse is None else out.index_select(-3, _index(inverse, device))
+
+
+def global_to_relative_loop(R_global, parents):
+    """Per-joint reference implementation of ``global_to_relative`` (for tests)."""
+    parents = _parents_tuple(parents, R_global.shape[-3])
+    out = [R_global[..., 0, :, :]]
+    for j in range(1, len(parents)):
+        out.append(R_global[..., parents[j], :, :].transpose(-1, -2) @ R_global[..., j, :, :])
+    return torch.stack(out, dim=-3)
+
+
+def relative_to_global_loop(R_rel, parents):
+    """Per-joint reference implementation of ``relative_to_global`` (for tests)."""
+    parents = _parents_tuple(parents, R_rel.shape[-3])
+    order, _, _ = _tree_plan(parents)
+    out = {0: R_rel[..., 0, :, :]}
+    for j in order[1:]:
+        out[j] = out[parents[j]] @ R_rel[..., j, :, :]
+    return torch.stack([out[j] for j in range(len(parents))], dim=-3)
