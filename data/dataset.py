@@ -28,3 +28,59 @@ class SeededDataset(torch.utils.data.Dataset):
             return np.random.default_rng()
         name_key = zlib.crc32(type(self).__name__.encode())
         return np.random.default_rng([int(cfg.seed), name_key, self.epoch, int(index), int(stream)])
+
+
+class MultipleDatasets(SeededDataset):
+    """Mixes datasets (DATA.md §5); members may themselves be ``MultipleDatasets``.
+
+    ``make_same_len=False`` concatenates: length = sum of lengths.  ``make_same_len=True``
+    balances: with ``L`` the longest member's length and ``n`` members the length is ``n * L``;
+    index ``i`` goes to member ``i // L`` at local index ``k = i % L``, cycling through the
+    member (``k % len``) except in its last incomplete cycle, where the local index is a
+    uniform random pick.  That pick comes from ``sample_rng`` (seeded by cfg.seed, epoch and
+    index when cfg.seed is set).
+    """
+
+    def __init__(self, dbs, make_same_len=True):
+        self.dbs = list(dbs)
+        if not self.dbs:
+            raise ValueError('MultipleDatasets needs at least one dataset.')
+        self.db_lengths = [len(db) for db in self.dbs]
+        if make_same_len and min(self.db_lengths) == 0:
+            empty = [type(db).__name__ for db, n in zip(self.dbs, self.db_lengths) if n == 0]
+            raise ValueError(f'MultipleDatasets(make_same_len=True) got empty dataset(s) {empty}: '
+                             'a balanced mix needs samples in every member.')
+        self.make_same_len = bool(make_same_len)
+        self.db_num = len(self.dbs)
+        self.max_db_data_num = max(self.db_lengths)
+        self.db_len_cumsum = np.cumsum(self.db_lengths)
+
+    def __len__(self):
+        if self.make_same_len:
+            return self.max_db_data_num * self.db_num
+        return int(self.db_len_cumsum[-1])
+
+    def set_epoch(self, epoch):
+        """Set the epoch here and in every member (their per-sample seeds follow it)."""
+        super().set_epoch(epoch)
+        for db in self.dbs:
+            if hasattr(db, 'set_epoch'):
+                db.set_epoch(epoch)
+
+    def locate(self, index):
+        """Global ``index`` -> (member index, local index) under the mixing rule of §5."""
+        if not 0 <= index < len(self):
+            raise IndexError(f'index {index} out of range for MultipleDatasets of length {len(self)}')
+        if not self.make_same_len:
+            db_idx = int(np.searchsorted(self.db_len_cumsum, index, side='right'))
+            start = int(self.db_len_cumsum[db_idx - 1]) if db_idx > 0 else 0
+            return db_idx, index - start
+        db_idx, local = divmod(index, self.max_db_data_num)
+        db_len = self.db_lengths[db_idx]
+        if local >= db_len * (self.max_db_data_num // db_len):
+            return db_idx, int(self.sample_rng(index).integers(0, db_len))
+        return db_idx, local % db_len
+
+    def __getitem__(self, index):
+        db_idx, local = self.locate(index)
+        return self.dbs[db_idx][local]

@@ -1,0 +1,345 @@
+"""Human3.6M loader (DATA.md §1.3, §3.4, §3.7.2, §3.7.4, §6.3).
+
+Train: subjects 1, 5, 6, 7, 8, every 5th frame, all cameras; samples follow the shared
+pipeline of ``data/train_pipeline.py`` with the world-frame ("H36M") fit variant.
+Test: subjects 9 and 11, every 64th frame, camera 4, only frames with an SMPL fit;
+evaluated with MPJPE and PA-MPJPE (mm) on the 14 H36M evaluation joints regressed from
+the fit mesh (SGRE's protocol).
+
+Expected layout under ``cfg.data_dir``::
+
+    Human36M/images/<file_name>
+    Human36M/annotations/Human36M_subject{S}_{data,camera,joint_3d,smpl_param}.json
+    Human36M/J_regressor_h36m_correct.npy
+    Human36M/rootnet_output/bbox_root_human36m_output.json   (test, use_gt_info=False only)
+"""
+import contextlib
+import io
+import logging
+import os.path as osp
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from common.utils.preprocessing import get_bbox, process_bbox
+from common.utils.smpl import load_regressor
+from common.utils.transforms import cam2pixel, rigid_align_batch, transform_joint_to_other_db, world2cam
+from data.train_pipeline import (COCO17_JOINTS_NAME, FITTING_ERROR_THRESHOLD_MM, TrainDataset, apply_affine,
+                                 fitting_error, in_bounds_mask, load_crop, read_json, smpl_fit_targets,
+                                 to_heatmap_xy)
+from main.config import cfg
+
+logger = logging.getLogger(__name__)
+
+H36M_JOINTS_NAME = ('Pelvis', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Torso',
+                    'Neck', 'Nose', 'Head_top', 'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Shoulder',
+                    'R_Elbow', 'R_Wrist')
+H36M_FLIP_PAIRS = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))
+H36M_SKELETON = ((0, 7), (7, 8), (8, 9), (9, 10), (8, 11), (11, 12), (12, 13), (8, 14), (14, 15), (15, 16),
+                 (0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6))
+H36M_ROOT_IDX = 0
+H36M_EVAL_JOINTS = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)
+H36M_COCO_SHARED_IDX = (1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16)
+H36M_REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
+
+SPLIT_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
+FRAME_STEP = {'train': 5, 'test': 64}
+TEST_CAMERA = 4
+ANNOTATION_KINDS = ('data', 'camera', 'joint_3d', 'smpl_param')
+
+LAYOUT_HINT = (
+    "<cfg.data_dir>/Human36M/annotations/Human36M_subject{S}_{data,camera,joint_3d,smpl_param}.json for "
+    "every subject of the split (train: 1,5,6,7,8; test: 9,11), images under <cfg.data_dir>/Human36M/images/ "
+    "(DATA.md §1.1, §1.3; see the README's data section)")
+
+
+def annotation_path(subject, kind):
+    """Path of one per-subject annotation file (kind in ``ANNOTATION_KINDS``)."""
+    return osp.join(cfg.data_dir, 'Human36M', 'annotations', f'Human36M_subject{subject}_{kind}.json')
+
+
+def load_h36m_regressor():
+    """The (17, 6890) H36M joint regressor from ``<data_dir>/Human36M`` (float64, read-only)."""
+    path = osp.join(cfg.data_dir, 'Human36M', H36M_REGRESSOR_FILE)
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f"H36M joint regressor not found: {path}\nIt belongs in <cfg.data_dir>/Human36M/ and comes with "
+            "the I2L-MeshNet/3DCrowdNet Human3.6M data release (or tool/make_synthetic_smpl.py for the "
+            "synthetic stand-in).")
+    return load_regressor(path, min_rows=len(H36M_JOINTS_NAME))
+
+
+def merge_subject_data(contents, paths):
+    """Concatenate the top-level lists of the per-subject data files key by key (§1.3).
+
+    The merge starts from the first file with any key; a later file with a key the
+    first lacks, or a non-list value, raises naming the file.
+    """
+    merged = {}
+    for content, path in zip(contents, paths):
+        if not isinstance(content, dict):
+            raise ValueError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
+        for key, value in content.items():
+            if not isinstance(value, list):
+                raise ValueError(f"{path}: top-level '{key}' must be a list (lists of all subjects are merged).")
+        if not merged:
+            merged = {key: list(value) for key, value in content.items()}
+            continue
+        for key, value in content.items():
+            if key not in merged:
+                raise ValueError(f"{path}: top-level key '{key}' is missing from the earlier subject files; "
+                                 "all Human36M_subject*_data.json files must share their keys.")
+            merged[key].extend(value)
+    merged.setdefault('images', [])
+    merged.setdefault('annotations', [])
+    return merged
+
+
+def build_coco_index(dataset, description):
+    """A pycocotools ``COCO`` over an in-memory dataset dict (index messages silenced)."""
+    db = COCO()
+    db.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            db.createIndex()
+        except KeyError as err:
+            raise ValueError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
+    return db
+
+
+def nested_lookup(table, keys, path, what):
+    """``table[k0][k1]...`` for string keys; a missing entry raises naming the file and the keys."""
+    node = table
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"{path}: no {what} entry for [{']['.join(repr(k) for k in keys)}] (DATA.md §1.3).")
+        node = node[key]
+    return node
+
+
+def parse_fit(param, path, keys):
+    """World-frame SMPL fit -> dict of float32 ``pose`` (72,), ``shape`` (10,), ``trans`` (3,) metres."""
+    try:
+        return {name: np.asarray(param[name], dtype=np.float32).reshape(size)
+                for name, size in (('pose', 72), ('shape', 10), ('trans', 3))}
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: malformed SMPL fit at {list(keys)} (needs pose[72], shape[10], trans[3]): "
+                         f"{err}") from err
+
+
+def parse_camera(camera, path, cam_idx):
+    """Camera entry -> dict of float32 ``R`` (3,3), ``t`` (3,) mm, ``focal`` (2,), ``princpt`` (2,)."""
+    try:
+        return {'R': np.asarray(camera['R'], dtype=np.float32).reshape(3, 3),
+                't': np.asarray(camera['t'], dtype=np.float32).reshape(3),
+                'focal': np.asarray(camera['f'], dtype=np.float32).reshape(2),
+                'princpt': np.asarray(camera['c'], dtype=np.float32).reshape(2)}
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: malformed camera {cam_idx!r} (needs R 3x3, t[3], f[2], c[2]): {err}") from err
+
+
+def regress_joints(regressor, meshes):
+    """(B, 6890, 3) meshes -> (B, J, 3) joints with a (J, 6890) regressor (float64)."""
+    return np.einsum('jv,bvc->bjc', np.asarray(regressor, dtype=np.float64), np.asarray(meshes, dtype=np.float64))
+
+
+class Human36M(TrainDataset):
+    """``Human36M(transform, data_split)`` with ``data_split`` in {'train', 'test'}.
+
+    ``self[i]`` -> ``(inputs, targets, meta_info)`` as DATA.md §3.3 (train) or §3.4 (test).
+    Attributes: ``datalist``, ``h36m_regressor`` (17, 6890), ``skipped_bbox_count``
+    (annotations dropped at load time for a degenerate box).
+    """
+
+    joints_name = H36M_JOINTS_NAME
+    flip_pairs = H36M_FLIP_PAIRS
+    skeleton = H36M_SKELETON
+    root_joint_idx = H36M_ROOT_IDX
+    eval_joints = H36M_EVAL_JOINTS
+    is_3d = True
+    fit_variant = 'H36M'
+    synth_joints_name = COCO17_JOINTS_NAME
+    synth_shared_idx = H36M_COCO_SHARED_IDX
+    synth_force_valid = True
+
+    def __init__(self, transform, data_split):
+        if data_split not in SPLIT_SUBJECTS:
+            raise ValueError(f"Human36M: unknown data_split '{data_split}'; expected 'train' or 'test'.")
+        self.img_dir = osp.join(cfg.data_dir, 'Human36M', 'images')
+        self.h36m_regressor = load_h36m_regressor()
+        self.skipped_bbox_count = 0
+        super().__init__(transform, data_split)
+
+    # ------------------------------------------------------------------ loading
+    def load_annotations(self):
+        """Read the four files of every subject once -> (COCO index, {subject: (cameras, joints, fits)})."""
+        subjects = SPLIT_SUBJECTS[self.data_split]
+        data_paths = [annotation_path(s, 'data') for s in subjects]
+        db = build_coco_index(merge_subject_data([read_json(p, LAYOUT_HINT) for p in data_paths], data_paths),
+                              'Human36M ' + ', '.join(data_paths))
+        per_subject = {}
+        for subject in subjects:
+            per_subject[subject] = {kind: read_json(annotation_path(subject, kind), LAYOUT_HINT)
+                                    for kind in ANNOTATION_KINDS[1:]}
+        return db, per_subject
+
+    def load_rootnet(self):
+        """RootNet detections ``{image_id: (bbox (4,), root depth mm)}`` (test with use_gt_info=False)."""
+        path = osp.join(cfg.data_dir, 'Human36M', 'rootnet_output', 'bbox_root_human36m_output.json')
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f"RootNet output not found: {path}\ncfg.use_gt_info=False needs the RootNet Human3.6M result "
+                "(a JSON list of {image_id, bbox, root_cam}) in <cfg.data_dir>/Human36M/rootnet_output/; "
+                "set use_gt_info=True to use the GT boxes instead.")
+        entries = read_json(path, 'a JSON list of {image_id, bbox, root_cam} (DATA.md §1.3)')
+        try:
+            return {int(e['image_id']): (np.asarray(e['bbox'], dtype=np.float32).reshape(4),
+                                         float(e['root_cam'][2])) for e in entries}
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"{path}: malformed RootNet entry ({err}).") from err
+
+    def load_data(self):
+        """The datalist of DATA.md §3.4 (one entry per kept frame and camera)."""
+        db, per_subject = self.load_annotations()
+        use_rootnet = self.data_split == 'test' and not cfg.use_gt_info
+        rootnet = self.load_rootnet() if use_rootnet else None
+        step = FRAME_STEP[self.data_split]
+        datalist = []
+        for ann_id in db.anns:
+            ann = db.anns[ann_id]
+            img = db.imgs[ann['image_id']]
+            try:
+                subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
+                frame, cam_idx = img['frame_idx'], img['cam_idx']
+            except KeyError as err:
+                raise ValueError(f"Human36M image {img.get('id')}: missing field {err} (DATA.md §1.3).") from err
+            if frame % step != 0:
+                continue
+            if subject not in per_subject:
+                raise ValueError(f"Human36M image {img['id']} has subject {subject}, which is not one of the "
+                                 f"'{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
+            tables = per_subject[subject]
+            frame_keys = (str(action), str(subaction), str(frame))
+            fit_path = annotation_path(subject, 'smpl_param')
+            fit = tables['smpl_param'].get(frame_keys[0], {}).get(frame_keys[1], {}).get(frame_keys[2])
+            fit = None if fit is None else parse_fit(fit, fit_path, frame_keys)
+            if self.data_split == 'test' and fit is None:
+                continue
+            cam_path = annotation_path(subject, 'camera')
+            cam_param = parse_camera(nested_lookup(tables['camera'], (str(cam_idx),), cam_path, 'camera'),
+                                     cam_path, cam_idx)
+            if self.data_split == 'test' and cam_idx != TEST_CAMERA:
+                continue
+
+            joint_path = annotation_path(subject, 'joint_3d')
+            joint_world = np.asarray(nested_lookup(tables['joint_3d'], frame_keys, joint_path, 'joint'),
+                                     dtype=np.float32).reshape(len(H36M_JOINTS_NAME), 3)
+            joint_cam = world2cam(joint_world, cam_param['R'], cam_param['t']).astype(np.float32)
+            joint_img = cam2pixel(joint_cam, cam_param['focal'], cam_param['princpt']).astype(np.float32)
+            joint_valid = np.ones((len(H36M_JOINTS_NAME), 1), dtype=np.float32)
+
+            img_shape = (int(img['height']), int(img['width']))
+            tight_bbox = np.asarray(ann['bbox'], dtype=np.float32).reshape(4)
+            if use_rootnet:
+                if img['id'] not in rootnet:
+                    raise KeyError(f"RootNet output has no entry for Human36M image id {img['id']}.")
+                bbox, root_depth = rootnet[img['id']]
+            else:
+                bbox = process_bbox(tight_bbox, img_shape[1], img_shape[0])
+                if bbox is None:
+                    self.skipped_bbox_count += 1
+                    continue
+                root_depth = float(joint_cam[H36M_ROOT_IDX, 2])
+            datalist.append({
+                'img_path': osp.join(self.img_dir, img['file_name']),
+                'img_id': img['id'],
+                'img_shape': img_shape,
+                'bbox': np.asarray(bbox, dtype=np.float32),
+                'tight_bbox': tight_bbox,
+                'joint_img': joint_img,
+                'joint_cam': joint_cam,
+                'joint_valid': joint_valid,
+                'smpl_param': fit,
+                'root_joint_depth': root_depth,
+                'cam_param': cam_param,
+                'num_overlap': 0,
+                'near_joints': np.zeros((1, len(COCO17_JOINTS_NAME), 3), dtype=np.float32),
+            })
+        if self.skipped_bbox_count:
+            logger.warning('Human36M %s: skipped %d annotations with a degenerate bbox.', self.data_split,
+                           self.skipped_bbox_count)
+        return datalist
+
+    # ----------------------------------------------------------------- samples
+    def fit_is_valid(self, data, fit, gt, do_flip):
+        """Fitting error (mm, §3.7.4) of the camera-frame fit against the GT joints <= 25 mm."""
+        error = fitting_error(gt['joint_cam_mm'], fit['mesh_cam'], self.h36m_regressor)
+        return error <= FITTING_ERROR_THRESHOLD_MM
+
+    def get_test_sample(self, idx, data):
+        """SGRE's test sample (§3.4): GT 2D joints as input, crop around them, fit mesh (mm) as target."""
+        img_height, img_width = data['img_shape']
+        joint_img = data['joint_img']
+        bbox = get_bbox(joint_img[:, :2], data['joint_valid'].reshape(-1))
+        bbox = process_bbox(bbox, img_width, img_height, is_3dpw_test=True)
+        img, img2bb, bb2img, _, _ = load_crop(data['img_path'], bbox, self.data_split, self.sample_rng(idx),
+                                              self.transform)
+
+        joints = joint_img.copy()
+        joints[:, :2] = apply_affine(joint_img[:, :2], img2bb)
+        joints = to_heatmap_xy(joints)
+        joints_mask = data['joint_valid'] * in_bounds_mask(joints, check_depth=False)
+        smpl_names = self.smpl.joints_name
+        fit = smpl_fit_targets(data['smpl_param'], data['cam_param'], 'H36M', False, img_width, img2bb,
+                               smpl=self.smpl)
+        inputs = {'img': img,
+                  'joints': transform_joint_to_other_db(joints, H36M_JOINTS_NAME, smpl_names),
+                  'joints_mask': transform_joint_to_other_db(joints_mask, H36M_JOINTS_NAME, smpl_names)}
+        targets = {'smpl_mesh_cam': fit['mesh_cam'].astype(np.float32)}
+        meta_info = {'bb2img_trans': np.asarray(bb2img, dtype=np.float32)}
+        return inputs, targets, meta_info
+
+    # -------------------------------------------------------------- evaluation
+    def evaluate(self, outs, cur_sample_idx):
+        """Per-sample MPJPE / PA-MPJPE (mm) of a batch of test outputs (DATA.md §6.3), vectorised.
+
+        ``outs``: list of per-sample dicts with ``smpl_mesh_cam`` (6890, 3) predicted mesh,
+        metres, and ``smpl_mesh_cam_target`` (6890, 3) the GT fit mesh, mm.  Sample n pairs
+        with ``datalist[cur_sample_idx + n]``.  Returns ``{'mpjpe': [..], 'pa_mpjpe': [..]}``.
+        """
+        if not outs:
+            return {'mpjpe': [], 'pa_mpjpe': []}
+        if cur_sample_idx + len(outs) > len(self.datalist):
+            raise IndexError(f"Human36M.evaluate: samples {cur_sample_idx}..{cur_sample_idx + len(outs) - 1} "
+                             f"exceed the test set of {len(self.datalist)}.")
+        target = np.stack([out['smpl_mesh_cam_target'] for out in outs])
+        pred = np.stack([out['smpl_mesh_cam'] for out in outs]) * 1000
+        gt_joints = regress_joints(self.h36m_regressor, target)
+        pred_joints = regress_joints(self.h36m_regressor, pred)
+        if 'smpl_mesh_cam_flip' in outs[0]:
+            # The original averages with the flipped prediction without un-flipping it (dead code in SGRE).
+            flip = np.stack([out['smpl_mesh_cam_flip'] for out in outs]) * 1000
+            pred_joints = (pred_joints + regress_joints(self.h36m_regressor, flip)) / 2
+        gt_joints = gt_joints - gt_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1]
+        pred_joints = pred_joints - pred_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1]
+        eval_idx = list(self.eval_joints)
+        gt_joints, pred_joints = gt_joints[:, eval_idx], pred_joints[:, eval_idx]
+        mpjpe = np.sqrt(((pred_joints - gt_joints) ** 2).sum(-1)).mean(-1)
+        aligned = rigid_align_batch(pred_joints, gt_joints)
+        pa_mpjpe = np.sqrt(((aligned - gt_joints) ** 2).sum(-1)).mean(-1)
+        return {'mpjpe': [float(v) for v in mpjpe], 'pa_mpjpe': [float(v) for v in pa_mpjpe]}
+
+    def summarize(self, eval_result):
+        """``{'mpjpe': mean mm, 'pa_mpjpe': mean mm, 'num_samples': n}`` of concatenated evaluate() lists."""
+        count = len(eval_result.get('mpjpe', []))
+        if count == 0:
+            return {'mpjpe': float('nan'), 'pa_mpjpe': float('nan'), 'num_samples': 0}
+        return {'mpjpe': float(np.mean(eval_result['mpjpe'])),
+                'pa_mpjpe': float(np.mean(eval_result['pa_mpjpe'])),
+                'num_samples': count}
+
+    def print_eval_result(self, eval_result):
+        """Print the means as the original does."""
+        summary = self.summarize(eval_result)
+        print('MPJPE: %.2f mm' % summary['mpjpe'])
+        print('PA MPJPE: %.2f mm' % summary['pa_mpjpe'])

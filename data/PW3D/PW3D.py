@@ -1,0 +1,395 @@
+"""3DPW test set and the 3DPW-Crowd validation subset (DATA.md §1.7, §3.8, §6.2).
+
+``PW3D(transform, data_split)`` ignores ``data_split``: it reads the ``test`` split, or with
+``cfg.crowd`` the ``validation`` split restricted to ``courtyard_hug_00`` and
+``courtyard_dancing_00`` with HigherHRNet inputs (OpenPose where an annotation has no
+HigherHRNet entry).  Each sample is one annotated person:
+
+* ``inputs``: ``img`` (3,256,256) float32 RGB in [0,1], ``joints`` (30,3) float32
+  ``[x_hm, y_hm, score]``, ``joints_mask`` (30,1) float32;
+* ``targets``: ``smpl_mesh_cam`` (6890,3) float32, GT mesh of the gendered layer, camera
+  frame, metres;
+* ``meta_info``: ``bb2img_trans``/``img2bb_trans`` (2,3) float32, ``bbox``/``tight_bbox``
+  (4,) float32, ``aid`` int.
+
+Evaluation (§6.2): ``evaluate`` -> per-sample MPJPE / PA-MPJPE on the 14 H36M evaluation
+joints and MPVPE on pelvis-centred meshes (mm); ``summarize`` -> means and per-sequence means;
+``print_eval_result`` prints the original's three lines.
+"""
+import os.path as osp
+import warnings
+
+import numpy as np
+import torch
+
+from common.utils.preprocessing import augmentation, get_bbox, load_img, process_bbox
+from common.utils.smpl import get_smpl, load_regressor
+from common.utils.transforms import rigid_align_batch, transform_joint_to_other_db
+from data.dataset import SeededDataset
+from data.train_pipeline import read_coco, read_json
+from main.config import cfg
+
+OPENPOSE18_JOINTS_NAME = (
+    'Nose', 'Neck', 'R_Shoulder', 'R_Elbow', 'R_Wrist', 'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Hip', 'R_Knee',
+    'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'R_Eye', 'L_Eye', 'R_Ear', 'L_Ear')
+OPENPOSE19_JOINTS_NAME = OPENPOSE18_JOINTS_NAME + ('Pelvis',)
+COCO17_JOINTS_NAME = (
+    'Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear', 'L_Shoulder', 'R_Shoulder', 'L_Elbow', 'R_Elbow',
+    'L_Wrist', 'R_Wrist', 'L_Hip', 'R_Hip', 'L_Knee', 'R_Knee', 'L_Ankle', 'R_Ankle')
+COCO19_JOINTS_NAME = COCO17_JOINTS_NAME + ('Pelvis', 'Neck')
+
+H36M_JOINTS_NAME = (
+    'Pelvis', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Torso', 'Neck', 'Nose', 'Head_top',
+    'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Shoulder', 'R_Elbow', 'R_Wrist')
+H36M_ROOT_IDX = 0
+H36M_EVAL_JOINTS = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)  # drops Pelvis, Torso, Nose
+
+CROWD_SEQUENCES = ('courtyard_hug_00', 'courtyard_dancing_00')
+POSE_SCORE_THR = 0.05
+MIN_INPUT_BOX_SIZE = 1.0  # pixels; a smaller processed box means the confident joints coincide
+METRIC_KEYS = ('mpjpe', 'pa_mpjpe', 'mpvpe')
+
+LAYOUT_HINT = (
+    "cfg.data_dir/PW3D/data/3DPW_latest_test.json (default), 3DPW_latest_validation.json and "
+    "3DPW_validation_crowd_hhrnet_result.json (cfg.crowd=True), images under "
+    "cfg.data_dir/PW3D/data/imageFiles/<sequence>/<file_name>; RootNet boxes (use_gt_info=False) in "
+    "cfg.data_dir/PW3D/rootnet_output/bbox_root_pw3d_output.json. The converted annotations come from the "
+    "3DCrowdNet/Pose2Mesh data release; `python tool/make_synthetic_data.py --root DIR --smpl DIR` writes a "
+    "synthetic stand-in.")
+
+
+def add_midpoint_joint(joints, names, first, second):
+    """Append the midpoint of joints ``first`` and ``second`` (DATA.md §2.10).
+
+    joints (J,3) ``[x, y, score]``; the new row's score is the product of the two scores.
+    Returns (J+1, 3) in the input dtype.
+    """
+    a, b = joints[names.index(first)], joints[names.index(second)]
+    row = np.array([(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] * b[2]], dtype=joints.dtype)
+    return np.concatenate([joints, row[None]], axis=0)
+
+
+def load_h36m_regressor():
+    """``Human36M/J_regressor_h36m_correct.npy`` (17, 6890) float64, with a clear error if missing."""
+    path = osp.join(cfg.data_dir, 'Human36M', 'J_regressor_h36m_correct.npy')
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f"H36M joint regressor not found: {path}\nThe 3DPW evaluation needs it (MPJPE joints). It comes "
+            "with the Human3.6M annotations of the I2L-MeshNet/3DCrowdNet data release; place it at "
+            "cfg.data_dir/Human36M/J_regressor_h36m_correct.npy (the synthetic tree has it).")
+    return load_regressor(path)
+
+
+def _float_array(value, shape, what, path, ann_id):
+    try:
+        return np.asarray(value, dtype=np.float64).reshape(shape)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: annotation id {ann_id}: '{what}' must have {int(np.prod(shape))} numbers "
+                         f"{shape} ({err}).") from err
+
+
+class PW3D(SeededDataset):
+    """3DPW test set (``cfg.crowd``: 3DPW-Crowd). ``PW3D(transform, data_split)``; see module doc."""
+
+    def __init__(self, transform, data_split):
+        self.transform = transform
+        self.data_split = 'validation' if cfg.crowd else 'test'  # the argument is ignored (§3.8)
+        self.data_path = osp.join(cfg.data_dir, 'PW3D', 'data')
+        self.img_dir = osp.join(self.data_path, 'imageFiles')
+        self.smpl = get_smpl()
+        self.h36m_regressor = load_h36m_regressor()
+        self.pose_fallback_aids = []
+        self.skipped_boxes = 0
+        self.datalist = self.load_data()
+        self._report_load_issues()
+
+    # ------------------------------------------------------------------------ loading
+    def annotation_path(self):
+        return osp.join(self.data_path, f'3DPW_latest_{self.data_split}.json')
+
+    def crowd_pose_path(self):
+        return osp.join(self.data_path, '3DPW_validation_crowd_hhrnet_result.json')
+
+    def rootnet_path(self):
+        return osp.join(cfg.data_dir, 'PW3D', 'rootnet_output', 'bbox_root_pw3d_output.json')
+
+    def uses_rootnet(self):
+        return not cfg.use_gt_info and self.data_split == 'test'
+
+    def load_data(self):
+        """The datalist: one dict per kept annotation, in file order."""
+        ann_path = self.annotation_path()
+        db = read_coco(ann_path, LAYOUT_HINT)
+        hhrnet = read_json(self.crowd_pose_path(), LAYOUT_HINT) if cfg.crowd else None
+        rootnet = self._load_rootnet() if self.uses_rootnet() else None
+
+        datalist = []
+        for aid, ann in db.anns.items():
+            img = db.imgs[ann['image_id']]
+            sequence = img['sequence']
+            if cfg.crowd and not any(name in sequence for name in CROWD_SEQUENCES):
+                continue
+            width, height = int(img['width']), int(img['height'])
+            ann_bbox = _float_array(ann['bbox'], (4,), 'bbox', ann_path, aid)
+            tight_bbox = ann_bbox.astype(np.float32)
+            root_joint_depth = None
+            if rootnet is None:
+                bbox = process_bbox(ann_bbox, width, height)
+                if bbox is None:
+                    self.skipped_boxes += 1
+                    continue
+            else:
+                entry = self._rootnet_entry(rootnet, aid)
+                bbox = _float_array(entry.get('bbox'), (4,), 'bbox', self.rootnet_path(), aid)
+                root_joint_depth = float(_float_array(entry.get('root_cam'), (3,), 'root_cam',
+                                                      self.rootnet_path(), aid)[2])
+
+            openpose = _float_array(ann.get('openpose_result'), (18, 3), 'openpose_result', ann_path, aid)
+            openpose = add_midpoint_joint(openpose, OPENPOSE18_JOINTS_NAME, 'L_Hip', 'R_Hip')
+            if cfg.crowd:
+                pose, pose_names = self._crowd_pose(hhrnet, aid, openpose), COCO19_JOINTS_NAME
+            else:
+                pose, pose_names = openpose, OPENPOSE19_JOINTS_NAME
+            input_joints = transform_joint_to_other_db(pose, pose_names, self.smpl.joints_name)
+            input_bbox = self._input_bbox(input_joints, width, height)
+            if input_bbox is None:
+                self.pose_fallback_aids.append(aid)
+                input_bbox = np.array(bbox, dtype=np.float32)
+
+            smpl_param = dict(ann['smpl_param'])
+            if smpl_param.get('gender') not in ('male', 'female', 'neutral'):
+                raise ValueError(f"{ann_path}: annotation id {aid}: smpl_param.gender must be 'male', 'female' "
+                                 f"or 'neutral', got {smpl_param.get('gender')!r}.")
+            datalist.append({
+                'ann_id': aid,
+                'img_id': ann['image_id'],
+                'img_path': osp.join(self.img_dir, sequence, img['file_name']),
+                'sequence': sequence,
+                'img_shape': (height, width),
+                'cam_param': {k: np.array(v, dtype=np.float32) for k, v in img['cam_param'].items()},
+                'smpl_param': {
+                    'pose': _float_array(smpl_param.get('pose'), (72,), 'smpl_param.pose', ann_path, aid),
+                    'shape': _float_array(smpl_param.get('shape'), (10,), 'smpl_param.shape', ann_path, aid),
+                    'trans': _float_array(smpl_param.get('trans'), (3,), 'smpl_param.trans', ann_path, aid),
+                    'gender': smpl_param['gender']},
+                'tight_bbox': tight_bbox,
+                'bbox': np.array(bbox, dtype=np.float32),
+                'root_joint_depth': root_joint_depth,  # RootNet mode only (mm); unused, as in the original
+                'input_joints': input_joints,
+                'input_bbox': input_bbox,
+            })
+        return datalist
+
+    def _load_rootnet(self):
+        path = self.rootnet_path()
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f"RootNet output not found: {path}\ncfg.use_gt_info=False takes the test boxes and root depths from "
+                "RootNet (3DMPPE_ROOTNET_RELEASE output for 3DPW: a JSON list of {ann_id, bbox, root_cam}). "
+                "Place it there or set use_gt_info: True.")
+        entries = read_json(path, LAYOUT_HINT)
+        try:
+            return {str(entry['ann_id']): entry for entry in entries}
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path}: expected a list of {{ann_id, bbox, root_cam}} objects ({err}).") from err
+
+    def _rootnet_entry(self, rootnet, aid):
+        try:
+            return rootnet[str(aid)]
+        except KeyError:
+            raise KeyError(f"{self.rootnet_path()} has no entry for annotation id {aid}.") from None
+
+    def _crowd_pose(self, hhrnet, aid, openpose):
+        """COCO-19 input pose: HigherHRNet with pelvis and neck, or the OpenPose pose if absent."""
+        entry = hhrnet.get(str(aid))
+        if entry is None:
+            return transform_joint_to_other_db(openpose, OPENPOSE19_JOINTS_NAME, COCO19_JOINTS_NAME)
+        joints = _float_array(entry.get('coco_joints'), (17, 3), 'coco_joints', self.crowd_pose_path(), aid)
+        joints = add_midpoint_joint(joints, COCO17_JOINTS_NAME, 'L_Hip', 'R_Hip')
+        return add_midpoint_joint(joints, COCO17_JOINTS_NAME + ('Pelvis',), 'L_Shoulder', 'R_Shoulder')
+
+    @staticmethod
+    def _input_bbox(input_joints, width, height):
+        """Processed crop box around the confident input joints, or None if there is no usable box.
+
+        None when no joint scores above ``POSE_SCORE_THR`` (the original crashes) or the box is
+        below a pixel because the confident joints coincide (the original's affine degenerates).
+        """
+        valid = input_joints[:, 2] > POSE_SCORE_THR
+        if not valid.any():
+            return None
+        bbox = get_bbox(input_joints, valid.astype(np.float32))
+        bbox = process_bbox(bbox, width, height, is_3dpw_test=True)
+        if bbox is None or bbox[2] < MIN_INPUT_BOX_SIZE or bbox[3] < MIN_INPUT_BOX_SIZE:
+            return None
+        return bbox
+
+    def _report_load_issues(self):
+        if self.pose_fallback_aids:
+            warnings.warn(
+                f"PW3D ({self.data_split}): {len(self.pose_fallback_aids)} of {len(self.datalist)} persons have no "
+                f"usable 2D input pose (no joint scores above {POSE_SCORE_THR}, or all confident joints coincide); "
+                f"their crops use the annotation's processed box instead (annotation ids "
+                f"{self.pose_fallback_aids[:10]}{' ...' if len(self.pose_fallback_aids) > 10 else ''}).",
+                stacklevel=3)
+        if self.skipped_boxes:
+            warnings.warn(f"PW3D ({self.data_split}): skipped {self.skipped_boxes} annotations whose tight bbox has "
+                          "no area after clipping to the image.", stacklevel=3)
+
+    # ------------------------------------------------------------------------- samples
+    def __len__(self):
+        return len(self.datalist)
+
+    def gt_mesh(self, data):
+        """(6890,3) float32 GT mesh of the gendered layer (camera frame, metres)."""
+        param = data['smpl_param']
+        with torch.no_grad():
+            verts, _ = self.smpl.layer[param['gender']](
+                torch.from_numpy(param['pose'].astype(np.float32))[None],
+                torch.from_numpy(param['shape'].astype(np.float32))[None],
+                torch.from_numpy(param['trans'].astype(np.float32))[None])
+        return verts[0].numpy().astype(np.float32)
+
+    def __getitem__(self, idx):
+        data = self.datalist[idx]
+        height, width = data['img_shape']
+        mesh_cam = self.gt_mesh(data)
+
+        joints = data['input_joints'].copy()
+        joint_valid = (joints[:, 2:] > POSE_SCORE_THR).astype(np.float32)
+
+        img = load_img(data['img_path'])
+        img, img2bb_trans, bb2img_trans, _, _ = augmentation(img, data['input_bbox'], self.data_split)
+        img = self._to_tensor(img)
+
+        xy1 = np.concatenate([joints[:, :2], np.ones_like(joints[:, :1])], axis=1)
+        joints[:, :2] = np.dot(img2bb_trans, xy1.T).T
+        joints[:, 0] = joints[:, 0] / cfg.input_img_shape[1] * cfg.output_hm_shape[2]
+        joints[:, 1] = joints[:, 1] / cfg.input_img_shape[0] * cfg.output_hm_shape[1]
+        inside = ((joints[:, 0] >= 0) & (joints[:, 0] < cfg.output_hm_shape[2])
+                  & (joints[:, 1] >= 0) & (joints[:, 1] < cfg.output_hm_shape[1]))
+        joints_mask = joint_valid * inside.astype(np.float32)[:, None]
+
+        inputs = {'img': img, 'joints': joints.astype(np.float32), 'joints_mask': joints_mask}
+        targets = {'smpl_mesh_cam': mesh_cam}
+        meta_info = {'bb2img_trans': bb2img_trans.astype(np.float32), 'img2bb_trans': img2bb_trans.astype(np.float32),
+                     'bbox': np.array(data['input_bbox'], dtype=np.float32), 'tight_bbox': data['tight_bbox'].copy(),
+                     'aid': int(data['ann_id'])}
+        return inputs, targets, meta_info
+
+    def _to_tensor(self, patch):
+        """(H,W,3) float32 0..255 -> (3,H,W) float32 tensor in [0,1]."""
+        patch = patch.astype(np.float32)
+        if self.transform is None:
+            return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))) / 255.
+        return self.transform(patch) / 255.
+
+    # ----------------------------------------------------------------------- evaluation
+    def evaluate(self, outs, cur_sample_idx):
+        """Per-sample metrics (mm) of one batch of test outputs (DATA.md §6.2).
+
+        outs: a list of per-sample dicts (the original's format) or one dict of batched
+        arrays/tensors, each with ``smpl_mesh_cam`` (6890,3) predicted pelvis-relative mesh and
+        ``smpl_mesh_cam_target`` (6890,3) GT mesh, metres; sample n belongs to
+        ``datalist[cur_sample_idx + n]``.  Returns ``{'mpjpe', 'pa_mpjpe', 'mpvpe': [float],
+        'aid': [int], 'sequence': [str]}``.
+        """
+        pred_mesh, gt_mesh = _stack_key(outs, 'smpl_mesh_cam'), _stack_key(outs, 'smpl_mesh_cam_target')
+        annots = self.datalist[cur_sample_idx:cur_sample_idx + len(pred_mesh)]
+        if len(annots) != len(pred_mesh):
+            raise IndexError(f"evaluate got {len(pred_mesh)} outputs from sample {cur_sample_idx}, but the dataset "
+                             f"has {len(self.datalist)} samples.")
+        metrics = mesh_metrics(pred_mesh, gt_mesh, self.h36m_regressor, self.smpl.joint_regressor[0])
+        result = {key: metrics[key].tolist() for key in METRIC_KEYS}
+        result['aid'] = [int(a['ann_id']) for a in annots]
+        result['sequence'] = [a['sequence'] for a in annots]
+        if cfg.vis or cfg.render:
+            for n, annot in enumerate(annots):
+                self.visualize_sample(_sample(outs, n), annot)
+        return result
+
+    def visualize_sample(self, out, annot):
+        """Hook for the ``cfg.vis`` / ``cfg.render`` outputs of DATA.md §6.4 (one sample).
+
+        Not part of the data issue: the demo issue implements it (images with the PositionNet
+        and projected joints, OBJ meshes, the rendered overlay, written into ``cfg.vis_dir``).
+        Until then it warns once and does nothing.
+        """
+        if not getattr(self, '_vis_warned', False):
+            warnings.warn("cfg.vis / cfg.render: the visual outputs of DATA.md §6.4 are not implemented yet "
+                          "(demo issue); evaluation continues without them.", stacklevel=2)
+            self._vis_warned = True
+
+    @staticmethod
+    def summarize(eval_result):
+        """Means over samples (mm) and per-sequence means.
+
+        eval_result: ``evaluate``'s lists concatenated over all batches.  Returns
+        ``{'mpjpe', 'pa_mpjpe', 'mpvpe': float, 'num_samples': int,
+        'per_sequence': {sequence: {'mpjpe', 'pa_mpjpe', 'mpvpe', 'num_samples'}}}``.
+        """
+        summary = {key: float(np.mean(eval_result[key])) for key in METRIC_KEYS}
+        summary['num_samples'] = len(eval_result['mpjpe'])
+        per_sequence = {}
+        sequences = np.asarray(eval_result.get('sequence', []))
+        for name in sorted(set(sequences.tolist())):
+            pick = sequences == name
+            entry = {key: float(np.mean(np.asarray(eval_result[key])[pick])) for key in METRIC_KEYS}
+            entry['num_samples'] = int(pick.sum())
+            per_sequence[name] = entry
+        summary['per_sequence'] = per_sequence
+        return summary
+
+    @staticmethod
+    def print_eval_result(eval_result):
+        """Print the original's three lines (means over samples, mm)."""
+        print('MPJPE from mesh: %.2f mm' % np.mean(eval_result['mpjpe']))
+        print('PA MPJPE from mesh: %.2f mm' % np.mean(eval_result['pa_mpjpe']))
+        print('MPVPE from mesh: %.2f mm' % np.mean(eval_result['mpvpe']))
+
+
+def mesh_metrics(pred_mesh, gt_mesh, h36m_regressor, pelvis_row):
+    """MPJPE, PA-MPJPE (14 H36M joints) and MPVPE in mm for a batch (DATA.md §6.2).
+
+    pred_mesh, gt_mesh: (B,6890,3) metres; h36m_regressor (17,6890); pelvis_row (6890,) the
+    SMPL-30 pelvis row of the neutral regressor.  Returns a dict of (B,) float64 arrays.
+    """
+    pred_mesh = np.asarray(pred_mesh, dtype=np.float64)
+    gt_mesh = np.asarray(gt_mesh, dtype=np.float64)
+    regressor = np.asarray(h36m_regressor, dtype=np.float64)
+    pelvis_row = np.asarray(pelvis_row, dtype=np.float64)
+    eval_idx = list(H36M_EVAL_JOINTS)
+
+    gt_joints = np.einsum('jv,bvc->bjc', regressor, gt_mesh)
+    gt_joints = (gt_joints - gt_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1])[:, eval_idx]
+    pred_joints = np.einsum('jv,bvc->bjc', regressor, pred_mesh)
+    pred_joints = (pred_joints - pred_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1])[:, eval_idx]
+
+    mpjpe = np.linalg.norm(pred_joints - gt_joints, axis=2).mean(1) * 1000
+    aligned = rigid_align_batch(pred_joints, gt_joints)
+    pa_mpjpe = np.linalg.norm(aligned - gt_joints, axis=2).mean(1) * 1000
+
+    gt_centred = gt_mesh - np.einsum('v,bvc->bc', pelvis_row, gt_mesh)[:, None]
+    pred_centred = pred_mesh - np.einsum('v,bvc->bc', pelvis_row, pred_mesh)[:, None]
+    mpvpe = np.linalg.norm(gt_centred - pred_centred, axis=2).mean(1) * 1000
+    return {'mpjpe': mpjpe, 'pa_mpjpe': pa_mpjpe, 'mpvpe': mpvpe}
+
+
+def _to_numpy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _stack_key(outs, key):
+    """(B, ...) array of ``key`` from a list of per-sample dicts or a dict of batched values."""
+    if isinstance(outs, dict):
+        return _to_numpy(outs[key])
+    return np.stack([_to_numpy(out[key]) for out in outs])
+
+
+def _sample(outs, n):
+    """Sample ``n`` of ``outs`` as a dict of NumPy arrays."""
+    if isinstance(outs, dict):
+        return {k: _to_numpy(v)[n] for k, v in outs.items()}
+    return {k: _to_numpy(v) for k, v in outs[n].items()}
