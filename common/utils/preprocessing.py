@@ -1,0 +1,294 @@
+"""Image loading, bounding boxes, augmentation parameters and the affine crop (DATA.md §4).
+
+Conventions: boxes are ``[x, y, w, h]`` (top-left corner, width, height) in pixels;
+image coordinates ``(u, v)`` have pixel ``(u, v)``'s centre at integer coordinates;
+horizontal mirroring maps ``u -> W - 1 - u``.  Every random draw takes an explicit
+``rng: np.random.Generator``.
+"""
+import math
+import os.path as osp
+
+import cv2
+import numpy as np
+
+from main.config import cfg
+
+BBOX_JOINT_EXTEND = 1.2      # get_bbox: enlargement of the joints' extent
+BBOX_CONTEXT_SCALE = 1.25    # process_bbox: enlargement after the aspect extension
+ROT_PROBABILITY = 0.6        # probability of drawing a rotation (identity in SGRE)
+FLIP_PROBABILITY = 0.5
+
+
+# ----------------------------------------------------------------------------- images
+def load_img(path, order='RGB'):
+    """Read an image as a float32 array ``(H, W, 3)`` with values 0..255 (DATA.md §4.1).
+
+    OpenCV colour read, EXIF orientation ignored (as the original); greyscale files come
+    out as 3 identical channels.  ``order`` is 'RGB' (default) or 'BGR'.
+    Raises ``FileNotFoundError`` for a missing file and ``IOError`` for an unreadable or
+    corrupt one, naming the path (never a silent black image).
+    """
+    path = str(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path}")
+    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None or img.size == 0:
+        raise IOError(f"Cannot read image (unsupported or corrupt file): {path}")
+    if _is_truncated_jpeg(path):
+        raise IOError(f"Truncated JPEG file (no end-of-image marker): {path}")
+    if order not in ('RGB', 'BGR'):
+        raise ValueError(f"load_img: order must be 'RGB' or 'BGR', got {order!r}")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if order == 'RGB':
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img.astype(np.float32)
+
+
+def _is_truncated_jpeg(path, tail_bytes=1024):
+    """True for a JPEG without an end-of-image marker near its end.
+
+    OpenCV decodes a truncated JPEG silently (grey lower part).  0xFFD9 cannot occur
+    inside entropy-coded data (0xFF is byte-stuffed there), so its absence from the
+    last bytes means the file was cut.
+    """
+    with open(path, 'rb') as f:
+        if f.read(2) != b'\xff\xd8':
+            return False
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - tail_bytes))
+        return b'\xff\xd9' not in f.read()
+
+
+# ------------------------------------------------------------------------------ boxes
+def get_bbox(joint_img, joint_valid, extend_ratio=BBOX_JOINT_EXTEND):
+    """Box around the valid joints, enlarged about its centre (DATA.md §4.2).
+
+    joint_img (J, >=2) pixels; joint_valid (J,) or (J, 1), joints with ``valid == 1``
+    count.  Returns float32 ``[x, y, w, h]``; width and height are the joints' extent
+    times ``extend_ratio`` (may be 0 when all valid joints coincide).
+    Raises ``ValueError`` when no joint is valid.
+    """
+    joint_img = np.asarray(joint_img)
+    valid = np.asarray(joint_valid).reshape(-1) == 1
+    if not valid.any():
+        raise ValueError("get_bbox: no valid joint to build a box from")
+    x, y = joint_img[valid, 0], joint_img[valid, 1]
+    # Sums and extents in the input's precision, the rest in float64 (the original's
+    # NumPy-1 scalar promotion).
+    x_center, width = float(x.min() + x.max()) / 2, float(x.max() - x.min())
+    y_center, height = float(y.min() + y.max()) / 2, float(y.max() - y.min())
+    xmin, xmax = x_center - 0.5 * width * extend_ratio, x_center + 0.5 * width * extend_ratio
+    ymin, ymax = y_center - 0.5 * height * extend_ratio, y_center + 0.5 * height * extend_ratio
+    return np.array([xmin, ymin, xmax - xmin, ymax - ymin], dtype=np.float32)
+
+
+def sanitize_bbox(bbox, img_width, img_height, is_3dpw_test=False):
+    """Step 1-2 of ``process_bbox``: clamp into the image; None for an unusable box.
+
+    Keeps the original's quirk (§9.4): the right/bottom edge starts from the clamped
+    left/top corner, so a box sticking out on the left/top is shifted, not cut.
+    ``is_3dpw_test=True`` accepts any box (never None).  Returns float32 (4,) or None.
+    """
+    x, y, w, h = (float(v) for v in np.asarray(bbox).reshape(4))
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(img_width - 1.0, x1 + max(0.0, w - 1))
+    y2 = min(img_height - 1.0, y1 + max(0.0, h - 1))
+    if not is_3dpw_test and not (w * h > 0 and x2 >= x1 and y2 >= y1):
+        return None
+    return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float32)
+
+
+def process_bbox(bbox, img_width, img_height, is_3dpw_test=False, aspect_ratio=None,
+                 scale=BBOX_CONTEXT_SCALE):
+    """Sanitise, extend to the input aspect ratio and enlarge 1.25x (DATA.md §4.2).
+
+    bbox ``[x, y, w, h]`` pixels of an image ``img_width x img_height``.  The aspect
+    ratio defaults to ``cfg.input_img_shape`` W/H (1 for 256x256).  Returns the
+    processed float32 ``[x, y, w, h]`` (same centre), or None in default mode when the
+    box is unusable (``w*h <= 0`` or empty after clamping).
+    Worked example: ``[10, 20, 100, 50]`` in 640x480 -> ``[-2.375, -17.375, 123.75, 123.75]``.
+    """
+    box = sanitize_bbox(bbox, img_width, img_height, is_3dpw_test)
+    if box is None:
+        return None
+    if aspect_ratio is None:
+        aspect_ratio = cfg.input_img_shape[1] / cfg.input_img_shape[0]
+    w, h = float(box[2]), float(box[3])
+    c_x, c_y = float(box[0]) + w / 2.0, float(box[1]) + h / 2.0
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    # Stored through float32 one value at a time, as the original's float32 array.
+    box[2] = w * scale
+    box[3] = h * scale
+    box[0] = c_x - float(box[2]) / 2.0
+    box[1] = c_y - float(box[3]) / 2.0
+    return box
+
+
+def compute_iou(box_a, box_b):
+    """IoU of ``[x, y, w, h]`` boxes with the original's ``+1e-5`` (DATA.md §4.6).
+
+    Broadcasts: box_a (..., 4), box_b (..., 4) -> (...) float64 (a Python float for two
+    single boxes).  For all pairs use ``compute_iou(a[:, None], b[None])``.
+    """
+    a = np.asarray(box_a, dtype=np.float64)
+    b = np.asarray(box_b, dtype=np.float64)
+    inter_w = np.maximum(0.0, np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
+                         - np.maximum(a[..., 0], b[..., 0]))
+    inter_h = np.maximum(0.0, np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
+                         - np.maximum(a[..., 1], b[..., 1]))
+    inter = inter_w * inter_h
+    iou = inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter + 1e-5)
+    return float(iou) if iou.ndim == 0 else iou
+
+
+# ----------------------------------------------------------------- affine transforms
+def apply_affine(points, trans):
+    """Apply a (2, 3) affine to points (..., >=2) -> (..., 2) float32 (DATA.md §7.3)."""
+    pts = np.asarray(points, dtype=np.float32)[..., :2]
+    trans = np.asarray(trans, dtype=np.float32)
+    return (pts @ trans[:, :2].T + trans[:, 2]).astype(np.float32)
+
+
+def rotate_2d(point, rot_rad):
+    """Rotate a 2-D vector by ``rot_rad`` (counter-clockwise in x-right/y-up axes)."""
+    sn, cs = math.sin(rot_rad), math.cos(rot_rad)
+    return np.array([point[0] * cs - point[1] * sn, point[0] * sn + point[1] * cs], dtype=np.float32)
+
+
+def gen_trans_from_patch_cv(c_x, c_y, src_width, src_height, dst_width, dst_height, scale, rot, inv=False):
+    """(2, 3) float32 affine mapping a rotated source box onto a ``dst`` patch (DATA.md §4.4).
+
+    The box of size ``scale * (src_width, src_height)`` centred at ``(c_x, c_y)`` and
+    rotated by ``rot`` degrees maps to the whole ``dst_width x dst_height`` patch:
+    centre -> patch centre, centre + Rot(rot)(0, h/2) -> bottom-centre,
+    centre + Rot(rot)(w/2, 0) -> right-centre; solved from these three float32 point
+    pairs with ``cv2.getAffineTransform``.  ``inv=True`` gives patch -> source.
+    """
+    src_w, src_h = src_width * scale, src_height * scale
+    rot_rad = math.pi * rot / 180
+    src_center = np.array([c_x, c_y], dtype=np.float32)
+    src_down = rotate_2d(np.array([0, src_h * 0.5], dtype=np.float32), rot_rad)
+    src_right = rotate_2d(np.array([src_w * 0.5, 0], dtype=np.float32), rot_rad)
+    dst_center = np.array([dst_width * 0.5, dst_height * 0.5], dtype=np.float32)
+    src = np.stack([src_center, src_center + src_down, src_center + src_right]).astype(np.float32)
+    dst = np.stack([dst_center,
+                    dst_center + np.array([0, dst_height * 0.5], dtype=np.float32),
+                    dst_center + np.array([dst_width * 0.5, 0], dtype=np.float32)]).astype(np.float32)
+    trans = cv2.getAffineTransform(dst, src) if inv else cv2.getAffineTransform(src, dst)
+    return trans.astype(np.float32)
+
+
+def generate_patch_image(cvimg, bbox, scale, rot, do_flip, out_shape):
+    """Cut the (optionally mirrored) box out of an image (DATA.md §4.4 steps 1-3).
+
+    cvimg (H, W, C); bbox processed ``[x, y, w, h]``; scale, rot (degrees), do_flip;
+    out_shape (H_o, W_o).  Returns ``(patch (H_o, W_o, C) float32, img2bb (2, 3),
+    bb2img (2, 3))``: bilinear ``warpAffine`` with a constant black border.  When
+    flipped, the image is mirrored first (``u -> W - 1 - u``), so ``img2bb`` maps
+    flipped-image coordinates.
+    """
+    img = cvimg
+    img_width = img.shape[1]
+    bb_c_x = float(bbox[0]) + 0.5 * float(bbox[2])
+    bb_c_y = float(bbox[1]) + 0.5 * float(bbox[3])
+    bb_width, bb_height = float(bbox[2]), float(bbox[3])
+    if do_flip:
+        img = cv2.flip(np.ascontiguousarray(img), 1)   # column u -> W - 1 - u (~10x numpy's copy)
+        bb_c_x = img_width - bb_c_x - 1
+    out_h, out_w = int(out_shape[0]), int(out_shape[1])
+    img2bb = gen_trans_from_patch_cv(bb_c_x, bb_c_y, bb_width, bb_height, out_w, out_h, scale, rot)
+    patch = cv2.warpAffine(np.ascontiguousarray(img), img2bb, (out_w, out_h), flags=cv2.INTER_LINEAR)
+    if patch.ndim == 2:  # warpAffine drops a single channel axis
+        patch = patch[:, :, None]
+    bb2img = gen_trans_from_patch_cv(bb_c_x, bb_c_y, bb_width, bb_height, out_w, out_h, scale, rot, inv=True)
+    return patch.astype(np.float32), img2bb, bb2img
+
+
+# --------------------------------------------------------------------- augmentation
+def get_aug_config(rng, scale_factor=None, rot_factor=None, color_factor=None):
+    """Draw augmentation parameters (DATA.md §4.3); factors default to cfg's.
+
+    Returns ``(scale, rot, color_scale (3,) float64, do_flip)``.  Draws from ``rng``,
+    in this order:
+      1. ``n1 = rng.standard_normal()``: ``scale = 1 + scale_factor * clip(n1, -1, 1)``;
+      2. ``u1 = rng.random()``; only if ``u1 <= 0.6``: ``n2 = rng.standard_normal()``,
+         ``rot = rot_factor * clip(n2, -2, 2)``, else ``rot = 0``;
+      3. ``color_scale = rng.uniform(1 - color_factor, 1 + color_factor, size=3)``;
+      4. ``do_flip = rng.random() <= 0.5``.
+    SGRE's defaults (0, 0, 0.2) make scale 1 and rot 0 but still consume the draws.
+    """
+    scale_factor = cfg.scale_factor if scale_factor is None else scale_factor
+    rot_factor = cfg.rot_factor if rot_factor is None else rot_factor
+    color_factor = cfg.color_factor if color_factor is None else color_factor
+    scale = 1.0 + scale_factor * float(np.clip(rng.standard_normal(), -1.0, 1.0))
+    rot = 0.0
+    if rng.random() <= ROT_PROBABILITY:
+        rot = rot_factor * float(np.clip(rng.standard_normal(), -2.0, 2.0))
+    color_scale = rng.uniform(1.0 - color_factor, 1.0 + color_factor, size=3)
+    do_flip = bool(rng.random() <= FLIP_PROBABILITY)
+    return scale, rot, color_scale, do_flip
+
+
+def augmentation(img, bbox, data_split, rng=None, out_shape=None):
+    """Augmented 256x256 crop of one person (DATA.md §3.2 step 1, §4.3, §4.4).
+
+    img (H, W, 3) float32 RGB 0..255 (``load_img``); bbox processed ``[x, y, w, h]``;
+    data_split 'train' draws parameters with ``get_aug_config(rng)`` (rng required),
+    any other split uses scale 1, rot 0, colour 1, no flip and draws nothing.
+    With ``cfg.use_occlusion`` (train only) Pascal VOC occluders are pasted into the
+    patch before colour scaling (further draws from ``rng`` after get_aug_config's).
+    Returns ``(patch (H_o, W_o, 3) float32 0..255, img2bb (2, 3) float32,
+    bb2img (2, 3) float32, rot (degrees), do_flip)``; out_shape defaults to
+    ``cfg.input_img_shape``.
+    """
+    if out_shape is None:
+        out_shape = cfg.input_img_shape
+    is_train = data_split == 'train'
+    if is_train:
+        if rng is None:
+            raise ValueError("augmentation: the 'train' split needs an rng (np.random.Generator)")
+        scale, rot, color_scale, do_flip = get_aug_config(rng)
+    else:
+        scale, rot, color_scale, do_flip = 1.0, 0.0, np.ones(3), False
+    patch, img2bb, bb2img = generate_patch_image(img, bbox, scale, rot, do_flip, out_shape)
+    if is_train and cfg.use_occlusion:
+        from common.utils.occlusion import occlude_with_voc  # opt-in; keeps VOC code off the default path
+        patch = occlude_with_voc(patch, rng)
+    patch = np.clip(patch * np.asarray(color_scale)[None, None, :], 0, 255).astype(np.float32)
+    return patch, img2bb, bb2img, rot, do_flip
+
+
+# ----------------------------------------------------------------------- flipping
+def flip_x(u, img_width):
+    """Mirror horizontal pixel coordinates: ``u -> W - 1 - u`` (DATA.md §0.1)."""
+    return img_width - 1 - np.asarray(u)
+
+
+def flip_img_joints(joints, img_width, flip_pairs):
+    """Mirror image joints (..., J, C): x -> W - 1 - x, then swap flip pairs (copy, float32)."""
+    out = np.array(joints, dtype=np.float32, copy=True)
+    out[..., 0] = img_width - 1 - out[..., 0]
+    if len(flip_pairs):
+        first, second = np.asarray(flip_pairs).T
+        out[..., first, :], out[..., second, :] = out[..., second, :].copy(), out[..., first, :].copy()
+    return out
+
+
+def in_bounds_mask(joint_hm, hm_shape=None, check_depth=False):
+    """(N, 1) float32 truncation mask: 0 <= x < W_hm, 0 <= y < H_hm (and z) (DATA.md §4.7).
+
+    joint_hm (N, >=2 or 3) heatmap coordinates; hm_shape (D, H, W), default
+    ``cfg.output_hm_shape``.  Multiply by validity where one exists.
+    """
+    depth_n, height_n, width_n = cfg.output_hm_shape if hm_shape is None else hm_shape
+    joint_hm = np.asarray(joint_hm)
+    x, y = joint_hm[:, 0], joint_hm[:, 1]
+    inside = (x >= 0) & (x < width_n) & (y >= 0) & (y < height_n)
+    if check_depth:
+        inside &= (joint_hm[:, 2] >= 0) & (joint_hm[:, 2] < depth_n)
+    return inside.astype(np.float32)[:, None]
