@@ -1,0 +1,378 @@
+"""Network building blocks: backbone, graph layers (fast vs per-vertex), PositionNet, RotationNet."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.nets import resnet as resnet_mod
+from common.nets.layer import (GraphConvBlock, GraphResBlock, make_conv_layers, make_linear_layers,
+                               set_graph_vectorized)
+from common.nets.module import (PositionNet, Pose2Feat, RotationNet, sample_joint_features,
+                                sample_volumes_at, soft_argmax_3d)
+from common.nets.resnet import ResNetBackbone
+
+SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+GRAPH_JOINT_IDX = [0, 1, 2, 4, 5, 7, 8, 12, 29, 16, 17, 18, 19, 20, 21]
+
+
+def rel_err(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def random_adj(num_v, generator):
+    a = torch.rand(num_v, num_v, generator=generator)
+    return (a + a.T) / num_v
+
+
+# ----------------------------------------------------------------------------- backbone
+def test_resnet50_shapes_names_and_init():
+    net = ResNetBackbone(50)
+    assert net.out_channels == 2048
+    names = dict(net.named_parameters())
+    assert names['conv1.weight'].shape == (64, 3, 7, 7)
+    assert names['layer1.0.downsample.0.weight'].shape == (256, 64, 1, 1)
+    assert names['layer4.2.conv3.weight'].shape == (2048, 512, 1, 1)
+    assert 'fc.weight' not in names
+    assert [len(getattr(net, f'layer{i}')) for i in range(1, 5)] == [3, 4, 6, 3]
+    # stride on the 3x3 conv (v1.5)
+    assert net.layer2[0].conv2.stride == (2, 2) and net.layer2[0].conv1.stride == (1, 1)
+    conv_w = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.Conv2d)])
+    assert abs(conv_w.std().item() - 0.001) < 5e-5 and abs(conv_w.mean().item()) < 5e-5
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+    net.eval()
+    with torch.no_grad():
+        stem = net(torch.rand(1, 3, 64, 64))
+        deep = net(stem, skip_early=True)
+    assert stem.shape == (1, 64, 16, 16) and deep.shape == (1, 2048, 2, 2)
+
+
+def test_resnet_depths():
+    net = ResNetBackbone(101)
+    assert [len(getattr(net, f'layer{i}')) for i in range(1, 5)] == [3, 4, 23, 3]
+    assert net.out_channels == 2048
+    for depth in (18, 34, 77):
+        with pytest.raises(ValueError, match='50, 101, 152'):
+            ResNetBackbone(depth)
+
+
+def test_resnet_init_weights_from_local_file(tmp_path, caplog, restore_cfg):
+    import torchvision
+    reference = torchvision.models.resnet50(weights=None)
+    path = tmp_path / 'resnet50.pth'
+    torch.save(reference.state_dict(), path)
+    restore_cfg.imagenet_weights = str(path)
+    net = ResNetBackbone(50)
+    assert net.init_weights() is True
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[name]), name
+
+    # missing file: clear error naming the file and the config key
+    restore_cfg.imagenet_weights = str(tmp_path / 'nope.pth')
+    with pytest.raises(FileNotFoundError, match='nope.pth.*cfg.imagenet_weights'):
+        net.init_weights()
+    # wrong architecture: strict load fails with the file named
+    torch.save({'conv1.weight': torch.zeros(1)}, tmp_path / 'bad.pth')
+    with pytest.raises(RuntimeError, match='bad.pth'):
+        net.init_weights(tmp_path / 'bad.pth')
+
+    # None: logged once, weights untouched
+    restore_cfg.imagenet_weights = None
+    resnet_mod._warned_no_imagenet = False
+    before = net.conv1.weight.clone()
+    with caplog.at_level(logging.WARNING, logger='common.nets.resnet'):
+        assert net.init_weights() is False
+        assert net.init_weights() is False
+    assert sum('no ImageNet weights' in r.getMessage() for r in caplog.records) == 1
+    assert torch.equal(before, net.conv1.weight)
+
+
+# ----------------------------------------------------------------------------- builders
+def test_stack_builders_indices():
+    conv = make_conv_layers([94, 64])
+    assert [type(m) for m in conv] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert conv[0].bias is not None and conv[0].padding == (1, 1)
+    conv = make_conv_layers([2048, 240], kernel=1, padding=0, bnrelu_final=False)
+    assert [type(m) for m in conv] == [nn.Conv2d]
+    lin = make_linear_layers([3974, 128, 128, 6], relu_final=False)
+    assert [type(m) for m in lin] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+
+
+# ----------------------------------------------------------------------------- graph layers
+def _randomise_bn(block, generator):
+    with torch.no_grad():
+        for fcbn in block.fcbn_list:
+            bn = fcbn[1]
+            bn.weight.copy_(torch.rand(bn.weight.shape, generator=generator) + 0.5)
+            bn.bias.copy_(torch.randn(bn.bias.shape, generator=generator))
+            bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=generator))
+            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) + 0.5)
+
+
+def _twin_blocks(make, generator):
+    fast = make()
+    for m in fast.modules():
+        if isinstance(m, GraphConvBlock):
+            _randomise_bn(m, generator)
+    slow = make()
+    slow.load_state_dict(fast.state_dict())
+    set_graph_vectorized(slow, False)
+    return fast, slow
+
+
+def _state_equal(fast, slow, tol):
+    for (name, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
+        if a.dtype == torch.int64:
+            assert torch.equal(a, b), name
+        else:
+            assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.parametrize('momentum, stack_weights', [(0.1, True), (0.1, False), (None, None)])
+def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum, stack_weights):
+    gen = torch.Generator().manual_seed(0)
+    adj = random_adj(15, gen)
+
+    def make():
+        model = nn.Sequential(GraphConvBlock(adj, 40, 16), GraphResBlock(adj, 16))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.momentum = momentum
+        return model
+
+    fast, slow = _twin_blocks(make, gen)
+    for m in fast.modules():
+        if isinstance(m, GraphConvBlock):
+            m.stack_weights = stack_weights
+    assert all(m.uses_vectorized_path() for m in fast.modules() if isinstance(m, GraphConvBlock))
+    assert not any(m.uses_vectorized_path() for m in slow.modules() if isinstance(m, GraphConvBlock))
+    for step in range(3):
+        x = torch.randn(5, 15, 40, generator=gen)
+        x_fast, x_slow = x.clone().requires_grad_(), x.clone().requires_grad_()
+        grad_out = torch.randn(5, 15, 16, generator=gen)
+        out_fast, out_slow = fast(x_fast), slow(x_slow)
+        assert rel_err(out_fast, out_slow) < 1e-5
+        out_fast.backward(grad_out)
+        out_slow.backward(grad_out)
+        assert rel_err(x_fast.grad, x_slow.grad) < 1e-5
+        slow_params = dict(slow.named_parameters())
+        for name, p_fast in fast.named_parameters():
+            p_slow = slow_params[name]
+            if name.endswith('.0.bias'):
+                # A Linear bias in front of a train-mode BatchNorm has zero gradient up to
+                # rounding: measure the difference on the scale of that Linear's weight gradient.
+                scale = slow_params[name[:-4] + 'weight'].grad.norm()
+                assert (p_fast.grad - p_slow.grad).norm() / scale < 1e-5, name
+            else:
+                assert rel_err(p_fast.grad, p_slow.grad) < 1e-5, name
+        _state_equal(fast, slow, 1e-5)
+    bn = fast[0].fcbn_list[3][1]
+    assert bn.num_batches_tracked.item() == 3
+    fast.eval()
+    slow.eval()
+    x = torch.randn(3, 15, 40, generator=gen)
+    assert rel_err(fast(x), slow(x)) < 1e-5
+    _state_equal(fast, slow, 1e-5)
+
+
+def test_graph_conv_block_formula():
+    """Train-mode block against an explicit formula: ReLU(A @ BN_v(W_v x_v + b_v))."""
+    gen = torch.Generator().manual_seed(1)
+    adj = random_adj(15, gen)
+    block = GraphConvBlock(adj, 7, 5)
+    _randomise_bn(block, gen)
+    x = torch.randn(6, 15, 7, generator=gen, dtype=torch.float64)
+    block.double()
+    old_mean = torch.stack([m[1].running_mean.clone() for m in block.fcbn_list])
+    old_var = torch.stack([m[1].running_var.clone() for m in block.fcbn_list])
+    out = block(x)
+    feats, means, vars_unbiased = [], [], []
+    for v in range(15):
+        lin, bn = block.fcbn_list[v]
+        h = x[:, v] @ lin.weight.T + lin.bias
+        mean = h.mean(0)
+        var = ((h - mean) ** 2).mean(0)
+        feats.append((h - mean) / torch.sqrt(var + 1e-5) * bn.weight + bn.bias)
+        means.append(mean)
+        vars_unbiased.append(var * 6 / 5)
+    expected = torch.relu(torch.einsum('uv,bvc->buc', adj.double(), torch.stack(feats, 1)))
+    assert torch.allclose(out, expected, rtol=1e-10, atol=1e-12)
+    new_mean = torch.stack([m[1].running_mean for m in block.fcbn_list])
+    new_var = torch.stack([m[1].running_var for m in block.fcbn_list])
+    assert torch.allclose(new_mean, 0.9 * old_mean + 0.1 * torch.stack(means), atol=1e-12)
+    assert torch.allclose(new_var, 0.9 * old_var + 0.1 * torch.stack(vars_unbiased), atol=1e-12)
+    assert all(m[1].num_batches_tracked.item() == 1 for m in block.fcbn_list)
+
+
+def test_graph_block_state_dict_and_sync_bn_fallback():
+    adj = torch.eye(15)
+    block = GraphConvBlock(adj, 4, 3)
+    keys = set(block.state_dict())
+    assert 'adj' not in keys
+    assert 'fcbn_list.14.1.num_batches_tracked' in keys and 'fcbn_list.0.0.weight' in keys
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(block)
+    assert not converted.uses_vectorized_path()
+
+
+# ----------------------------------------------------------------------------- PositionNet
+def _trilinear_by_hand(volume, x, y, z):
+    """Explicit trilinear interpolation with zero padding; volume (D,H,W), coords as cell indices."""
+    total = 0.0
+    x0, y0, z0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                xi, yi, zi = x0 + dx, y0 + dy, z0 + dz
+                w = (1 - abs(x - xi)) * (1 - abs(y - yi)) * (1 - abs(z - zi))
+                if 0 <= xi < volume.shape[2] and 0 <= yi < volume.shape[1] and 0 <= zi < volume.shape[0]:
+                    total += w * float(volume[zi, yi, xi])
+    return total
+
+
+def test_position_net_against_per_joint_loop():
+    torch.manual_seed(0)
+    net = PositionNet(joint_num=30, feat_dim=32, hm_shape=(8, 8, 8))
+    with torch.no_grad():
+        net.conv[0].weight.mul_(30)
+    feat = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        coord, score = net(feat)
+        logits = net.conv(feat).view(2, 30, 8, 8, 8)  # channel 8*j + z
+    assert coord.shape == (2, 30, 3) and score.shape == (2, 30, 1)
+    prob = torch.softmax(logits.view(2, 30, -1), dim=2).view(2, 30, 8, 8, 8).double()
+    zz, yy, xx = torch.meshgrid(*(torch.arange(8, dtype=torch.float64),) * 3, indexing='ij')
+    for b in range(2):
+        for j in range(30):
+            p = prob[b, j]
+            expected = torch.stack([(p * xx).sum(), (p * yy).sum(), (p * zz).sum()])
+            assert torch.allclose(coord[b, j].double(), expected, rtol=1e-5, atol=1e-6)
+            # spec's per-joint grid_sample and an explicit trilinear weight sum
+            grid = (coord[b, j] / 7 * 2 - 1).view(1, 1, 1, 1, 3)
+            loop = F.grid_sample(prob[b, j][None, None].float(), grid, align_corners=True).item()
+            by_hand = _trilinear_by_hand(p, *coord[b, j].tolist())
+            assert score[b, j, 0].item() == pytest.approx(loop, rel=1e-5, abs=1e-9)
+            assert score[b, j, 0].item() == pytest.approx(by_hand, rel=1e-5, abs=1e-9)
+
+
+def test_soft_argmax_of_peaked_volume():
+    prob = torch.zeros(1, 2, 8, 8, 8)
+    prob[0, 0, 5, 2, 7] = 1  # z=5, y=2, x=7
+    prob[0, 1, 1, 3, 0] = 0.5
+    prob[0, 1, 1, 3, 2] = 0.5
+    coord = soft_argmax_3d(prob)
+    assert torch.equal(coord[0, 0], torch.tensor([7.0, 2.0, 5.0]))
+    assert torch.equal(coord[0, 1], torch.tensor([1.0, 3.0, 1.0]))
+    score = sample_volumes_at(prob, coord)
+    assert score[0, 0, 0].item() == pytest.approx(1.0)
+    assert score[0, 1, 0].item() == pytest.approx(0.0, abs=1e-7)  # midpoint between the two peaks
+
+
+def test_joint_feature_sampling_against_loop_and_hand_bilinear():
+    gen = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 16, 8, 8, generator=gen)
+    coord = torch.rand(2, 30, 3, generator=gen) * 8.6 - 0.3  # includes points just outside the grid
+    sampled = sample_joint_features(feat, coord)
+    assert sampled.shape == (2, 30, 16)
+    for b in range(2):
+        for j in range(30):
+            grid = (coord[b, j, :2] / 7 * 2 - 1).view(1, 1, 1, 2)
+            loop = F.grid_sample(feat[b:b + 1], grid, align_corners=True)[0, :, 0, 0]
+            assert rel_err(sampled[b, j], loop) < 1e-5
+            x, y = coord[b, j, 0].item(), coord[b, j, 1].item()
+            expected = torch.zeros(16, dtype=torch.float64)
+            for yi in (int(np.floor(y)), int(np.floor(y)) + 1):
+                for xi in (int(np.floor(x)), int(np.floor(x)) + 1):
+                    if 0 <= xi < 8 and 0 <= yi < 8:
+                        expected += (1 - abs(x - xi)) * (1 - abs(y - yi)) * feat[b, :, yi, xi].double()
+            assert torch.allclose(sampled[b, j].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pose2feat_concatenates_image_first():
+    net = Pose2Feat(30)
+    assert net.conv[0].in_channels == 94 and net.conv[0].out_channels == 64
+    img_feat, hm = torch.randn(2, 64, 8, 8), torch.randn(2, 30, 8, 8)
+    net.eval()
+    expected = net.conv(torch.cat([img_feat, hm], 1))
+    assert torch.equal(net(img_feat, hm), expected)
+
+
+# ----------------------------------------------------------------------------- RotationNet
+def _descendants(joint):
+    out = {joint}
+    for j in range(1, 24):
+        if SMPL_PARENTS[j] in out:
+            out.add(j)
+    return out
+
+
+@pytest.fixture(scope='module')
+def small_rotation_net():
+    torch.manual_seed(0)
+    net = RotationNet(random_adj(15, torch.Generator().manual_seed(0)), GRAPH_JOINT_IDX, SMPL_PARENTS,
+                      feat_dim=24, graph_dim=8)
+    return net.eval()
+
+
+def test_rotation_net_shapes_and_branch_locality(small_rotation_net):
+    net = small_rotation_net
+    gen = torch.Generator().manual_seed(5)
+    feat = torch.randn(2, 24, 8, 8, generator=gen)
+    coord = torch.rand(2, 30, 3, generator=gen) * 7
+    score = torch.rand(2, 30, 1, generator=gen)
+    with torch.no_grad():
+        pose6d, shape, cam = net(feat, coord, score)
+    assert pose6d.shape == (2, 144) and shape.shape == (2, 10) and cam.shape == (2, 3)
+    base = pose6d.view(2, 24, 6)
+    for branch in (0, 2, 8, 12, 17, 22):  # branch k decodes joint k+1
+        handle = net.pose_branch[branch].register_forward_hook(lambda m, i, o: o + 0.5)
+        try:
+            with torch.no_grad():
+                changed = net(feat, coord, score)[0].view(2, 24, 6)
+        finally:
+            handle.remove()
+        moved = {j for j in range(24) if not torch.equal(changed[:, j], base[:, j])}
+        assert moved == _descendants(branch + 1), branch
+
+
+def test_rotation_net_gradient_flows_through_parent_chain(small_rotation_net):
+    net = small_rotation_net
+    gen = torch.Generator().manual_seed(6)
+    feat = torch.randn(2, 24, 8, 8, generator=gen)
+    coord = torch.rand(2, 30, 3, generator=gen) * 7
+    score = torch.rand(2, 30, 1, generator=gen)
+    net.zero_grad()
+    pose6d, _, _ = net(feat, coord, score)
+    pose6d.view(2, 24, 6)[:, 23].sum().backward()  # R_Hand: 23 <- 21 <- 19 <- 17 <- 14 <- 9 <- 6 <- 3 <- 0
+    assert net.global_rot[0].weight.grad.abs().sum() > 0
+    for joint in (3, 6, 9, 14, 17, 19, 21, 23):
+        assert net.pose_branch[joint - 1][0].weight.grad.abs().sum() > 0, joint
+    for joint in (1, 2, 4, 13, 16, 22):
+        grad = net.pose_branch[joint - 1][0].weight.grad
+        assert grad is None or grad.abs().sum() == 0, joint
+    net.zero_grad()
+
+
+def test_rotation_net_uses_feature_at_joint_and_parent_residual():
+    """pose6d_j - pose6d_parent equals branch_j([g, F(j), pose6d_parent]) computed by hand."""
+    torch.manual_seed(1)
+    net = RotationNet(random_adj(15, torch.Generator().manual_seed(2)), GRAPH_JOINT_IDX, SMPL_PARENTS,
+                      feat_dim=24, graph_dim=8).eval()
+    feat = torch.randn(2, 24, 8, 8)
+    coord = torch.rand(2, 30, 3) * 7
+    score = torch.rand(2, 30, 1)
+    with torch.no_grad():
+        pose6d = net(feat, coord, score)[0].view(2, 24, 6)
+        joint_feat = sample_joint_features(feat, coord)
+        g_in = torch.cat([joint_feat[:, GRAPH_JOINT_IDX], coord[:, GRAPH_JOINT_IDX],
+                          score[:, GRAPH_JOINT_IDX]], 2)
+        g = net.graph_block(g_in).reshape(2, -1)
+        assert torch.allclose(pose6d[:, 0], net.global_rot(g), atol=1e-6)
+        for j in (1, 5, 12, 23):
+            p = SMPL_PARENTS[j]
+            branch = net.pose_branch[j - 1](torch.cat([g, joint_feat[:, j], pose6d[:, p]], 1))
+            assert torch.allclose(pose6d[:, j], branch + pose6d[:, p], atol=1e-6)
