@@ -9,6 +9,10 @@ number is the median over ``--runs`` runs after ``--warmup`` runs.  The table is
 printed and written as JSON (ARCHITECTURE.md):
 ``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs"}}}``.
 
+``--mode data`` times ``__getitem__`` of each of the five loaders (one process, one
+thread, seeded draws) on the synthetic tree (or on ``--data DIR``); the numbers are ms
+per sample.
+
 Without the real SMPL files (``--smpl``, default ``cfg.smpl_model_dir``) a synthetic
 body model is generated into a temporary folder; timings do not depend on its values.
 """
@@ -155,9 +159,47 @@ def benchmark_model(args, device):
     return results
 
 
+DATA_LOADERS = (('Human36M', 'train'), ('MuCo', 'train'), ('MSCOCO', 'train'), ('MPII', 'train'),
+                ('PW3D', 'test'))
+# The authors' loaders on a comparable synthetic tree, ms per sample (issue text, orientation only).
+AUTHORS_DATA_MS = {'Human36M': '25', 'MuCo': '67', 'MSCOCO': '25', 'MPII': '25', 'PW3D': '25'}
+
+
+def ensure_data_tree(data_dir, workdir):
+    """Point cfg.data_dir at ``data_dir`` or at a synthetic tree generated into ``workdir``."""
+    if data_dir:
+        cfg.data_dir = str(data_dir)
+        return f'data tree {data_dir}'
+    from tool.make_synthetic_data import make_synthetic_data
+    root = Path(workdir) / 'data'
+    make_synthetic_data(root, cfg.smpl_model_dir, seed=0)
+    cfg.data_dir = str(root)
+    return f'synthetic data tree in {root}'
+
+
 def benchmark_data(args, device):
-    """Data mode: ms per ``__getitem__`` of each loader (added by the data pipeline issue)."""
-    raise SystemExit('--mode data is not available yet: it comes with the data pipeline (issue 4).')
+    """ms per ``__getitem__`` of each loader, one process, one thread, seeded draws.
+
+    Each run goes once over the whole (small) dataset; the statistics are per sample.
+    """
+    import torchvision.transforms as T
+    from common.base import import_dataset_class
+    print(ensure_data_tree(args.data, args.workdir))
+    torch.set_num_threads(1)
+    cfg.seed = 0
+    results = {}
+    for name, split in DATA_LOADERS:
+        dataset = import_dataset_class(name)(T.ToTensor(), split)
+        count = len(dataset)
+
+        def one_pass(dataset=dataset, count=count):
+            for index in range(count):
+                dataset[index]
+
+        stats = time_callable(one_pass, args.runs, args.warmup, torch.device('cpu'))
+        results[name] = {key: (value / count if key.endswith('_ms') else value) for key, value in stats.items()}
+        results[name]['samples'] = count
+    return results
 
 
 MODES = {'model': benchmark_model, 'data': benchmark_data}
@@ -178,7 +220,7 @@ def print_table(report, authors=None):
             line += f"{authors.get(name, '-'):>14}"
         print(line)
     if authors:
-        print('* the authors\' implementation, 2-core CPU, batch 8 (orientation only)')
+        print('* the authors\' implementation on a 2-core CPU (orientation only)')
 
 
 def parse_args(argv=None):
@@ -192,6 +234,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--smpl', default=None,
                         help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
+    parser.add_argument('--data', default=None,
+                        help='data mode: dataset root (default: generate the synthetic tree)')
     parser.add_argument('--out', default=None,
                         help='JSON path (default <output_root>/benchmark/<mode>_b<batch>.json)')
     return parser.parse_args(argv)
@@ -208,11 +252,12 @@ def main(argv=None):
     if args.batch < 2:
         raise SystemExit('--batch must be at least 2 (BatchNorm1d in training mode).')
     with tempfile.TemporaryDirectory(prefix='sgre_bench_') as workdir:
+        args.workdir = workdir
         print(ensure_body_model(args.smpl, workdir))
         results = MODES[args.mode](args, device)
     report = {'device': device_name(device), 'torch': torch.__version__, 'batch': args.batch,
               'results': results}
-    print_table(report, AUTHORS_CPU_B8_MS if args.mode == 'model' else None)
+    print_table(report, AUTHORS_CPU_B8_MS if args.mode == 'model' else AUTHORS_DATA_MS)
     out = Path(args.out or Path(cfg.output_root) / 'benchmark' / f'{args.mode}_b{args.batch}.json')
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
