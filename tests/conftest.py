@@ -44,3 +44,40 @@ def data_cfg(synthetic_smpl_dir, synthetic_data_root):
     cfg.smpl_model_dir = str(synthetic_smpl_dir)
     cfg.data_dir = str(synthetic_data_root)
     return cfg
+
+
+# --------------------------------------------------------------- drivers (issue 5)
+def run_in_process(entry, argv):
+    """Run ``main.train.main`` / ``main.test.main`` with ``argv``; returns the run's
+    ``cfg.output_dir`` and leaves ``cfg`` as it was."""
+    state = cfg.snapshot()
+    try:
+        entry(argv)
+        return cfg.output_dir
+    finally:
+        cfg.restore(state)
+
+
+@pytest.fixture(scope='session')
+def tiny_schedule_yaml(tmp_path_factory, synthetic_smpl_dir, synthetic_data_root):
+    """``--cfg`` file of a seeded CPU schedule on the synthetic tree: 1 epoch of 2
+    iterations at batch 2, no DataLoader workers, runs under a temporary output_root."""
+    import yaml
+    folder = tmp_path_factory.mktemp('driver_runs')
+    values = {
+        'data_dir': str(synthetic_data_root), 'smpl_model_dir': str(synthetic_smpl_dir),
+        'output_root': str(folder / 'runs'), 'train_batch_size': 2, 'test_batch_size': 8,
+        'max_iters_per_epoch': 2, 'end_epoch': 1, 'lr_dec_epoch': [1], 'num_thread': 0, 'seed': 0,
+    }
+    path = folder / 'tiny_schedule.yaml'
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope='session')
+def trained_snapshot(tiny_schedule_yaml):
+    """Experiment folder of a two-iteration training run (``tiny_schedule_yaml``):
+    ``<exp>/checkpoint/snapshot_0.pth.tar``, ``<exp>/log/train_logs.txt``, ``<exp>/config.yaml``."""
+    from pathlib import Path
+    from main.train import main
+    return Path(run_in_process(main, ['--gpu', '0', '--cfg', str(tiny_schedule_yaml)]))

@@ -1,0 +1,251 @@
+"""Checkpoint files: atomic saving, safe loading, strict and partial network loads.
+
+A snapshot is ``<model_dir>/snapshot_<epoch>.pth.tar`` holding ``epoch``,
+``network`` (state_dict keys prefixed ``module.``, as the released files),
+``optimizer``, ``scaler`` and the resolved ``config``.  Released SGRE files
+holding only ``epoch`` / ``network`` / ``optimizer`` load as well.
+
+Loads are strict for every learnable weight and BatchNorm statistic: missing,
+unexpected or mis-shaped keys raise :class:`CheckpointMismatchError` naming them.
+The neutral SMPL buffers ``human_model_layer.th_*`` may be present (they then
+replace the local body model, as in the original) or absent.  The only partial
+load is the ``snapshot_0`` backbone warm start (:func:`load_network_partial`).
+"""
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+MODULE_PREFIX = 'module.'
+SNAPSHOT_RE = re.compile(r'^snapshot_(\d+)\.pth\.tar$')
+_SMPL_BUFFER_RE = re.compile(r'(^|\.)human_model_layer\.th_[A-Za-z_]+$')
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or lacks a required entry."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's network keys or shapes do not match the model.
+
+    ``missing``, ``unexpected`` (key lists) and ``mismatched`` (list of
+    ``(key, checkpoint_shape, model_shape)``) name every offending entry.
+    """
+
+    def __init__(self, source, missing, unexpected, mismatched):
+        self.source, self.missing, self.unexpected, self.mismatched = source, missing, unexpected, mismatched
+        lines = [f"Checkpoint {source} does not match the model (a strict load: every learnable "
+                 "weight and BatchNorm statistic must be present with the model's shape)."]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {format_keys(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {format_keys(unexpected)}")
+        if mismatched:
+            shown = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched]
+            lines.append(f"  shape mismatches ({len(mismatched)}): {format_keys(shown)}")
+        lines.append("  Was it written for another backbone depth (cfg.resnet_type) or another model?")
+        super().__init__('\n'.join(lines))
+
+
+def format_keys(keys, limit=20):
+    """Comma-separated ``keys``, cut after ``limit`` entries with a count of the rest."""
+    keys = list(keys)
+    text = ', '.join(keys[:limit])
+    if len(keys) > limit:
+        text += f', ... and {len(keys) - limit} more'
+    return text
+
+
+# ----------------------------------------------------------------- file names
+def snapshot_path(model_dir, epoch):
+    """``<model_dir>/snapshot_<epoch>.pth.tar``."""
+    return str(Path(model_dir) / f'snapshot_{int(epoch)}.pth.tar')
+
+
+def list_snapshots(model_dir):
+    """``[(epoch, path), ...]`` of the ``snapshot_<N>.pth.tar`` files in ``model_dir``, by epoch."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = SNAPSHOT_RE.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), str(entry)))
+    return sorted(found)
+
+
+def latest_snapshot(model_dir):
+    """``(epoch, path)`` of the highest-epoch snapshot in ``model_dir``, or ``None``."""
+    found = list_snapshots(model_dir)
+    return found[-1] if found else None
+
+
+# -------------------------------------------------------------- save / load
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    An interrupted save (crash, Ctrl-C, full disk) leaves any previous file at
+    ``path`` untouched and removes the temporary file where it can.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return str(path)
+
+
+def _fsync_dir(folder):
+    """Make the rename durable where the OS allows it (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint_file(path, map_location='cpu'):
+    """Read a checkpoint with ``weights_only=True`` (tensors, numbers, plain containers).
+
+    Raises :class:`CheckpointError` naming the file when it is missing, truncated or
+    holds arbitrary Python objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} holds Python objects other than tensors, numbers and plain "
+            f"containers, so it is not loaded (weights_only=True). If you trust the file, "
+            f"re-save it with torch.save({{k: v}}) of plain values. Details: {exc}") from exc
+    except (EOFError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"Checkpoint {path} cannot be read (truncated or corrupt?): {exc}") from exc
+
+
+def network_state_of(checkpoint, source):
+    """The ``network`` entry of a loaded checkpoint dict, with a clear error if absent."""
+    if not isinstance(checkpoint, dict) or 'network' not in checkpoint:
+        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"Checkpoint {source} has no 'network' entry (found: {keys}).")
+    return checkpoint['network']
+
+
+# -------------------------------------------------------------- key helpers
+def add_module_prefix(state_dict):
+    """Keys as the released files write them: ``module.<name>``."""
+    return {(k if k.startswith(MODULE_PREFIX) else MODULE_PREFIX + k): v for k, v in state_dict.items()}
+
+
+def strip_module_prefix(state_dict):
+    """Keys of the bare model: a leading ``module.`` removed where present."""
+    return {(k[len(MODULE_PREFIX):] if k.startswith(MODULE_PREFIX) else k): v for k, v in state_dict.items()}
+
+
+def is_smpl_buffer(key):
+    """True for the neutral body-model buffers (``human_model_layer.th_*``), optional in files."""
+    return bool(_SMPL_BUFFER_RE.search(key))
+
+
+def compare_state(model, state_dict):
+    """``(missing, unexpected, mismatched)`` of ``state_dict`` (prefix-free keys) against ``model``.
+
+    SMPL buffers absent from the file do not count as missing.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not is_smpl_buffer(k)]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                  if k in own and torch.is_tensor(v) and tuple(v.shape) != tuple(own[k].shape)]
+    return missing, unexpected, mismatched
+
+
+def load_network_strict(model, network_state, source='checkpoint'):
+    """Load a (``module.``-prefixed or bare) network state into ``model``, strictly.
+
+    Returns the list of SMPL buffer keys the file did not hold (the local body model
+    is kept for those).  Raises :class:`CheckpointMismatchError` naming every
+    missing, unexpected or mis-shaped key.
+    """
+    state = strip_module_prefix(network_state)
+    missing, unexpected, mismatched = compare_state(model, state)
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    result = model.load_state_dict(state, strict=False)
+    return list(result.missing_keys)
+
+
+@dataclass
+class PartialLoadReport:
+    """What a partial (warm-start) load did; keys are prefix-free model names."""
+    loaded: list = field(default_factory=list)
+    skipped_unexpected: list = field(default_factory=list)
+    skipped_shape: list = field(default_factory=list)
+    not_in_file: list = field(default_factory=list)
+
+    def summary(self, source):
+        """Human-readable multi-line report for the log."""
+        lines = [f"Partial load from {source}: {len(self.loaded)} model entries loaded "
+                 f"({summarise_prefixes(self.loaded)})."]
+        if self.skipped_unexpected:
+            lines.append(f"  skipped, not in the model ({len(self.skipped_unexpected)}): "
+                         f"{format_keys(self.skipped_unexpected, 12)}")
+        if self.skipped_shape:
+            lines.append(f"  skipped, shape differs ({len(self.skipped_shape)}): "
+                         f"{format_keys(self.skipped_shape, 12)}")
+        lines.append(f"  kept from initialisation ({len(self.not_in_file)}): "
+                     f"{summarise_prefixes(self.not_in_file)}")
+        return '\n'.join(lines)
+
+
+def summarise_prefixes(keys, depth=1):
+    """``'backbone: 318, pose2feat: 7'``: key counts per leading name component(s)."""
+    counts = {}
+    for key in keys:
+        prefix = '.'.join(key.split('.')[:depth])
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return ', '.join(f'{p}: {n}' for p, n in counts.items()) or 'none'
+
+
+def load_network_partial(model, network_state):
+    """Load the entries of ``network_state`` whose names and shapes match ``model``; skip the rest.
+
+    This is the deliberate ``snapshot_0`` warm start (the pose-head keys of the
+    SimpleBaseline file have no counterpart).  Returns a :class:`PartialLoadReport`.
+    """
+    state = strip_module_prefix(network_state)
+    own = model.state_dict()
+    report = PartialLoadReport()
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            report.skipped_unexpected.append(key)
+        elif tuple(value.shape) != tuple(own[key].shape):
+            report.skipped_shape.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            usable[key] = value
+            report.loaded.append(key)
+    report.not_in_file = [k for k in own if k not in usable]
+    model.load_state_dict(usable, strict=False)
+    return report

@@ -1,0 +1,80 @@
+"""Evaluate SGRE: ``python main/test.py --gpu 0 --exp_dir output/exp_X --test_epoch N [--cfg Y.yaml]``.
+
+Prints the metrics as the original, and writes ``summarize()``'s result as JSON
+plus per-sample predictions (``.npz``) to ``<exp_dir>/result/``.
+Runs from the repo root or as ``python test.py`` from ``main/``.
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import argparse  # noqa: E402
+
+from main.config import cfg  # noqa: E402
+from main.train import gpu_ids_arg  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description='Evaluate an SGRE snapshot (MODEL.md §8.6).')
+    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', required=True,
+                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU.")
+    parser.add_argument('--test_epoch', type=int, required=True,
+                        help='epoch N of <exp_dir>/checkpoint/snapshot_N.pth.tar')
+    parser.add_argument('--exp_dir', type=str, default='', help='experiment folder holding checkpoint/')
+    parser.add_argument('--cfg', type=str, default='', help='YAML file overriding config options')
+    parser.add_argument('--flip', action='store_true',
+                        help='accepted for compatibility; flip testing is not implemented (nor was it)')
+    parser.add_argument('--save_meshes', action='store_true',
+                        help='also store the root-relative meshes (N,6890,3) in the predictions file')
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.exp_dir and not os.path.isdir(args.exp_dir):
+        parser.error(f'--exp_dir {args.exp_dir}: no such folder.')
+    if args.cfg and not os.path.isfile(args.cfg):
+        parser.error(f'--cfg {args.cfg}: no such file.')
+    return args
+
+
+def main(argv=None):
+    """Configure, evaluate, and return the finished :class:`common.base.Tester`."""
+    args = parse_args(argv)
+    cfg.set_args(args.gpu_ids, is_test=True, exp_dir=args.exp_dir)
+    if args.cfg:
+        try:
+            cfg.update(args.cfg)
+        except ValueError as exc:
+            raise SystemExit(f'ERROR: --cfg {args.cfg}: {exc}') from exc
+    cfg.make_run_dirs()
+
+    from common.base import Tester
+    tester = Tester(args.test_epoch, save_meshes=args.save_meshes)
+    if args.flip:
+        tester.logger.warning('--flip is ignored: flip testing is not implemented.')
+    try:
+        tester._make_batch_generator()
+        tester._make_model()
+        tester.test()
+    finally:
+        tester.close()
+    return tester
+
+
+def run_cli(argv=None):
+    """``main`` for the command line: expected failures (a missing file, a checkpoint that does
+    not fit) end with their message and exit status 1 instead of a traceback."""
+    from common.utils.checkpoint import CheckpointError
+    try:
+        main(argv)
+    except (FileNotFoundError, CheckpointError) as exc:
+        sys.exit(f'ERROR: {exc}')
+
+
+if __name__ == '__main__':
+    run_cli()
