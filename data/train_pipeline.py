@@ -10,8 +10,8 @@ datalist.  ``TrainDataset.__getitem__`` then runs the common steps:
 3. neighbours for swap errors (``process_neighbours``),
 4. synthetic input pose through the PoseFix synthesiser (``synthesize_input_pose``),
 5. SMPL-fit targets (``smpl_fit_targets``, variants "H36M", "camera_mm", "NeuralAnnot"),
-   with the neutral body evaluated in NumPy (``NeutralSmplEvaluator``; the 2D sets skin
-   only the vertices the 30-joint regressor reads),
+   with the neutral body evaluated in NumPy (``NeutralSmplEvaluator``; training skins
+   only the vertices the 30-joint and the fitting-error regressors read),
 6. rotation augmentation and
 7. assembly of ``(inputs, targets, meta_info)`` with the keys of DATA.md §3.3
    (``assemble_sample``).
@@ -56,8 +56,8 @@ from pycocotools.coco import COCO
 
 from common.utils.posefix import synthesize_pose
 from common.utils.preprocessing import (apply_affine, augmentation, compute_iou, flip_img_joints, in_bounds_mask,
-                                        load_img)
-from common.utils.smpl import get_smpl
+                                        load_img, process_bbox)
+from common.utils.smpl import get_smpl, load_regressor
 from common.utils.smpl_layer import quat_axis_angle_to_rotmat
 from common.utils.transforms import cam2pixel, rotation_z, transform_joint_to_other_db
 from data.dataset import SeededDataset
@@ -86,9 +86,16 @@ UNRELIABLE_POSE_JOINTS = (7, 8, 10, 11, 20, 21, 22, 23)
 SMPL_POSE_FLIP_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21), (22, 23))
 
 SMPL_POSE_JOINT_NUM = 24
+H36M_JOINT_NUM = 17
+H36M_REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
 FIT_VARIANTS = ('H36M', 'camera_mm', 'NeuralAnnot')
 FITTING_ERROR_THRESHOLD_MM = 25.0
 NEIGHBOUR_IOU_THRESHOLD = 0.1
+
+# JSON field sizes of SMPL fits and NeuralAnnot cameras; image fields of COCO-style files.
+SMPL_PARAM_SIZES = (('pose', 72), ('shape', 10), ('trans', 3))
+NEURALANNOT_CAMERA_SIZES = (('focal', 2), ('princpt', 2))
+IMAGE_FIELDS = ('file_name', 'width', 'height')
 
 
 # -------------------------------------------------------------------- annotation files
@@ -104,20 +111,28 @@ def read_json(path, layout_hint):
         raise ValueError(f"Annotation file {path} is not valid JSON ({err}).") from err
 
 
-def read_coco(path, layout_hint):
-    """A ``pycocotools.coco.COCO`` index of a COCO-style file (read once, index messages silenced)."""
-    content = read_json(path, layout_hint)
-    if not isinstance(content, dict) or not isinstance(content.get('images'), list) \
-            or not isinstance(content.get('annotations'), list):
-        raise ValueError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
+def coco_index(content, description):
+    """A ``pycocotools.coco.COCO`` index over an in-memory COCO-style dict (index messages silenced).
+
+    ``description`` names the source (file paths) in the error for a record lacking an id field.
+    """
     db = COCO()
     db.dataset = content
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             db.createIndex()
         except KeyError as err:
-            raise ValueError(f"{path}: malformed COCO-style annotations (missing field {err}).") from err
+            raise ValueError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
     return db
+
+
+def read_coco(path, layout_hint):
+    """A ``pycocotools.coco.COCO`` index of a COCO-style file (read once, index messages silenced)."""
+    content = read_json(path, layout_hint)
+    if not isinstance(content, dict) or not isinstance(content.get('images'), list) \
+            or not isinstance(content.get('annotations'), list):
+        raise ValueError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
+    return coco_index(content, path)
 
 
 def require_fields(record, fields, path, kind):
@@ -128,16 +143,35 @@ def require_fields(record, fields, path, kind):
                          "(file formats: DATA.md §1).")
 
 
+def float32_fields(record, sizes):
+    """``{key: float32 array of shape size}`` for the (key, size) pairs of a JSON record.
+
+    Raises KeyError, ValueError or TypeError on a missing or wrongly sized field (callers
+    turn them into a message naming the file and the entry).
+    """
+    return {key: np.asarray(record[key], dtype=np.float32).reshape(size) for key, size in sizes}
+
+
+def parse_smpl_param(param, path, entry):
+    """JSON SMPL fit -> float32 ``pose`` (72,), ``shape`` (10,), ``trans`` (3,) (metres).
+
+    ``entry`` says which fit of the file (e.g. "for annotation id 7") in the error message.
+    """
+    try:
+        return float32_fields(param, SMPL_PARAM_SIZES)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: malformed SMPL fit {entry} (needs pose[72], shape[10], trans[3]): {err}") \
+            from err
+
+
 def parse_neuralannot(entry, path, ann_id):
     """NeuralAnnot entry -> (smpl_param {pose (72,), shape (10,), trans (3,)}, cam_param {focal, princpt}).
 
     Arrays are float32; a malformed entry raises naming the file and the annotation id.
     """
     try:
-        smpl_param = {key: np.asarray(entry['smpl_param'][key], dtype=np.float32).reshape(size)
-                      for key, size in (('pose', 72), ('shape', 10), ('trans', 3))}
-        cam_param = {key: np.asarray(entry['cam_param'][key], dtype=np.float32).reshape(2)
-                     for key in ('focal', 'princpt')}
+        smpl_param = float32_fields(entry['smpl_param'], SMPL_PARAM_SIZES)
+        cam_param = float32_fields(entry['cam_param'], NEURALANNOT_CAMERA_SIZES)
     except (KeyError, ValueError, TypeError) as err:
         raise ValueError(
             f"{path}: malformed NeuralAnnot entry for annotation id {ann_id} "
@@ -152,6 +186,74 @@ def parse_keypoints(ann, num_joints, path):
     except (KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: annotation id {ann.get('id')} needs 'keypoints' with "
                          f"{num_joints} x [x, y, v] values ({err}).") from err
+
+
+def split_validity(joint_img):
+    """(J, 3) ``[x, y, v]`` keypoints -> (joint_img with 0/1 validity as third column, joint_valid (J, 1)).
+
+    A joint is valid when its annotated v > 0.  Returns new float32 arrays.
+    """
+    joint_img = np.array(joint_img, dtype=np.float32, copy=True)
+    joint_valid = (joint_img[:, 2:] > 0).astype(np.float32)
+    joint_img[:, 2] = joint_valid[:, 0]
+    return joint_img, joint_valid
+
+
+def load_h36m_regressor():
+    """The (17, 6890) H36M joint regressor from ``<data_dir>/Human36M`` (float64, read-only).
+
+    Both 3D training sets use it for the fitting error (§3.7.4); Human36M also for evaluation.
+    """
+    path = osp.join(cfg.data_dir, 'Human36M', H36M_REGRESSOR_FILE)
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f"H36M joint regressor not found: {path}\nIt belongs in <cfg.data_dir>/Human36M/ and comes with "
+            "the I2L-MeshNet/3DCrowdNet Human3.6M data release (or tool/make_synthetic_smpl.py for the "
+            "synthetic stand-in).")
+    return load_regressor(path, min_rows=H36M_JOINT_NUM)
+
+
+def load_neuralannot_people(db, annot_path, fits, fit_path, image_dir, ann_fields, person_joints,
+                            neighbour_joints=None, keep_annotation=None):
+    """Datalist of a COCO-style 2D training set with NeuralAnnot fits (MSCOCO, MPII; §3.6).
+
+    db: the ``read_coco`` index of ``annot_path``; fits: the NeuralAnnot dict of
+    ``fit_path`` keyed by str(annotation id); images live at ``image_dir/<file_name>``.
+    Images in index order, each one's annotations in order: a record lacking one of
+    ``IMAGE_FIELDS`` / ``ann_fields`` raises, ``keep_annotation(ann)`` False skips it, a
+    degenerate box skips and counts it.  ``person_joints(ann)`` -> (joint_img (J, 3) with
+    validity column, joint_valid (J, 1)); the neighbours' joints for the synthesiser are
+    ``neighbour_joints(joint_img)`` (default: joint_img).  People without a fit get
+    ``smpl_param = cam_param = None``.  Returns (datalist, number of degenerate boxes).
+    """
+    datalist, degenerate = [], 0
+    for img_id, img in db.imgs.items():
+        require_fields(img, IMAGE_FIELDS, annot_path, 'image')
+        width, height = img['width'], img['height']
+        img_path = osp.join(image_dir, img['file_name'])
+        people = []
+        for ann in db.imgToAnns.get(img_id, []):
+            require_fields(ann, ann_fields, annot_path, 'annotation')
+            if keep_annotation is not None and not keep_annotation(ann):
+                continue
+            bbox = process_bbox(ann['bbox'], width, height)
+            if bbox is None:
+                degenerate += 1
+                continue
+            joint_img, joint_valid = person_joints(ann)
+            smpl_param = cam_param = None
+            if str(ann['id']) in fits:
+                smpl_param, cam_param = parse_neuralannot(fits[str(ann['id'])], fit_path, ann['id'])
+            people.append({
+                'img_path': img_path, 'img_id': img_id, 'ann_id': ann['id'], 'img_shape': (height, width),
+                'bbox': bbox, 'tight_bbox': np.asarray(ann['bbox'], dtype=np.float32),
+                'joint_img': joint_img, 'joint_valid': joint_valid,
+                'smpl_param': smpl_param, 'cam_param': cam_param,
+            })
+        attach_neighbours(people, [person['joint_img'] if neighbour_joints is None
+                                   else neighbour_joints(person['joint_img']) for person in people])
+        datalist.extend(people)
+    return datalist, degenerate
 
 
 def attach_neighbours(people, neighbour_joints):
@@ -368,13 +470,63 @@ def rotate_root_pose(pose, rot):
     return pose
 
 
+class SparseRegressor:
+    """A (K, V) vertex-to-joint regressor kept as its non-zero columns.
+
+    ``vertex_ids`` (n,) sorted int64 ids of the vertices it reads, ``weights`` (K, n)
+    float64.  ``weights @ mesh[vertex_ids]`` equals ``regressor @ mesh`` (the dropped
+    columns contribute exact zeros).
+    """
+
+    def __init__(self, regressor):
+        regressor = np.asarray(regressor, dtype=np.float64)
+        if regressor.ndim != 2:
+            raise ValueError(f"A joint regressor must be (K, V); got shape {regressor.shape}.")
+        self.vertex_ids = np.flatnonzero(np.any(regressor != 0, axis=0))
+        self.weights = np.ascontiguousarray(regressor[:, self.vertex_ids])
+
+    def __len__(self):
+        return len(self.weights)
+
+
+class _SkinningSubset:
+    """The neutral model's per-vertex arrays restricted to ``vertex_ids`` (contiguous float64).
+
+    Built once per vertex set, so a call only multiplies: no per-sample gathering of the
+    (V, 3, 207) pose blend shapes.  ``joint_rows`` are the positions of the 30-joint
+    regressor's vertices inside the set.
+    """
+
+    def __init__(self, evaluator, vertex_ids):
+        self.vertex_ids = vertex_ids
+        every_vertex = np.array_equal(vertex_ids, np.arange(len(evaluator.v_template)))
+
+        def rows(array):
+            # The whole mesh shares the evaluator's arrays (the pose blend shapes are 34 MB).
+            return array if every_vertex else array[vertex_ids]
+
+        self.v_template = rows(evaluator.v_template)
+        # Blend shapes as (3n, num_coefficients) matrices: one product per call.
+        self.shapedirs = rows(evaluator.shapedirs).reshape(3 * len(vertex_ids), -1)
+        self.posedirs = rows(evaluator.posedirs).reshape(3 * len(vertex_ids), -1)
+        self.weights = rows(evaluator.weights)
+        self.joint_rows = np.searchsorted(vertex_ids, evaluator.support)
+        if not np.array_equal(vertex_ids[np.minimum(self.joint_rows, len(vertex_ids) - 1)], evaluator.support):
+            raise ValueError("A vertex subset must contain every vertex the 30-joint regressor reads.")
+
+
 class NeutralSmplEvaluator:
     """NumPy float64 forward of the neutral SMPL layer for one person (MODEL.md §3 semantics).
 
-    The SMPL-30 joints only read the few hundred vertices in the support of the joint
-    regressor, so the joints are evaluated on those vertices alone; the full mesh is
-    skinned only when asked for.  Same numbers as ``Reg30 @ layer(pose, shape, trans)``
-    up to float rounding (checked in tests/test_train_pipeline.py).
+    Targets need the SMPL-30 joints (and, for the 3D sets' fitting error, the H36M
+    joints), which read only the few hundred vertices in the regressors' support, so
+    only those vertices are skinned unless the full mesh is asked for.  Same numbers
+    as ``Reg30 @ layer(pose, shape, trans)`` up to float rounding (checked in
+    tests/test_train_pipeline.py against smplpytorch and against the full mesh).
+
+    The vertex-sized products use ``np.einsum`` (single-threaded C loops), not BLAS:
+    OpenBLAS threads products of this size, and in a data-loader process on a busy
+    machine each threaded call waits milliseconds for its helper threads.
     """
 
     def __init__(self, smpl):
@@ -389,18 +541,32 @@ class NeutralSmplEvaluator:
         self.weights = as_array(layer.th_weights)
         j_regressor = as_array(layer.th_J_regressor)
         self.parents = list(layer.kintree_parents)
-        self.joint_regressor = np.asarray(smpl.joint_regressor, dtype=np.float64)
-        self.support = np.flatnonzero(np.abs(self.joint_regressor).sum(0) > 0)
-        self.support_regressor = self.joint_regressor[:, self.support]
+        self.joint_regressor = SparseRegressor(smpl.joint_regressor)
+        self.support = self.joint_regressor.vertex_ids
         # Rest joints are linear in the betas: precompute template joints and their shape basis.
         self.j_template = j_regressor @ self.v_template
         self.j_shapedirs = np.einsum('jv,vcs->jcs', j_regressor, self.shapedirs)
+        self._subsets = {}
 
-    def _skin(self, vertex_ids, rotmats, joints_rest, betas):
-        """Posed vertices (len(vertex_ids), 3) without translation."""
-        v_shaped = self.v_template[vertex_ids] + self.shapedirs[vertex_ids] @ betas
-        pose_feature = (rotmats[1:] - np.eye(3)).reshape(-1)
-        v_posed = v_shaped + self.posedirs[vertex_ids] @ pose_feature
+    def subset(self, *regressors):
+        """The cached ``_SkinningSubset`` of the 30-joint support plus the ``SparseRegressor``s' vertices."""
+        vertex_ids = self.support
+        for regressor in regressors:
+            vertex_ids = np.union1d(vertex_ids, regressor.vertex_ids)
+        key = vertex_ids.tobytes()
+        if key not in self._subsets:
+            self._subsets[key] = _SkinningSubset(self, vertex_ids)
+        return self._subsets[key]
+
+    def full(self):
+        """The ``_SkinningSubset`` of every vertex (the whole mesh)."""
+        key = 'all'
+        if key not in self._subsets:
+            self._subsets[key] = _SkinningSubset(self, np.arange(len(self.v_template)))
+        return self._subsets[key]
+
+    def _global_transforms(self, rotmats, joints_rest):
+        """Per-joint skinning transforms (24, 12): global rotation (9) and translation (3)."""
         global_rot = np.empty_like(rotmats)
         global_pos = np.empty_like(joints_rest)
         global_rot[0], global_pos[0] = rotmats[0], joints_rest[0]
@@ -409,23 +575,31 @@ class NeutralSmplEvaluator:
             global_rot[joint] = global_rot[parent] @ rotmats[joint]
             global_pos[joint] = global_rot[parent] @ (joints_rest[joint] - joints_rest[parent]) + global_pos[parent]
         skin_trans = global_pos - np.einsum('kij,kj->ki', global_rot, joints_rest)
-        skin = np.concatenate([global_rot.reshape(-1, 9), skin_trans], axis=1)
-        per_vertex = self.weights[vertex_ids] @ skin
+        return np.concatenate([global_rot.reshape(-1, 9), skin_trans], axis=1)
+
+    def _skin(self, subset, rotmats, joints_rest, betas):
+        """Posed vertices (len(subset.vertex_ids), 3) without translation."""
+        pose_feature = (rotmats[1:] - np.eye(3)).reshape(-1)
+        v_posed = (subset.v_template + np.einsum('is,s->i', subset.shapedirs, betas).reshape(-1, 3)
+                   + np.einsum('ip,p->i', subset.posedirs, pose_feature).reshape(-1, 3))
+        per_vertex = np.einsum('vk,kc->vc', subset.weights, self._global_transforms(rotmats, joints_rest))
         verts = np.einsum('vij,vj->vi', per_vertex[:, :9].reshape(-1, 3, 3), v_posed)
         return verts + per_vertex[:, 9:]
 
-    def __call__(self, pose, shape, trans=None, with_mesh=True):
-        """pose (72,), shape (10,), trans (3,) metres -> (mesh (6890, 3) or None, joints (30, 3)), float64."""
+    def __call__(self, pose, shape, trans=None, subset=None):
+        """pose (72,), shape (10,), trans (3,) metres -> (vertices, joints (30, 3)), float64.
+
+        ``vertices`` (n, 3) are those of ``subset`` (from ``subset()``/``full()``;
+        default: the 30-joint support), with the translation.
+        """
+        subset = self.subset() if subset is None else subset
         betas = np.asarray(shape, dtype=np.float64).reshape(-1)
         trans = np.zeros(3) if trans is None else np.asarray(trans, dtype=np.float64).reshape(3)
         pose = torch.as_tensor(np.asarray(pose, dtype=np.float64).reshape(-1, 3))
         rotmats = quat_axis_angle_to_rotmat(pose).numpy()
         joints_rest = self.j_template + self.j_shapedirs @ betas
-        if with_mesh:
-            mesh = self._skin(slice(None), rotmats, joints_rest, betas) + trans
-            return mesh, self.joint_regressor @ mesh
-        verts = self._skin(self.support, rotmats, joints_rest, betas) + trans
-        return None, self.support_regressor @ verts
+        verts = self._skin(subset, rotmats, joints_rest, betas) + trans
+        return verts, self.joint_regressor.weights @ verts[subset.joint_rows]
 
 
 _EVALUATORS = weakref.WeakKeyDictionary()
@@ -441,8 +615,9 @@ def neutral_smpl_evaluator(smpl=None):
 
 def smpl_mesh_and_joints(pose, shape, trans=None, smpl=None, with_mesh=True):
     """Neutral SMPL mesh (6890, 3) (None unless ``with_mesh``) and SMPL-30 joints (30, 3), metres, float32."""
-    mesh, joints = neutral_smpl_evaluator(smpl)(pose, shape, trans, with_mesh)
-    return (None if mesh is None else mesh.astype(np.float32)), joints.astype(np.float32)
+    evaluate = neutral_smpl_evaluator(smpl)
+    mesh, joints = evaluate(pose, shape, trans, evaluate.full() if with_mesh else None)
+    return (mesh.astype(np.float32) if with_mesh else None), joints.astype(np.float32)
 
 
 def _merge_camera_rotation(pose, rotation):
@@ -454,7 +629,7 @@ def _merge_camera_rotation(pose, rotation):
 
 
 def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb, rot=0.0, smpl=None,
-                     with_mesh=True):
+                     with_mesh=True, regressor=None):
     """SMPL fit -> training targets (§3.7, §3.2 steps 5-7).
 
     variant: 'H36M' (world-frame fit, cam_param has R, t in mm), 'camera_mm' (MuCo) or
@@ -463,13 +638,18 @@ def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb,
       ``joint_trunc`` (30, 1), ``joint_cam`` (30, 3) metres, pelvis-relative, rotated,
       ``pose`` (72,) flipped and rotation-augmented, ``shape`` (10,) sanitised,
       ``mesh_cam`` (6890, 3) camera-frame mesh in the variant's unit (mm for 'H36M' and
-      'camera_mm', metres for 'NeuralAnnot'; None when ``with_mesh`` is False: the 2D sets
-      need only the joints), ``joint_cam_abs`` (30, 3) same unit.  float32 throughout.
+      'camera_mm', metres for 'NeuralAnnot'; None when ``with_mesh`` is False: training
+      needs only joints), ``joint_cam_abs`` (30, 3) same unit, float32 throughout, and
+      ``regressor_joints`` (K, 3) float64: ``regressor`` (a ``SparseRegressor``, e.g. the
+      H36M one for the fitting error) applied to the float32 camera-frame mesh, the same
+      numbers as ``regressor @ mesh_cam``; None without ``regressor``.  Without the mesh
+      only the vertices the regressors read are skinned.
     """
     if variant not in FIT_VARIANTS:
         raise ValueError(f"Unknown SMPL fit variant '{variant}'; expected one of {FIT_VARIANTS}.")
     smpl = smpl or get_smpl()
     evaluate = neutral_smpl_evaluator(smpl)
+    subset = evaluate.full() if with_mesh else evaluate.subset(*([regressor] if regressor is not None else []))
     pose = np.asarray(smpl_param['pose'], dtype=np.float32).reshape(-1)
     shape = np.asarray(smpl_param['shape'], dtype=np.float32).reshape(-1)
     trans = np.asarray(smpl_param['trans'], dtype=np.float64).reshape(3)
@@ -483,7 +663,7 @@ def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb,
         pose = _merge_camera_rotation(pose, rotation)
         if do_flip:
             pose = flip_smpl_pose(pose)
-        mesh, joints = evaluate(pose, shape, None, with_mesh)
+        verts, joints = evaluate(pose, shape, None, subset)
         root = joints[root_idx]
         # SMPL rotates about its root joint: moving a world-frame fit into the camera
         # frame needs this compensation of the translation.
@@ -491,7 +671,7 @@ def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb,
     else:
         if do_flip:
             pose = flip_smpl_pose(pose)
-        mesh, joints = evaluate(pose, shape, trans, with_mesh)
+        verts, joints = evaluate(pose, shape, trans, subset)
         offset = np.zeros(3)
     if do_flip:
         offset[0] += flip_translation_shift(joints[root_idx] + offset, focal, princpt, img_width)
@@ -499,8 +679,12 @@ def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb,
         shape = np.zeros_like(shape)
     unit_scale = 1 if variant == 'NeuralAnnot' else 1000
     joints = (joints + offset) * unit_scale
-    if mesh is not None:
-        mesh = ((mesh + offset) * unit_scale).astype(np.float32)
+    verts = ((verts + offset) * unit_scale).astype(np.float32)
+    regressor_joints = None
+    if regressor is not None:
+        rows = np.searchsorted(subset.vertex_ids, regressor.vertex_ids)
+        # einsum, not BLAS: a dense regressor (all 6890 columns) would make OpenBLAS thread this product.
+        regressor_joints = np.einsum('kv,vc->kc', regressor.weights, verts[rows].astype(np.float64))
 
     joint_img = cam2pixel(joints, focal, princpt)
     joint_img[:, :2] = apply_affine(joint_img[:, :2], img2bb)
@@ -515,8 +699,9 @@ def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb,
         'joint_cam': joint_cam.astype(np.float32),
         'pose': rotate_root_pose(pose, rot),
         'shape': shape.astype(np.float32),
-        'mesh_cam': mesh,
+        'mesh_cam': verts if with_mesh else None,
         'joint_cam_abs': joints.astype(np.float32),
+        'regressor_joints': regressor_joints,
     }
 
 
@@ -532,18 +717,19 @@ def dummy_fit_targets(smpl=None):
         'shape': np.zeros(smpl.shape_param_dim, np.float32),
         'mesh_cam': None,
         'joint_cam_abs': None,
+        'regressor_joints': None,
     }
 
 
-def fitting_error(gt_joint_cam, mesh_cam, regressor, joint_idx=None):
+def fitting_error(gt_joint_cam, fit_joint_cam, joint_idx=None):
     """Mean joint distance (mm) after translation-only alignment (§3.7.4).
 
-    gt_joint_cam (K, 3) mm; mesh_cam (6890, 3) mm; regressor (K, 6890);
-    joint_idx restricts both to the listed rows (MuCo: the 14 joints shared with H36M).
+    gt_joint_cam (K, 3) mm; fit_joint_cam (K, 3) mm, the fit mesh's regressed joints
+    (``smpl_fit_targets(..., regressor=...)['regressor_joints']``); joint_idx restricts
+    both to the listed rows (MuCo: the 14 joints shared with H36M).
     """
-    # float64: besides precision, OpenBLAS is pathologically slow on this float32 shape.
     gt = np.asarray(gt_joint_cam, dtype=np.float64)
-    pred = np.asarray(regressor, dtype=np.float64) @ np.asarray(mesh_cam, dtype=np.float64)
+    pred = np.asarray(fit_joint_cam, dtype=np.float64)
     if joint_idx is not None:
         gt, pred = gt[list(joint_idx)], pred[list(joint_idx)]
     pred = pred - pred.mean(axis=0) + gt.mean(axis=0)
@@ -604,6 +790,7 @@ class TrainDataset(SeededDataset):
     root_joint_idx = None        # 3D sets: root of camera/depth coordinates
     is_3d = False
     fit_variant = 'NeuralAnnot'
+    fit_regressor = None         # 3D sets: SparseRegressor of the fitting-error joints
     synth_joints_name = COCO17_JOINTS_NAME   # COCO set of the synthesiser and of near_joints
     synth_shared_idx = ()        # dataset joints receiving synthetic x,y
     synth_force_valid = False    # 3D sets: every dataset joint counts as valid for synthesis
@@ -651,7 +838,7 @@ class TrainDataset(SeededDataset):
 
         if data.get('smpl_param') is not None:
             fit = smpl_fit_targets(data['smpl_param'], data['cam_param'], self.fit_variant, do_flip, img_width,
-                                   img2bb, rot, self.smpl, with_mesh=self.is_3d)
+                                   img2bb, rot, self.smpl, with_mesh=False, regressor=self.fit_regressor)
             is_valid_fit = self.fit_is_valid(data, fit, gt, do_flip)
         else:
             fit = dummy_fit_targets(self.smpl)
@@ -661,6 +848,27 @@ class TrainDataset(SeededDataset):
     def get_test_sample(self, idx, data):
         """Non-train splits; loaders that have one override this."""
         raise NotImplementedError(f"{type(self).__name__} has no '{self.data_split}' split.")
+
+
+class MocapTrainDataset(TrainDataset):
+    """Base of the 3D training sets (Human36M, MuCo; §3.4, §3.5).
+
+    GT joints come from mocap in camera coordinates and all count as valid for the
+    synthesiser (COCO-17); an SMPL fit is valid when its fitting error against H36M-17
+    joints regressed from the fit mesh is small (§3.7.4, ``fit_is_valid`` in the
+    subclass), so only the vertices that regressor reads are skinned.
+    Attributes: ``h36m_regressor`` (17, 6890) float64 and ``fit_regressor``, its
+    ``SparseRegressor``.
+    """
+
+    is_3d = True
+    synth_joints_name = COCO17_JOINTS_NAME
+    synth_force_valid = True
+
+    def __init__(self, transform, data_split):
+        self.h36m_regressor = load_h36m_regressor()
+        self.fit_regressor = SparseRegressor(self.h36m_regressor)
+        super().__init__(transform, data_split)
 
 
 def _flip_pairs_within(flip_pairs, num_joints):

@@ -253,3 +253,56 @@ def test_matches_straightforward_rederivation(num_near):
         ours = synthesize_pose(joints, near, [40, 30, 90, 130], num_near, img2bb, np.random.default_rng(seed))
         ref = reference_synthesis(joints, near, [40, 30, 90, 130], num_near, img2bb, np.random.default_rng(seed))
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+
+
+def plain_survivors(centres, angles, radii, cands, ref_mask, threshold):
+    """Straightforward float64 test: point = centre + r (cos a, sin a), squared distance > t^2."""
+    keep = np.ones(angles.shape, bool)
+    for i, centre in enumerate(centres):
+        px, py = centre[0] + radii[i] * np.cos(angles[i]), centre[1] + radii[i] * np.sin(angles[i])
+        limit = radii[i] ** 2 if threshold is None else threshold ** 2
+        for k in np.flatnonzero(ref_mask[i]):
+            dx, dy = px - cands[k, 0], py - cands[k, 1]
+            keep[i] &= dx * dx + dy * dy > limit
+    return keep
+
+
+def boundary_rings(rng, centres, refs, num, r_high, threshold):
+    """Ring samples (angles, radii) whose points lie on a reference's exclusion circle
+    (radius ``threshold``, or the sample's own radius) up to a relative 1e-12..1e-6 nudge."""
+    angles, radii = np.empty((len(centres), num)), np.empty((len(centres), num))
+    for i, (centre, ref) in enumerate(zip(centres, refs)):
+        delta = ref - centre
+        dist, direction = np.hypot(*delta), np.arctan2(delta[1], delta[0])
+        nudge = rng.choice([-1, 1], num) * 10.0 ** rng.uniform(-12, -6, num)
+        side = rng.choice([-1, 1], num)
+        if threshold is None:
+            # |c + r u - q| = r  <=>  cos(angle - direction) = D / (2 r)
+            radii[i] = rng.uniform(dist / 2 + 0.1, r_high, num)
+            angles[i] = direction + side * np.arccos(dist / (2 * radii[i])) * (1 + nudge)
+        else:
+            phi = rng.uniform(0, 2 * np.pi, num)
+            point = ref + (threshold * (1 + nudge))[:, None] * np.stack([np.cos(phi), np.sin(phi)], 1)
+            radii[i] = np.hypot(*(point - centre).T)
+            angles[i] = np.arctan2(*(point - centre).T[::-1])
+        angles[i] = np.mod(angles[i], 2 * np.pi)
+    assert radii.max() < r_high
+    return angles, radii
+
+
+@pytest.mark.parametrize('threshold', [None, 3.0])
+def test_screened_survivors_equal_the_plain_test_on_the_boundary(threshold):
+    """Samples within 1e-12..1e-6 (relative) of a reference's exclusion circle: the float32
+    screening must hand every close call to the exact float64 test."""
+    from common.utils.posefix import _survivors
+    rng = np.random.default_rng(0)
+    cands = np.array([[100.0, 80.0], [103.5, 81.0], [97.0, 78.5], [180.0, 20.0]])
+    centres, r_high = cands[:3], 7.0 if threshold is None else 11.0
+    ref_mask = ~np.eye(3, 4, dtype=bool)
+    angles, radii = boundary_rings(rng, centres, cands[[1, 2, 0]], 3000, r_high, threshold)
+    dist = np.sqrt(((centres[:, None] - cands[None]) ** 2).sum(-1))
+    expected = plain_survivors(centres, angles, radii, cands, ref_mask, threshold)
+    kept = _survivors((centres, angles, radii), r_high, cands, dist, ref_mask, threshold)
+    for i in range(3):
+        np.testing.assert_array_equal(kept[i], np.flatnonzero(expected[i]))
+    assert 0.2 < expected.mean() < 0.8

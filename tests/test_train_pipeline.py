@@ -129,12 +129,22 @@ def test_fitting_error_translation_only_alignment():
     regressor = rng.random((4, 50))
     regressor /= regressor.sum(1, keepdims=True)
     joints = regressor @ mesh
-    assert tp.fitting_error(joints + [5.0, -7.0, 30.0], mesh, regressor) == pytest.approx(0, abs=1e-3)
+    assert tp.fitting_error(joints + [5.0, -7.0, 30.0], joints) == pytest.approx(0, abs=1e-3)
     moved = joints.copy()
     moved[2, 0] += 40.0            # one joint 40 mm off; the mean shift spreads 10 mm to every joint
     expected = (3 * 10.0 + 30.0) / 4
-    assert tp.fitting_error(moved, mesh, regressor) == pytest.approx(expected, rel=1e-4)
-    assert tp.fitting_error(moved, mesh, regressor, joint_idx=[0, 1, 3]) == pytest.approx(0, abs=1e-3)
+    assert tp.fitting_error(moved, joints) == pytest.approx(expected, rel=1e-4)
+    assert tp.fitting_error(moved, joints, joint_idx=[0, 1, 3]) == pytest.approx(0, abs=1e-3)
+
+
+def test_sparse_regressor_keeps_only_nonzero_columns():
+    regressor = np.zeros((3, 10))
+    regressor[0, [2, 7]] = (0.25, 0.75)
+    regressor[2, 4] = -1.0
+    sparse = tp.SparseRegressor(regressor)
+    assert sparse.vertex_ids.tolist() == [2, 4, 7] and len(sparse) == 3
+    mesh = np.random.default_rng(1).normal(size=(10, 3))
+    np.testing.assert_allclose(sparse.weights @ mesh[sparse.vertex_ids], regressor @ mesh, rtol=1e-15, atol=0)
 
 
 # ------------------------------------------------------------------------ GT joints
@@ -325,6 +335,29 @@ def test_assembled_sample_collates_to_float32_masks(smpl_cfg):
     assert valid[[7, 8, 10, 11, 20, 21, 22, 23]].sum() == 0 and valid.sum() == 16 * 3
     assert set(targets) == {'orig_joint_img', 'fit_joint_img', 'orig_joint_cam', 'fit_joint_cam',
                             'pose_param', 'shape_param'}
+
+
+@pytest.mark.parametrize('variant,do_flip', [('H36M', True), ('camera_mm', False)])
+def test_support_only_fit_targets_equal_the_full_mesh_path(smpl_cfg, variant, do_flip):
+    """Training skips the full mesh: skinning only the regressors' vertices gives the same
+    targets, and the regressed fitting-error joints equal ``regressor @ mesh_cam``."""
+    fit = _random_fit(np.random.default_rng(4))
+    cam = {'focal': np.array([900.0, 905.0], np.float32), 'princpt': np.array([150.0, 140.0], np.float32),
+           'R': Rotation.from_euler('xyz', [-1.3, 0.2, 0.1]).as_matrix().astype(np.float32),
+           't': np.array([100.0, -50.0, 4000.0], np.float32)}
+    img2bb = np.array([[0.7, 0.0, -30.0], [0.0, 0.7, 12.0]], np.float32)
+    dense = np.random.default_rng(5).random((17, 6890)) * (np.random.default_rng(6).random(6890) < 0.05)
+    regressor = tp.SparseRegressor(dense)
+    full = tp.smpl_fit_targets(fit, cam, variant, do_flip, 320, img2bb, rot=20.0, with_mesh=True,
+                               regressor=regressor)
+    fast = tp.smpl_fit_targets(fit, cam, variant, do_flip, 320, img2bb, rot=20.0, with_mesh=False,
+                               regressor=regressor)
+    assert fast['mesh_cam'] is None and full['mesh_cam'].shape == (6890, 3)
+    np.testing.assert_allclose(full['regressor_joints'], dense @ full['mesh_cam'].astype(np.float64), rtol=1e-12)
+    np.testing.assert_allclose(fast['regressor_joints'], full['regressor_joints'], rtol=1e-12)
+    for key in ('joint_img', 'joint_trunc', 'joint_cam', 'pose', 'shape', 'joint_cam_abs'):
+        np.testing.assert_allclose(fast[key], full[key], rtol=1e-6, atol=1e-6, err_msg=key)
+    assert tp.smpl_fit_targets(fit, cam, variant, do_flip, 320, img2bb)['regressor_joints'] is None
 
 
 def test_neutral_evaluator_matches_the_shared_layer(smpl_cfg):

@@ -6,6 +6,7 @@ small displacement, chosen per joint with probabilities depending on the number 
 valid joints and of overlapping people.  Error magnitudes are keypoint-similarity
 radii (COCO OKS constants, box area in crop pixels²).
 """
+import functools
 import math
 
 import numpy as np
@@ -96,70 +97,58 @@ def _rings(rng, centres, num, r_low, r_high):
 SCREEN_MARGIN = 1e-4
 
 
-def _survivors(rings, references, ref_mask=None, threshold=None):
-    """Mask (m, num) of the ring samples p with ``|p - c| > t`` for every reference c.
+@functools.lru_cache(maxsize=None)
+def _all_samples(num):
+    """Read-only ``arange(num)``: the survivors of a ring no reference can reach."""
+    indices = np.arange(num)
+    indices.setflags(write=False)
+    return indices
 
-    rings from ``_rings``; references (k, 2) shared by all rows, ``ref_mask`` (m, k)
-    bool selects each row's references (default all); ``t`` is the scalar
-    ``threshold``, or each sample's own radius when None.
+
+def _survivors(rings, r_high, cands, cand_dist, ref_mask, threshold=None):
+    """Per ring row, the sorted indices of the samples p with ``|p - c| > t`` for every reference c.
+
+    rings from ``_rings`` with radii below ``r_high``; cands (m, 2) candidate points;
+    cand_dist (rows, m) distances from each ring centre to each candidate; ref_mask
+    (rows, m) bool selects each row's references among the candidates; ``t`` is the
+    scalar ``threshold``, or each sample's own radius when None.
 
     The result equals the straightforward float64 test (points ``centre + r (cos a,
     sin a)``, squared distances against ``t^2``), computed faster: references too far
-    from a row's centre to reject any sample are skipped (triangle inequality), the
-    others are screened in float32 (SIMD trigonometry) and only samples within the
-    screening margin of the threshold are re-tested in float64.
+    from a row's centre to reject any sample are skipped (triangle inequality with the
+    radius bound), the others are screened in float32 (SIMD trigonometry) and only
+    samples within the screening margin of the threshold are re-tested in float64.
     """
     centres, angles, radii = rings
-    keep = np.ones(angles.shape, dtype=bool)
-    if len(references) == 0 or angles.size == 0:
-        return keep
-    if ref_mask is None:
-        ref_mask = np.ones((len(centres), len(references)), dtype=bool)
-    r_max = radii.max(axis=1)
-    reach = r_max + (r_max if threshold is None else threshold)
-    centre_dist = np.sqrt(((centres[:, None, :] - references[None, :, :]) ** 2).sum(axis=-1))
-    near = ref_mask & (centre_dist <= reach[:, None] * (1 + 1e-9) + 1e-9)
-    rows = np.flatnonzero(near.any(axis=1))
-    if len(rows) == 0:
-        return keep
-    near = near[rows]
-    ang, rad, cen = angles[rows], radii[rows], centres[rows]
-    limit = rad * rad if threshold is None else np.float64(threshold) ** 2
-    # Screening in float32 on centre-relative coordinates, one reference at a time into
-    # preallocated buffers (no large temporaries).
-    delta = references[None, :, :] - cen[:, None, :]                         # (m', k, 2)
-    reach_ref = np.sqrt((delta ** 2).sum(-1))
-    margin = SCREEN_MARGIN * ((r_max[rows] + np.where(near, reach_ref, 0).max(1)) ** 2 + float(np.max(limit)))
-    rad32 = rad.astype(np.float32)
-    ang32 = ang.astype(np.float32)
-    off_x, off_y = rad32 * np.cos(ang32), rad32 * np.sin(ang32)
-    delta32 = np.where(near[..., None], delta, 1e6).astype(np.float32)    # ignored -> far away
-    nearest_sq = np.full(ang.shape, np.inf, dtype=np.float32)
-    dx, dy = np.empty_like(off_x), np.empty_like(off_y)
-    for k in np.flatnonzero(near.any(axis=0)):
-        np.subtract(off_x, delta32[:, k, 0:1], out=dx)
-        np.subtract(off_y, delta32[:, k, 1:2], out=dy)
-        np.multiply(dx, dx, out=dx)
-        np.multiply(dy, dy, out=dy)
-        np.add(dx, dy, out=dx)
-        np.minimum(nearest_sq, dx, out=nearest_sq)
-    excess = nearest_sq - np.asarray(limit, dtype=np.float32)
-    margin32 = margin.astype(np.float32)[:, None]
-    far = excess > margin32
-    redo_r, redo_s = np.nonzero(np.abs(excess) <= margin32)
+    reach = (2.0 * r_high if threshold is None else r_high + threshold) * (1 + 1e-9) + 1e-9
+    near = ref_mask & (cand_dist <= reach)
+    if not near.any():
+        return [_all_samples(angles.shape[1])] * len(centres)
+    delta = cands[None, :, :] - centres[:, None, :]                        # (m, k, 2)
+    limit = radii ** 2 if threshold is None else np.float64(threshold) ** 2
+    max_limit = r_high ** 2 if threshold is None else limit
+    margin = np.float32(SCREEN_MARGIN * ((r_high + np.max(cand_dist, where=near, initial=0.0)) ** 2 + max_limit))
+    # float32 screening of every (row, reference, sample) triple; ignored pairs sit far away.
+    ang32 = angles.astype(np.float32)
+    rad32 = radii.astype(np.float32)
+    delta32 = np.where(near[..., None], delta, 1e6).astype(np.float32)
+    dx = (rad32 * np.cos(ang32))[:, None, :] - delta32[:, :, 0:1]
+    dy = (rad32 * np.sin(ang32))[:, None, :] - delta32[:, :, 1:2]
+    np.multiply(dx, dx, out=dx)
+    np.multiply(dy, dy, out=dy)
+    np.add(dx, dy, out=dx)
+    excess = dx.min(axis=1) - np.asarray(limit, dtype=np.float32)          # (m, num)
+    far = excess > margin
+    redo_r, redo_s = np.nonzero(np.abs(excess) <= margin)
     if len(redo_r):
-        a, r = ang[redo_r, redo_s], rad[redo_r, redo_s]
-        px = cen[redo_r, 0] + r * np.cos(a)
-        py = cen[redo_r, 1] + r * np.sin(a)
-        lim = limit[redo_r, redo_s] if threshold is None else limit
-        ok = np.ones(len(redo_r), dtype=bool)
-        for k in np.flatnonzero(near.any(axis=0)):
-            ddx = px - references[k, 0]
-            ddy = py - references[k, 1]
-            ok &= (ddx * ddx + ddy * ddy > lim) | ~near[redo_r, k]
-        far[redo_r, redo_s] = ok
-    keep[rows] = far
-    return keep
+        a, r = angles[redo_r, redo_s], radii[redo_r, redo_s]
+        px = centres[redo_r, 0] + r * np.cos(a)
+        py = centres[redo_r, 1] + r * np.sin(a)
+        ddx = px[:, None] - cands[None, :, 0]
+        ddy = py[:, None] - cands[None, :, 1]
+        lim = limit[redo_r, redo_s, None] if threshold is None else limit
+        far[redo_r, redo_s] = ((ddx * ddx + ddy * ddy > lim) | ~near[redo_r]).all(axis=1)
+    return [np.flatnonzero(row) for row in far]
 
 
 def _pick(rng, pool):
@@ -180,52 +169,78 @@ def _pick(rng, pool):
     raise AssertionError("unreachable")
 
 
+class _JointCandidates:
+    """Candidate points C = [g] + S + I + SI (m, 2) of one joint, their pairwise
+    distances (m, m), the index i_I = 1 + |S| and whether I is present."""
+
+    def __init__(self, points, inv_index, has_inversion):
+        self.points = points
+        self.dist = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1))
+        self.inv_index = inv_index
+        self.has_inversion = has_inversion
+
+    def __len__(self):
+        return len(self.points)
+
+    def others(self, centre):
+        """(1, m) reference mask: every candidate but ``centre``."""
+        mask = np.ones((1, len(self)), dtype=bool)
+        mask[0, centre] = False
+        return mask
+
+    def survivors(self, rings, r_high, centre_idx, ref_mask, threshold=None):
+        """``_survivors`` for rings around the candidates ``centre_idx``."""
+        return _survivors(rings, r_high, self.points, self.dist[centre_idx], ref_mask, threshold)
+
+
 def _propose_jitter(rng, cands, d85, d50):
     """Jitter: around g at [d85, d50), farther than its radius from every other candidate."""
-    rings = _rings(rng, cands[:1], NUM_JITTER, d85, d50)
-    return _pick(rng, [(rings, 0, np.flatnonzero(_survivors(rings, cands[1:])[0]))])
+    rings = _rings(rng, cands.points[:1], NUM_JITTER, d85, d50)
+    return _pick(rng, [(rings, 0, cands.survivors(rings, d50, [0], cands.others(0))[0])])
 
 
 def _propose_miss(rng, cands, d50, d10):
     """Miss: around every candidate at [d50, d10), farther than d50 from the others;
     all survivors around g, floor(m/4) drawn with replacement around each other centre."""
-    rings = _rings(rng, cands, NUM_MISS, d50, d10)
-    keep = _survivors(rings, cands, ~np.eye(len(cands), dtype=bool), d50)
-    pool = [(rings, 0, np.flatnonzero(keep[0]))]
-    for index in range(1, len(cands)):
-        kept = np.flatnonzero(keep[index])
-        if len(kept) // 4 > 0:
-            pool.append((rings, index, kept[rng.integers(len(kept), size=len(kept) // 4)]))
+    rings = _rings(rng, cands.points, NUM_MISS, d50, d10)
+    kept = cands.survivors(rings, d10, slice(None), ~np.eye(len(cands), dtype=bool), d50)
+    pool = [(rings, 0, kept[0])]
+    for index, survivors in enumerate(kept[1:], start=1):
+        if len(survivors) // 4 > 0:
+            pool.append((rings, index, survivors[rng.integers(len(survivors), size=len(survivors) // 4)]))
     # A pool of only subsampled-away survivors is empty: treated as unavailable (§9.4 fix).
     return _pick(rng, pool)
 
 
-def _propose_inversion(rng, cands, inv_index, d50):
+def _propose_inversion(rng, cands, d50):
     """Inversion: around the partner I at [0, d50), farther than its radius from the others."""
-    rings = _rings(rng, cands[inv_index:inv_index + 1], NUM_INVERSION, 0.0, d50)
-    others = np.delete(cands, inv_index, axis=0)
-    return _pick(rng, [(rings, 0, np.flatnonzero(_survivors(rings, others)[0]))])
+    inv = cands.inv_index
+    rings = _rings(rng, cands.points[inv:inv + 1], NUM_INVERSION, 0.0, d50)
+    return _pick(rng, [(rings, 0, cands.survivors(rings, d50, [inv], cands.others(inv))[0])])
 
 
-def _propose_swap(rng, cands, inv_index, d50):
+def _propose_swap(rng, cands, d50):
     """Swap: around every candidate but C[0] and C[i_I] at [0, d50), farther than its radius
     from C[0] and (if it exists) C[i_I]."""
-    centre_idx = [index for index in range(1, len(cands)) if index != inv_index]
-    references = cands[[0] + ([inv_index] if inv_index < len(cands) else [])]
-    rings = _rings(rng, cands[centre_idx], NUM_SWAP, 0.0, d50)
-    keep = _survivors(rings, references)
-    return _pick(rng, [(rings, row, np.flatnonzero(keep[row])) for row in range(len(centre_idx))])
+    inv = cands.inv_index
+    centre_idx = [index for index in range(1, len(cands)) if index != inv]
+    ref_mask = np.zeros((len(centre_idx), len(cands)), dtype=bool)
+    ref_mask[:, 0] = True
+    if inv < len(cands):
+        ref_mask[:, inv] = True
+    rings = _rings(rng, cands.points[centre_idx], NUM_SWAP, 0.0, d50)
+    kept = cands.survivors(rings, d50, centre_idx, ref_mask)
+    return _pick(rng, [(rings, row, kept[row]) for row in range(len(centre_idx))])
 
 
 def _propose_good(rng, cands, d85):
     """Good: around g at [0, d85), farther than its radius from every other candidate."""
-    rings = _rings(rng, cands[:1], NUM_GOOD, 0.0, d85)
-    return _pick(rng, [(rings, 0, np.flatnonzero(_survivors(rings, cands[1:])[0]))])
+    rings = _rings(rng, cands.points[:1], NUM_GOOD, 0.0, d85)
+    return _pick(rng, [(rings, 0, cands.survivors(rings, d85, [0], cands.others(0))[0])])
 
 
 def _candidates(j, synth, src_valid, near):
-    """Candidate points C = [g] + S + I + SI (m, 2) for joint j, the index i_I = 1 + |S|
-    and whether I is present.
+    """``_JointCandidates`` C = [g] + S + I + SI for joint j.
 
     synth (17, 3) current output rows; src_valid (17,) input validity; near (K, 17, 3).
     """
@@ -236,7 +251,7 @@ def _candidates(j, synth, src_valid, near):
         parts.append(synth[partner:partner + 1, :2])
     if partner >= 0:
         parts.append(near[near[:, partner, 2] > 0, partner, :2])
-    return np.concatenate(parts, axis=0), 1 + len(parts[1]), has_inversion
+    return _JointCandidates(np.concatenate(parts, axis=0), 1 + len(parts[1]), has_inversion)
 
 
 def synthesize_joint(j, synth, src_valid, near, levels, probs, rng):
@@ -247,12 +262,12 @@ def synthesize_joint(j, synth, src_valid, near, levels, probs, rng):
     Also returns the chosen error type index (0..4, or -1 when none was available).
     """
     d85, d50, d10 = (float(level[j]) for level in levels)
-    cands, inv_index, has_inversion = _candidates(j, synth, src_valid, near)
+    cands = _candidates(j, synth, src_valid, near)
     proposals = [
         _propose_jitter(rng, cands, d85, d50),
         _propose_miss(rng, cands, d50, d10),
-        _propose_inversion(rng, cands, inv_index, d50) if has_inversion else None,
-        _propose_swap(rng, cands, inv_index, d50) if len(cands) > 1 + has_inversion else None,
+        _propose_inversion(rng, cands, d50) if cands.has_inversion else None,
+        _propose_swap(rng, cands, d50) if len(cands) > 1 + cands.has_inversion else None,
         _propose_good(rng, cands, d85),
     ]
     available = np.array([proposal is not None for proposal in proposals])

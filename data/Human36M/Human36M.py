@@ -13,20 +13,16 @@ Expected layout under ``cfg.data_dir``::
     Human36M/J_regressor_h36m_correct.npy
     Human36M/rootnet_output/bbox_root_human36m_output.json   (test, use_gt_info=False only)
 """
-import contextlib
-import io
 import logging
 import os.path as osp
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from common.utils.preprocessing import get_bbox, process_bbox
-from common.utils.smpl import load_regressor
 from common.utils.transforms import cam2pixel, rigid_align_batch, transform_joint_to_other_db, world2cam
-from data.train_pipeline import (COCO17_JOINTS_NAME, FITTING_ERROR_THRESHOLD_MM, TrainDataset, apply_affine,
-                                 fitting_error, in_bounds_mask, load_crop, read_json, smpl_fit_targets,
-                                 to_heatmap_xy)
+from data.train_pipeline import (COCO17_JOINTS_NAME, FITTING_ERROR_THRESHOLD_MM, MocapTrainDataset, apply_affine,
+                                 coco_index, fitting_error, in_bounds_mask, load_crop, parse_smpl_param, read_json,
+                                 smpl_fit_targets, to_heatmap_xy)
 from main.config import cfg
 
 logger = logging.getLogger(__name__)
@@ -40,7 +36,6 @@ H36M_SKELETON = ((0, 7), (7, 8), (8, 9), (9, 10), (8, 11), (11, 12), (12, 13), (
 H36M_ROOT_IDX = 0
 H36M_EVAL_JOINTS = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)
 H36M_COCO_SHARED_IDX = (1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16)
-H36M_REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
 
 SPLIT_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
 FRAME_STEP = {'train': 5, 'test': 64}
@@ -56,17 +51,6 @@ LAYOUT_HINT = (
 def annotation_path(subject, kind):
     """Path of one per-subject annotation file (kind in ``ANNOTATION_KINDS``)."""
     return osp.join(cfg.data_dir, 'Human36M', 'annotations', f'Human36M_subject{subject}_{kind}.json')
-
-
-def load_h36m_regressor():
-    """The (17, 6890) H36M joint regressor from ``<data_dir>/Human36M`` (float64, read-only)."""
-    path = osp.join(cfg.data_dir, 'Human36M', H36M_REGRESSOR_FILE)
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f"H36M joint regressor not found: {path}\nIt belongs in <cfg.data_dir>/Human36M/ and comes with "
-            "the I2L-MeshNet/3DCrowdNet Human3.6M data release (or tool/make_synthetic_smpl.py for the "
-            "synthetic stand-in).")
-    return load_regressor(path, min_rows=len(H36M_JOINTS_NAME))
 
 
 def merge_subject_data(contents, paths):
@@ -95,18 +79,6 @@ def merge_subject_data(contents, paths):
     return merged
 
 
-def build_coco_index(dataset, description):
-    """A pycocotools ``COCO`` over an in-memory dataset dict (index messages silenced)."""
-    db = COCO()
-    db.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            db.createIndex()
-        except KeyError as err:
-            raise ValueError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
-    return db
-
-
 def nested_lookup(table, keys, path, what):
     """``table[k0][k1]...`` for string keys; a missing entry raises naming the file and the keys."""
     node = table
@@ -115,16 +87,6 @@ def nested_lookup(table, keys, path, what):
             raise KeyError(f"{path}: no {what} entry for [{']['.join(repr(k) for k in keys)}] (DATA.md §1.3).")
         node = node[key]
     return node
-
-
-def parse_fit(param, path, keys):
-    """World-frame SMPL fit -> dict of float32 ``pose`` (72,), ``shape`` (10,), ``trans`` (3,) metres."""
-    try:
-        return {name: np.asarray(param[name], dtype=np.float32).reshape(size)
-                for name, size in (('pose', 72), ('shape', 10), ('trans', 3))}
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: malformed SMPL fit at {list(keys)} (needs pose[72], shape[10], trans[3]): "
-                         f"{err}") from err
 
 
 def parse_camera(camera, path, cam_idx):
@@ -143,7 +105,7 @@ def regress_joints(regressor, meshes):
     return np.einsum('jv,bvc->bjc', np.asarray(regressor, dtype=np.float64), np.asarray(meshes, dtype=np.float64))
 
 
-class Human36M(TrainDataset):
+class Human36M(MocapTrainDataset):
     """``Human36M(transform, data_split)`` with ``data_split`` in {'train', 'test'}.
 
     ``self[i]`` -> ``(inputs, targets, meta_info)`` as DATA.md §3.3 (train) or §3.4 (test).
@@ -156,17 +118,13 @@ class Human36M(TrainDataset):
     skeleton = H36M_SKELETON
     root_joint_idx = H36M_ROOT_IDX
     eval_joints = H36M_EVAL_JOINTS
-    is_3d = True
     fit_variant = 'H36M'
-    synth_joints_name = COCO17_JOINTS_NAME
     synth_shared_idx = H36M_COCO_SHARED_IDX
-    synth_force_valid = True
 
     def __init__(self, transform, data_split):
         if data_split not in SPLIT_SUBJECTS:
             raise ValueError(f"Human36M: unknown data_split '{data_split}'; expected 'train' or 'test'.")
         self.img_dir = osp.join(cfg.data_dir, 'Human36M', 'images')
-        self.h36m_regressor = load_h36m_regressor()
         self.skipped_bbox_count = 0
         super().__init__(transform, data_split)
 
@@ -175,7 +133,7 @@ class Human36M(TrainDataset):
         """Read the four files of every subject once -> (COCO index, {subject: (cameras, joints, fits)})."""
         subjects = SPLIT_SUBJECTS[self.data_split]
         data_paths = [annotation_path(s, 'data') for s in subjects]
-        db = build_coco_index(merge_subject_data([read_json(p, LAYOUT_HINT) for p in data_paths], data_paths),
+        db = coco_index(merge_subject_data([read_json(p, LAYOUT_HINT) for p in data_paths], data_paths),
                               'Human36M ' + ', '.join(data_paths))
         per_subject = {}
         for subject in subjects:
@@ -222,7 +180,8 @@ class Human36M(TrainDataset):
             frame_keys = (str(action), str(subaction), str(frame))
             fit_path = annotation_path(subject, 'smpl_param')
             fit = tables['smpl_param'].get(frame_keys[0], {}).get(frame_keys[1], {}).get(frame_keys[2])
-            fit = None if fit is None else parse_fit(fit, fit_path, frame_keys)
+            # World-frame fit (the translation in metres).
+            fit = None if fit is None else parse_smpl_param(fit, fit_path, f'at {list(frame_keys)}')
             if self.data_split == 'test' and fit is None:
                 continue
             cam_path = annotation_path(subject, 'camera')
@@ -273,7 +232,7 @@ class Human36M(TrainDataset):
     # ----------------------------------------------------------------- samples
     def fit_is_valid(self, data, fit, gt, do_flip):
         """Fitting error (mm, §3.7.4) of the camera-frame fit against the GT joints <= 25 mm."""
-        error = fitting_error(gt['joint_cam_mm'], fit['mesh_cam'], self.h36m_regressor)
+        error = fitting_error(gt['joint_cam_mm'], fit['regressor_joints'])
         return error <= FITTING_ERROR_THRESHOLD_MM
 
     def get_test_sample(self, idx, data):

@@ -17,20 +17,23 @@ import numpy as np
 
 from common.utils.preprocessing import process_bbox
 from common.utils.transforms import transform_joint_to_other_db
-from data.train_pipeline import (COCO18_JOINTS_NAME, COCO_FLIP_PAIRS, TrainDataset, add_pelvis,
-                                 apply_affine, attach_neighbours, in_bounds_mask, load_crop, parse_keypoints,
-                                 parse_neuralannot, read_coco, read_json, require_fields,
-                                 to_heatmap_xy)
+from data.train_pipeline import (COCO18_JOINTS_NAME, COCO_FLIP_PAIRS, IMAGE_FIELDS, TrainDataset, add_pelvis,
+                                 apply_affine, in_bounds_mask, load_crop, load_neuralannot_people, parse_keypoints,
+                                 read_coco, read_json, require_fields, split_validity, to_heatmap_xy)
 from main.config import cfg
 
 logger = logging.getLogger(__name__)
 
 VAL_SAMPLE_LIMIT = 101
-IMAGE_FIELDS = ('file_name', 'width', 'height')
 ANNOTATION_FIELDS = ('bbox', 'keypoints', 'iscrowd', 'num_keypoints')
 LAYOUT_HINT = ("<cfg.data_dir>/MSCOCO/annotations/{person_keypoints_train2017.json, person_keypoints_val2017.json, "
                "MSCOCO_train_SMPL_NeuralAnnot.json} and images under MSCOCO/images/{train2017,val2017}/ "
                "(README 'Datasets', DATA.md §1.1)")
+
+
+def is_single_person_with_keypoints(ann):
+    """The loaders skip crowd annotations and those without any labelled keypoint."""
+    return not ann['iscrowd'] and ann['num_keypoints'] != 0
 
 
 class MSCOCO(TrainDataset):
@@ -60,42 +63,15 @@ class MSCOCO(TrainDataset):
 
     def _person_joints(self, ann, path):
         """COCO-17 keypoints + pelvis -> (joint_img (18, 3) with validity column, joint_valid (18, 1))."""
-        joint_img = add_pelvis(parse_keypoints(ann, 17, path))
-        joint_valid = (joint_img[:, 2:] > 0).astype(np.float32)
-        joint_img[:, 2] = joint_valid[:, 0]
-        return joint_img, joint_valid
+        return split_validity(add_pelvis(parse_keypoints(ann, 17, path)))
 
     def _load_train(self):
         annot_path = self.annotation_path('person_keypoints_train2017.json')
         fit_path = self.annotation_path('MSCOCO_train_SMPL_NeuralAnnot.json')
-        db = read_coco(annot_path, LAYOUT_HINT)
-        fits = read_json(fit_path, LAYOUT_HINT)
-        datalist, degenerate = [], 0
-        for img_id, img in db.imgs.items():
-            require_fields(img, IMAGE_FIELDS, annot_path, 'image')
-            width, height = img['width'], img['height']
-            img_path = osp.join(self.root, 'images', 'train2017', img['file_name'])
-            people = []
-            for ann in db.imgToAnns.get(img_id, []):
-                require_fields(ann, ANNOTATION_FIELDS, annot_path, 'annotation')
-                if ann['iscrowd'] or ann['num_keypoints'] == 0:
-                    continue
-                bbox = process_bbox(ann['bbox'], width, height)
-                if bbox is None:
-                    degenerate += 1
-                    continue
-                joint_img, joint_valid = self._person_joints(ann, annot_path)
-                smpl_param = cam_param = None
-                if str(ann['id']) in fits:
-                    smpl_param, cam_param = parse_neuralannot(fits[str(ann['id'])], fit_path, ann['id'])
-                people.append({
-                    'img_path': img_path, 'img_id': img_id, 'ann_id': ann['id'], 'img_shape': (height, width),
-                    'bbox': bbox, 'tight_bbox': np.asarray(ann['bbox'], dtype=np.float32),
-                    'joint_img': joint_img, 'joint_valid': joint_valid,
-                    'smpl_param': smpl_param, 'cam_param': cam_param,
-                })
-            attach_neighbours(people, [person['joint_img'] for person in people])
-            datalist.extend(people)
+        datalist, degenerate = load_neuralannot_people(
+            read_coco(annot_path, LAYOUT_HINT), annot_path, read_json(fit_path, LAYOUT_HINT), fit_path,
+            osp.join(self.root, 'images', 'train2017'), ANNOTATION_FIELDS,
+            lambda ann: self._person_joints(ann, annot_path), keep_annotation=is_single_person_with_keypoints)
         if degenerate:
             logger.warning('MSCOCO train: skipped %d annotation(s) with a degenerate bbox.', degenerate)
         return datalist
@@ -106,7 +82,7 @@ class MSCOCO(TrainDataset):
         datalist, degenerate = [], 0
         for ann in db.anns.values():
             require_fields(ann, ANNOTATION_FIELDS, annot_path, 'annotation')
-            if ann['iscrowd'] or ann['num_keypoints'] == 0:
+            if not is_single_person_with_keypoints(ann):
                 continue
             if ann['image_id'] not in db.imgs:
                 raise ValueError(f"{annot_path}: annotation id {ann['id']} refers to the unknown image id "

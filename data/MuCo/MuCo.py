@@ -18,9 +18,9 @@ import numpy as np
 
 from common.utils.preprocessing import process_bbox
 from common.utils.transforms import transform_joint_to_other_db
-from data.Human36M.Human36M import H36M_JOINTS_NAME, load_h36m_regressor
-from data.train_pipeline import (COCO17_JOINTS_NAME, FITTING_ERROR_THRESHOLD_MM, TrainDataset, find_neighbours,
-                                 fitting_error, read_coco, read_json)
+from data.Human36M.Human36M import H36M_JOINTS_NAME
+from data.train_pipeline import (COCO17_JOINTS_NAME, FITTING_ERROR_THRESHOLD_MM, MocapTrainDataset, find_neighbours,
+                                 fitting_error, parse_smpl_param, read_coco, read_json)
 from main.config import cfg
 
 logger = logging.getLogger(__name__)
@@ -52,17 +52,7 @@ def parse_person(ann, path):
     return joint_cam, joint_xy, bbox
 
 
-def parse_fit(param, path, ann_id):
-    """Camera-frame fit -> dict of float32 ``pose`` (72,), ``shape`` (10,), ``trans`` (3,) metres."""
-    try:
-        return {name: np.asarray(param[name], dtype=np.float32).reshape(size)
-                for name, size in (('pose', 72), ('shape', 10), ('trans', 3))}
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: malformed SMPL fit for annotation id {ann_id} "
-                         f"(needs pose[72], shape[10], trans[3]): {err}") from err
-
-
-class MuCo(TrainDataset):
+class MuCo(MocapTrainDataset):
     """``MuCo(transform, 'train')``; any other split raises ``ValueError``.
 
     ``self[i]`` -> ``(inputs, targets, meta_info)`` as DATA.md §3.3.  Attributes:
@@ -73,17 +63,13 @@ class MuCo(TrainDataset):
     flip_pairs = MUCO_FLIP_PAIRS
     skeleton = MUCO_SKELETON
     root_joint_idx = MUCO_ROOT_IDX
-    is_3d = True
     fit_variant = 'camera_mm'
-    synth_joints_name = COCO17_JOINTS_NAME
     synth_shared_idx = MUCO_COCO_SHARED_IDX
-    synth_force_valid = True
 
     def __init__(self, transform, data_split):
         if data_split != 'train':
             raise ValueError(f"MuCo has only a 'train' split (got '{data_split}').")
         self.data_dir = osp.join(cfg.data_dir, 'MuCo', 'data')
-        self.h36m_regressor = load_h36m_regressor()
         self.skipped_bbox_count = 0
         self.skipped_empty_count = 0
         super().__init__(transform, data_split)
@@ -138,7 +124,8 @@ class MuCo(TrainDataset):
                 'joint_img': np.concatenate([joint_xy, joint_cam[:, 2:]], axis=1).astype(np.float32),
                 'joint_cam': joint_cam,
                 'joint_valid': ones,
-                'smpl_param': None if fit is None else parse_fit(fit, fit_path, ann_id),
+                # Camera-frame fit (the translation in metres).
+                'smpl_param': None if fit is None else parse_smpl_param(fit, fit_path, f'for annotation id {ann_id}'),
                 'root_joint_depth': float(joint_cam[MUCO_ROOT_IDX, 2]),
                 'cam_param': cam_param,
                 'num_overlap': len(neighbours),
@@ -152,5 +139,5 @@ class MuCo(TrainDataset):
     def fit_is_valid(self, data, fit, gt, do_flip):
         """Fitting error (mm, §3.7.4) on the 14 joints MuCo shares with H36M-17 <= 25 mm."""
         gt_h36m = transform_joint_to_other_db(gt['joint_cam_mm'], MUCO_JOINTS_NAME, H36M_JOINTS_NAME)
-        error = fitting_error(gt_h36m, fit['mesh_cam'], self.h36m_regressor, H36M_MUCO_COMMON_IDX)
+        error = fitting_error(gt_h36m, fit['regressor_joints'], H36M_MUCO_COMMON_IDX)
         return error <= FITTING_ERROR_THRESHOLD_MM

@@ -104,6 +104,28 @@ def smpl_forward_by_gender(smpl, poses, betas, genders):
     return verts, joints
 
 
+def wrong_fit(pose, rng, joints=(1, 2, 4, 5, 16, 17, 18, 19), bend=0.7):
+    """A copy of ``pose`` (72,) with ``joints`` (default hips, knees, shoulders, elbows) bent by
+    +-``bend`` rad about each axis (random signs): a fit whose fitting error is well above 25 mm."""
+    bad = np.asarray(pose).reshape(24, 3).copy()
+    for joint in joints:
+        bad[joint] += rng.choice([-1.0, 1.0], size=3) * bend
+    return bad.reshape(72)
+
+
+# ----------------------------------------------------------------------------- regressors
+H36M_REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
+
+
+def load_h36m_regressor(root):
+    """(17, 6890) float64 H36M joint regressor from ``root/Human36M`` (placed there by the orchestrator)."""
+    path = Path(root) / 'Human36M' / H36M_REGRESSOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; tool/make_synthetic_data.py copies it from the "
+                                "synthetic body-model folder before calling this writer.")
+    return np.load(path).astype(np.float64)
+
+
 # ----------------------------------------------------------------------------- camera and placement
 def random_camera(rng, width, height, focal_range=(0.9, 1.3)):
     """Pinhole camera for a ``width`` x ``height`` image.
@@ -176,6 +198,22 @@ def enlarge_bbox(bbox, factor=1.2):
     x, y, w, h = bbox
     cx, cy = x + w / 2, y + h / 2
     return np.array([cx - w * factor / 2, cy - h * factor / 2, w * factor, h * factor])
+
+
+# ----------------------------------------------------------------------------- 2D keypoints
+def labelled_keypoints(uv, width, height, rng, visibility, drop_prob=0.1):
+    """(J, 2) projected joints -> (J, 3) ``[x, y, v]`` annotation keypoints.
+
+    Joints inside the image get ``v = visibility`` (COCO: 2, MPII: 1) and coordinates
+    rounded to 0.01 px; the others, and about ``drop_prob`` of the inside ones (one
+    ``rng.random(J)`` draw), are unlabelled ``[0, 0, 0]``.
+    """
+    kps = np.zeros((len(uv), 3))
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= width - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= height - 1)
+    keep = inside & (rng.random(len(uv)) >= drop_prob)
+    kps[keep, :2] = np.round(uv[keep], 2)
+    kps[keep, 2] = visibility
+    return kps
 
 
 # ----------------------------------------------------------------------------- 2D detections

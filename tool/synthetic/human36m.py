@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from tool.synthetic.common import (random_betas, random_camera, random_pose, render_people, smpl_forward,
-                                   tight_bbox, write_jpeg, write_json)
+from tool.synthetic.common import (load_h36m_regressor, random_betas, random_camera, random_pose, render_people,
+                                   smpl_forward, tight_bbox, write_jpeg, write_json, wrong_fit)
 
 IMG_WIDTH, IMG_HEIGHT = 320, 288
 CAMERAS = (1, 4)
@@ -36,7 +36,6 @@ FRAMES = {
 }
 EMPTY_DATA_AS_LISTS = (6, 8)   # the others without frames get '{}' (both forms are valid, §1.3)
 TRAIN_SUBJECTS, TEST_SUBJECTS = (1, 5, 6, 7, 8), (9, 11)
-REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
 
 
 def is_kept(subject, frame, cam_idx, fit_kind):
@@ -87,14 +86,6 @@ def world_fits(smpl, betas, count, rng):
     trans = np.stack([rng.uniform(-0.2, 0.2, size=count), rng.uniform(-0.2, 0.2, size=count),
                       -verts[:, :, 2].min(axis=1)], axis=1)
     return poses, trans, verts + trans[:, None]
-
-
-def wrong_fit(pose, rng):
-    """A fit whose limbs are bent away from the mocap (fitting error well above 25 mm)."""
-    bad = pose.reshape(24, 3).copy()
-    for joint in (1, 2, 4, 5, 16, 17, 18, 19):  # hips, knees, shoulders, elbows
-        bad[joint] += rng.choice([-1.0, 1.0], size=3) * 0.7
-    return bad.reshape(72)
 
 
 def file_stem(subject, action, subaction, cam_idx):
@@ -155,11 +146,7 @@ def write(root, smpl, rng):
     smpl: the SMPL wrapper; rng: np.random.Generator (everything follows from it).
     """
     root = Path(root)
-    regressor_path = root / 'Human36M' / REGRESSOR_FILE
-    if not regressor_path.is_file():
-        raise FileNotFoundError(f"{regressor_path} is missing; tool/make_synthetic_data.py copies it from the "
-                                "synthetic body-model folder before calling this writer.")
-    regressor = np.load(regressor_path).astype(np.float64)
+    regressor = load_h36m_regressor(root)
     next_id = 0
     for subject in TRAIN_SUBJECTS + TEST_SUBJECTS:
         next_id = write_subject(root, smpl, regressor, subject, next_id, rng)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tool.synthetic import common
-from tool.synthetic.mscoco import make_people, pose_people
+from tool.synthetic.mscoco import make_people, neuralannot_entry, pose_people
 
 MPII_JOINTS_NAME = ('R_Ankle', 'R_Knee', 'R_Hip', 'L_Hip', 'L_Knee', 'L_Ankle', 'Pelvis', 'Thorax', 'Neck',
                     'Head_top', 'R_Wrist', 'R_Elbow', 'R_Shoulder', 'L_Shoulder', 'L_Elbow', 'L_Wrist')
@@ -37,16 +37,6 @@ def mpii_joints(smpl, joints30):
     return np.stack(rows)
 
 
-def mpii_keypoints(uv, width, height, rng, drop_prob=0.1):
-    """(16, 2) projected joints -> (16, 3) ``[x, y, v]``: v = 1 when labelled, else [0, 0, 0]."""
-    kps = np.zeros((len(uv), 3))
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= width - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= height - 1)
-    keep = inside & (rng.random(len(uv)) >= drop_prob)
-    kps[keep, :2] = np.round(uv[keep], 2)
-    kps[keep, 2] = 1
-    return kps
-
-
 def write(root, smpl, rng):
     """Write ``root/MPII/data`` (train.json, NeuralAnnot fits, JPEG images).
 
@@ -65,14 +55,12 @@ def write(root, smpl, rng):
         images.append({'id': img_id, 'file_name': file_name, 'width': width, 'height': height})
         for p_index, person in enumerate(people):
             uv = common.project(mpii_joints(smpl, person['joints']), focal, princpt)
-            keypoints = mpii_keypoints(uv, width, height, rng)
+            keypoints = common.labelled_keypoints(uv, width, height, rng, visibility=1)
             bbox = common.tight_bbox(common.project(person['verts'], focal, princpt), width, height)
             annotations.append({'id': ann_id, 'image_id': img_id, 'bbox': [round(float(v), 2) for v in bbox],
                                 'keypoints': keypoints.reshape(-1).tolist()})
             if not (index == 2 and p_index == 1):
-                fits[str(ann_id)] = {
-                    'smpl_param': {'pose': person['pose'], 'shape': person['shape'], 'trans': person['trans']},
-                    'cam_param': {'focal': focal, 'princpt': princpt}}
+                fits[str(ann_id)] = neuralannot_entry(person, focal, princpt)
             ann_id += 1
     common.write_json(data_dir / 'annotations' / 'train.json', {'images': images, 'annotations': annotations})
     common.write_json(data_dir / 'annotations' / 'MPII_train_SMPL_NeuralAnnot.json', fits)

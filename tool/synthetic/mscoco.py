@@ -34,17 +34,12 @@ TRAIN_IMAGES = ((320, 240, 2), (288, 384, 3), (384, 288, 2), (256, 320, 1))
 VAL_IMAGES = ((320, 256, 2),)
 
 
-def person_keypoints(uv, width, height, rng, drop_prob=0.1):
+def person_keypoints(uv, width, height, rng):
     """(17, 2) projected joints -> (17, 3) COCO ``[x, y, v]``: v = 2 inside the image, else [0, 0, 0].
 
-    About ``drop_prob`` of the inside joints are also dropped (unlabelled, as in COCO).
+    About 10% of the inside joints are also dropped (unlabelled, as in COCO).
     """
-    kps = np.zeros((len(uv), 3))
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= width - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= height - 1)
-    keep = inside & (rng.random(len(uv)) >= drop_prob)
-    kps[keep, :2] = np.round(uv[keep], 2)
-    kps[keep, 2] = 2
-    return kps
+    return common.labelled_keypoints(uv, width, height, rng, visibility=2)
 
 
 def make_people(smpl, count, width, height, focal, princpt, rng):
@@ -91,6 +86,7 @@ def annotation(ann_id, img_id, bbox, keypoints, iscrowd=0):
 
 
 def neuralannot_entry(person, focal, princpt):
+    """The NeuralAnnot record of one rendered person: its SMPL parameters and the image's camera."""
     return {'smpl_param': {'pose': person['pose'], 'shape': person['shape'], 'trans': person['trans']},
             'cam_param': {'focal': focal, 'princpt': princpt}}
 

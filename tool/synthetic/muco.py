@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tool.synthetic.common import (project, random_betas, random_camera, random_pose, render_people, smpl_forward,
-                                   tight_bbox, write_jpeg, write_json)
+from tool.synthetic.common import (load_h36m_regressor, project, random_betas, random_camera, random_pose,
+                                   render_people, smpl_forward, tight_bbox, write_jpeg, write_json, wrong_fit)
 
 MUCO_JOINTS_NAME = ('Head_top', 'Thorax', 'R_Shoulder', 'R_Elbow', 'R_Wrist', 'L_Shoulder', 'L_Elbow',
                     'L_Wrist', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Pelvis',
@@ -26,7 +26,6 @@ H36M_JOINTS_NAME = ('Pelvis', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', '
 MUCO_FROM_OTHER = {'Thorax': ('h36m', 'Neck'), 'Spine': ('smpl', 'Spine'), 'Head': ('smpl', 'Head'),
                    'R_Hand': ('smpl', 'R_Hand'), 'L_Hand': ('smpl', 'L_Hand'),
                    'R_Toe': ('smpl', 'R_Toe'), 'L_Toe': ('smpl', 'L_Toe')}
-REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
 
 IMG_WIDTH, IMG_HEIGHT = 400, 320
 # Per image: (file folder, ((horizontal centre as a fraction of the width, body height fraction), ...)).
@@ -53,14 +52,6 @@ def muco_joints(smpl, regressor, verts):
     return np.stack(rows)
 
 
-def wrong_fit(pose, rng):
-    """A fit whose limbs are bent away from the annotated joints (fitting error well above 25 mm)."""
-    bad = pose.reshape(24, 3).copy()
-    for joint in (1, 2, 4, 5, 16, 17, 18, 19):
-        bad[joint] += rng.choice([-1.0, 1.0], size=3) * 0.7
-    return bad.reshape(72)
-
-
 def place(verts, focal, princpt, center_x, height_frac):
     """Translation (3,) metres putting the body's box centre at column ``center_x``, mid-height,
     at the depth where it spans ``height_frac`` of the image height."""
@@ -78,11 +69,7 @@ def write(root, smpl, rng):
     smpl: the SMPL wrapper; rng: np.random.Generator (everything follows from it).
     """
     root = Path(root)
-    regressor_path = root / 'Human36M' / REGRESSOR_FILE
-    if not regressor_path.is_file():
-        raise FileNotFoundError(f"{regressor_path} is missing; tool/make_synthetic_data.py copies it from the "
-                                "synthetic body-model folder before calling this writer.")
-    regressor = np.load(regressor_path).astype(np.float64)
+    regressor = load_h36m_regressor(root)
     data_dir = root / 'MuCo' / 'data'
     images, annotations, fits = [], [], {}
     ann_id = 0
