@@ -5,8 +5,13 @@ format to ``<output_dir>/log``, and read or write snapshots through
 ``common.utils.checkpoint``.  The model is built bare (``self.model``) and wrapped
 for multi-device execution in one place (``_wrap_model``); checkpoints always
 store the bare model's keys under the ``module.`` prefix of the released files.
-Logging that must happen once per job is guarded by ``self.is_main_process``
-(always True until distributed training is added).
+Logging that must happen once per job is guarded by ``self.is_main_process``.
+
+Under torchrun (``common.utils.distributed``) every process drives one device: the
+trainer wraps the model in DistributedDataParallel (optionally with SyncBatchNorm),
+shards each epoch with a seeded ``DistributedShardSampler`` and averages the logged
+losses over ranks; the tester deals whole test batches out to the ranks and gathers
+the per-batch results on rank 0.  Rank 0 alone logs, shows progress and writes files.
 
 Datasets are imported by class name from ``data/<Name>/<Name>.py``; the model
 from ``main/model.py``.  Both imports happen when a run builds them, so this
@@ -14,6 +19,7 @@ module imports without them.
 """
 import functools
 import importlib
+import itertools
 import json
 import math
 import os
@@ -27,9 +33,12 @@ import yaml
 from tqdm import tqdm
 
 from common.logger import ColorLogger
+from common.nets.layer import set_graph_vectorized
 from common.timer import Timer
 from common.utils import checkpoint as ckpt_io
-from common.utils.device import autocast, make_grad_scaler, move_to_device, resolve_amp, select_device
+from common.utils import distributed as dist_utils
+from common.utils.device import (autocast, make_grad_scaler, move_to_device, resolve_amp, select_device,
+                                 select_rank_device)
 from main.config import DERIVED_KEYS, cfg
 
 OPTIMIZER_MODULES = ('backbone', 'pose2feat', 'position_net', 'rotation_net')
@@ -204,6 +213,29 @@ def _to_numpy(value):
     return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
 
 
+def make_shared_run_dirs():
+    """``cfg.make_run_dirs()`` for every process of a job: rank 0 claims the experiment
+    folder, the others receive its path (one folder per job); returns ``cfg.output_dir``."""
+    if dist_utils.is_main_process():
+        cfg.make_run_dirs()
+    cfg.output_dir = dist_utils.broadcast_object(cfg.output_dir)
+    return cfg.make_run_dirs()
+
+
+def init_distributed_from_env(gpu_ids):
+    """Under torchrun: pick this process's device from ``gpu_ids`` (None: ``LOCAL_RANK``)
+    and join the process group.  Returns the ``--gpu`` string the run records
+    (the node's ids; ``gpu_ids`` unchanged outside torchrun)."""
+    info = dist_utils.env_info()
+    if info is None:
+        return gpu_ids
+    if not gpu_ids:
+        gpu_ids = ','.join(str(i) for i in range(info.local_world_size))
+    setup = select_rank_device(gpu_ids, info.local_rank)
+    dist_utils.init_distributed(setup.device)
+    return gpu_ids
+
+
 # ------------------------------------------------------------------ base
 class _Runner:
     """Logger, device and timers shared by Trainer and Tester."""
@@ -211,18 +243,32 @@ class _Runner:
     log_name = 'train_logs.txt'
 
     def __init__(self):
-        self.is_main_process = True
-        self.logger = ColorLogger(cfg.log_dir, self.log_name, console=self.is_main_process)
+        self.distributed = dist_utils.is_distributed()
+        self.dist = dist_utils.local_info()
+        self.is_main_process = self.dist.is_main
+        if self.is_main_process:
+            self.logger = ColorLogger(cfg.log_dir, self.log_name, console=True)
+        else:
+            self.logger = dist_utils.RankLogger(self.dist.rank)
         self.tot_timer = Timer()
         self.gpu_timer = Timer()
         self.read_timer = Timer()
-        self.setup = select_device(cfg.gpu_ids)
+        if self.distributed:
+            self.setup = select_rank_device(cfg.gpu_ids, self.dist.local_rank)
+        else:
+            self.setup = select_device(cfg.gpu_ids)
         self.device = self.setup.device
-        for message in self.setup.warnings:
-            self.logger.warning(message)
+        if self.is_main_process:
+            for message in self.setup.warnings:
+                self.logger.warning(message)
+        if self.distributed:
+            self.logger.info(f'>>> Distributed: {self.dist.world_size} processes '
+                             f'({torch.distributed.get_backend()}), {self.dist.local_world_size} per node; '
+                             f'rank 0 on {self.device}')
         if self.setup.is_cuda:
             torch.cuda.set_device(self.device)  # the default for any code that says just 'cuda'
-            self.logger.info(f'>>> Using GPU: {",".join(map(str, self.setup.device_ids))}')
+            if not self.distributed:
+                self.logger.info(f'>>> Using GPU: {",".join(map(str, self.setup.device_ids))}')
             # The original's speed setting; a seeded run trades it for repeatability.
             torch.backends.cudnn.benchmark = cfg.seed is None
             torch.backends.cudnn.deterministic = cfg.seed is not None
@@ -275,6 +321,7 @@ class Trainer(_Runner):
         self.start_epoch = 0
         if cfg.seed is not None:
             seed_everything(cfg.seed)
+        self.config_path = None
         if self.is_main_process:
             self.config_path = write_config_yaml(os.path.join(cfg.output_dir, 'config.yaml'))
             self.logger.info(f'Experiment folder: {cfg.output_dir} (config: {self.config_path})')
@@ -298,21 +345,33 @@ class Trainer(_Runner):
         self.trainset = groups[0] if len(groups) == 1 else MultipleDatasets(groups, make_same_len=True)
         self.vertex_num, self.joint_num = _model_dims(_flat_datasets(groups[0])[0])
 
-        per_step = self.setup.num_devices * cfg.train_batch_size
-        self.itr_per_epoch = math.ceil(len(self.trainset) / self.setup.num_devices / cfg.train_batch_size)
-        if cfg.max_iters_per_epoch is not None:
-            self.itr_per_epoch = min(self.itr_per_epoch, int(cfg.max_iters_per_epoch))
         self.loader_generator = torch.Generator()
         if cfg.seed is None:
             self.loader_generator.seed()  # fresh entropy: unseeded runs shuffle differently, as the original
         else:
             self.loader_generator.manual_seed(derive_seed(cfg.seed, 0))
+        # One permutation per epoch from (shuffle seed, epoch), cut into per-process shards (a
+        # single process takes all of it): step k of N processes together sees the batch k one
+        # process with N times the batch would see.  The seed is drawn by rank 0 when cfg.seed is None.
+        shuffle_seed = dist_utils.shared_seed(cfg.seed)
+        self.sampler = dist_utils.DistributedShardSampler(
+            len(self.trainset), self.dist.world_size, self.dist.rank,
+            functools.partial(derive_seed, shuffle_seed, 1))
+        per_step = self.setup.num_devices * cfg.train_batch_size  # DataParallel: a batch per GPU
+        self.itr_per_epoch = math.ceil(len(self.sampler) / per_step)
         self.batch_generator = torch.utils.data.DataLoader(
-            dataset=self.trainset, batch_size=per_step, shuffle=True,
+            dataset=self.trainset, batch_size=per_step, sampler=self.sampler,
             num_workers=cfg.num_thread, pin_memory=self.setup.is_cuda, drop_last=False,
-            generator=self.loader_generator,
+            generator=self.loader_generator,  # the workers' base seed
             worker_init_fn=functools.partial(seed_worker, cfg.snapshot()))
-        self.logger.info(f'Training set: {len(self.trainset)} samples, batch {per_step}, '
+        if self.distributed:
+            batch_text = (f'batch {per_step} per process x {self.dist.world_size} processes '
+                          f'= {per_step * self.dist.world_size}')
+        else:
+            batch_text = f'batch {per_step}'
+        if cfg.max_iters_per_epoch is not None:
+            self.itr_per_epoch = min(self.itr_per_epoch, int(cfg.max_iters_per_epoch))
+        self.logger.info(f'Training set: {len(self.trainset)} samples, {batch_text}, '
                          f'{self.itr_per_epoch} iterations per epoch.')
 
     # --------------------------------------------------------------- model
@@ -329,6 +388,30 @@ class Trainer(_Runner):
             self.logger.warning(f'--exp_dir {cfg.exp_dir} is ignored without --continue.')
         self.network = self._wrap_model(model)
         self.network.train()
+
+    def _wrap_model(self, model):
+        """Under torchrun: DistributedDataParallel over this process's device (with
+        SyncBatchNorm when ``cfg.sync_bn``); otherwise DataParallel / the bare model."""
+        if not self.distributed:
+            if cfg.sync_bn:
+                self.logger.warning('cfg.sync_bn acts only under torchrun (DistributedDataParallel); '
+                                    'this single-process run keeps plain BatchNorm.')
+                set_graph_vectorized(model, True)
+            return super()._wrap_model(model)
+        if cfg.sync_bn:
+            dist_utils.convert_sync_batchnorm(model)  # in place: same parameters, same keys
+            count = sum(dist_utils.is_sync_batchnorm(m) for m in model.modules())
+            self.logger.info(f'SyncBatchNorm: {count} BatchNorm layers synchronised over '
+                             f'{self.dist.world_size} processes.')
+        # The body model, regressors and adjacency are built identically on every rank;
+        # only the BatchNorm statistics need rank 0's copy.
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, dist_utils.constant_buffer_names(model))
+        device_ids = self.setup.device_ids or None
+        # DDP's default: the buffers left (BatchNorm statistics) are copied from rank 0 before every
+        # forward, so the running statistics are rank 0's, as DataParallel keeps device 0's.
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, output_device=device_ids[0] if device_ids else None)
 
     def get_optimizer(self, model):
         """Adam over four groups in the original's order: backbone (``lr_backbone``),
@@ -372,17 +455,19 @@ class Trainer(_Runner):
     # ---------------------------------------------------------- checkpoints
     def save_model(self, epoch):
         """Write ``snapshot_<epoch>.pth.tar`` atomically into ``cfg.model_dir``."""
-        state = {
-            'epoch': int(epoch),
-            'network': ckpt_io.add_module_prefix(self.model.state_dict()),
-            'optimizer': self.optimizer.state_dict(),
-            'scaler': self.scaler.state_dict(),
-            'config': plain_config(),
-        }
         path = ckpt_io.snapshot_path(cfg.model_dir, epoch)
         if self.is_main_process:
+            state = {
+                'epoch': int(epoch),
+                # the bare model's keys + 'module.': the same file from DDP, DataParallel or one device
+                'network': ckpt_io.add_module_prefix(self.model.state_dict()),
+                'optimizer': self.optimizer.state_dict(),
+                'scaler': self.scaler.state_dict(),
+                'config': plain_config(),
+            }
             ckpt_io.save_checkpoint(state, path)
             self.logger.info(f'Write snapshot into {path}')
+        dist_utils.barrier()  # no rank runs ahead of a snapshot it may look for
         return path
 
     def _resume(self):
@@ -395,8 +480,12 @@ class Trainer(_Runner):
                 f"--continue --exp_dir {cfg.exp_dir}: no snapshot_<epoch>.pth.tar in {source_dir}.")
         _, source = latest
         local = os.path.join(cfg.model_dir, os.path.basename(source))
-        _link_or_copy(source, local)
-        checkpoint = ckpt_io.load_checkpoint_file(local, map_location=self.device)
+        if self.is_main_process:
+            _link_or_copy(source, local)
+        # Every rank reads the file itself (optimizer state is per rank; no world-size-dependent
+        # state is stored, so a run may resume with another number of processes).
+        checkpoint = ckpt_io.load_checkpoint_file(local if self.is_main_process else source,
+                                                  map_location=self.device)
         missing_smpl = ckpt_io.load_network_strict(
             self.model, ckpt_io.network_state_of(checkpoint, local), source=local)
         if missing_smpl:
@@ -428,8 +517,10 @@ class Trainer(_Runner):
                 f"pose_resnet_50_256x192.pth.tar with: python tool/convert_simple_to_i2l.py "
                 f"--src pose_resnet_50_256x192.pth.tar (see the README).")
         local = ckpt_io.snapshot_path(cfg.model_dir, 0)
-        _link_or_copy(source, local)
-        checkpoint = ckpt_io.load_checkpoint_file(local, map_location=self.device)
+        if self.is_main_process:
+            _link_or_copy(source, local)
+        checkpoint = ckpt_io.load_checkpoint_file(local if self.is_main_process else source,
+                                                  map_location=self.device)
         report = ckpt_io.load_network_partial(self.model, ckpt_io.network_state_of(checkpoint, local))
         self.warm_start_report = report
         if not report.loaded:
@@ -456,6 +547,11 @@ class Trainer(_Runner):
         """Run epochs ``start_epoch .. cfg.end_epoch - 1``, saving a snapshot after each."""
         for epoch in range(self.start_epoch, cfg.end_epoch):
             self.train_epoch(epoch)
+            if self.distributed:
+                # Each rank's last forward updated its own BatchNorm statistics: all take rank 0's
+                # (those the snapshot holds), as DDP does before every forward.
+                dist_utils.broadcast_module_buffers(
+                    self.model, dist_utils.batchnorm_statistic_names(self.model))
             if (epoch + 1) % self.snapshot_interval == 0 or epoch == cfg.end_epoch - 1:
                 self.save_model(epoch)
         if self.nonfinite_total:
@@ -467,6 +563,8 @@ class Trainer(_Runner):
         """LR, dataset epoch and per-epoch seeds (an epoch's draws do not depend on earlier ones)."""
         self.set_lr(epoch)
         set_dataset_epoch(self.trainset, epoch)
+        if getattr(self, 'sampler', None) is not None:
+            self.sampler.set_epoch(epoch)  # the epoch's permutation
         if cfg.seed is not None:
             self.loader_generator.manual_seed(derive_seed(cfg.seed, 1, epoch))
             seed_everything(derive_seed(cfg.seed, 2, epoch))
@@ -520,8 +618,12 @@ class Trainer(_Runner):
             loss = self.network(inputs, targets, meta_info, 'train')
             loss = {key: value.mean() for key, value in loss.items()}
             total = sum(loss[key] for key in loss)
-        values = {key: float(value.detach()) for key, value in loss.items()}
-        if not math.isfinite(float(total.detach())):
+        # Under DDP the logged terms are the mean over ranks, and a non-finite term on any rank
+        # makes every rank skip the step (a rank skipping alone would stall the gradient all-reduce).
+        terms = torch.stack([value.detach().float() for value in loss.values()] + [total.detach().float()])
+        *term_values, total_value = dist_utils.all_reduce_mean_(terms).tolist()
+        values = dict(zip(loss.keys(), term_values))
+        if not (math.isfinite(total_value) and all(math.isfinite(v) for v in term_values)):
             self._handle_nonfinite(epoch, itr, values)
             return None
         self.nonfinite_in_a_row = 0
@@ -606,10 +708,21 @@ class Tester(_Runner):
         self.logger.info('Creating dataset...')
         self.testset = import_dataset_class(cfg.testset)(transforms.ToTensor(), 'test')
         self.vertex_num, self.joint_num = _model_dims(self.testset)
-        self.batch_generator = torch.utils.data.DataLoader(
-            dataset=self.testset, batch_size=self.setup.num_devices * cfg.test_batch_size,
-            shuffle=False, num_workers=cfg.num_thread, pin_memory=self.setup.is_cuda,
-            worker_init_fn=functools.partial(seed_worker, cfg.snapshot()))
+        loader_args = dict(num_workers=cfg.num_thread, pin_memory=self.setup.is_cuda,
+                           worker_init_fn=functools.partial(seed_worker, cfg.snapshot()))
+        self.test_batch = self.setup.num_devices * cfg.test_batch_size
+        if self.distributed:
+            # Whole single-process batches dealt out round-robin: identical per-batch results.
+            sampler = dist_utils.ShardedBatchSampler(len(self.testset), self.test_batch,
+                                                     self.dist.world_size, self.dist.rank)
+            self.batch_ids = sampler.batch_ids()
+            self.batch_generator = torch.utils.data.DataLoader(
+                dataset=self.testset, batch_sampler=sampler, **loader_args)
+            self.logger.info(f'Test set: {len(self.testset)} samples in batches of {self.test_batch}, '
+                             f'shared by {self.dist.world_size} processes.')
+        else:
+            self.batch_generator = torch.utils.data.DataLoader(
+                dataset=self.testset, batch_size=self.test_batch, shuffle=False, **loader_args)
 
     @property
     def checkpoint_path(self):
@@ -630,7 +743,8 @@ class Tester(_Runner):
         ckpt_io.load_network_strict(model, ckpt_io.network_state_of(checkpoint, path), source=path)
         model.eval()
         self.model = model
-        self.network = self._wrap_model(model)
+        # Evaluation needs no gradient synchronisation: under torchrun each rank runs the bare model.
+        self.network = model if self.distributed else self._wrap_model(model)
         self.network.eval()
 
     def _evaluate(self, outs, cur_sample_idx):
@@ -652,16 +766,42 @@ class Tester(_Runner):
         return self.model.camera_translation(out['cam_param'], meta_info, 'test')
 
     def test(self):
-        """Run the test set; print, log and write the metrics; return ``summarize()``'s dict."""
-        eval_result = {}
-        predictions = {'smpl_pose': [], 'smpl_shape': [], 'cam_trans': [], 'sample_idx': []}
-        if self.save_meshes:
-            predictions['mesh_cam'] = []
-        cur_sample_idx = 0
+        """Run the test set; print, log and write the metrics; return ``summarize()``'s dict.
+
+        Under torchrun every rank runs its share of the batches and rank 0 gathers, prints
+        and writes the results (the same as one process's); other ranks return ``None``.
+        """
+        records = self._run_batches()
+        if self.distributed:
+            gathered = dist_utils.gather_objects(records)
+            if not self.is_main_process:
+                return None
+            records = sorted((r for part in gathered for r in part), key=lambda r: r[0])
+        eval_result, predictions = self._merge_records(records)
+        self._print_eval_result(eval_result)
+        summary = self._summarize(eval_result)
+        self.result_paths = self._write_results(summary, predictions)
+        self.logger.info(f'Metrics: {json.dumps(json_safe(summary))}')
+        self.logger.info(f'Wrote {self.result_paths[0]} and {self.result_paths[1]}')
+        return summary
+
+    def _run_batches(self):
+        """This process's batches: ``[(batch_id, eval_dict, predictions_dict), ...]``.
+
+        One process runs the loader's batches in order (``batch_id`` counts them); under
+        torchrun batch ``k`` of the ``ShardedBatchSampler`` starts at sample ``k*test_batch``.
+        """
+        records = []
         warned = set()
-        for inputs, targets, meta_info in tqdm(self.batch_generator, desc='Test',
-                                               disable=not self.is_main_process, dynamic_ncols=True):
+        batch_ids = self.batch_ids if self.distributed else itertools.count()
+        cur_sample_idx = 0
+        for batch_id, (inputs, targets, meta_info) in tqdm(zip(batch_ids, self.batch_generator), desc='Test',
+                                                           total=len(self.batch_generator),
+                                                           disable=not self.is_main_process,
+                                                           dynamic_ncols=True):
             batch = batch_size_of(inputs)
+            if self.distributed:
+                cur_sample_idx = batch_id * self.test_batch
             inputs, targets, meta_info = move_to_device((inputs, targets, meta_info), self.device,
                                                         non_blocking=self.setup.is_cuda)
             with torch.no_grad():
@@ -672,25 +812,29 @@ class Tester(_Runner):
             for key in set(skipped) - warned:
                 self.logger.warning(f"Output '{key}' has no per-sample leading dimension; not split.")
                 warned.add(key)
-            cur_eval = self._evaluate(samples, cur_sample_idx)
+            preds = {'smpl_pose': out['smpl_pose'], 'smpl_shape': out['smpl_shape'], 'cam_trans': cam_trans,
+                     'sample_idx': np.arange(cur_sample_idx, cur_sample_idx + batch)}
+            if 'aid' in out and 'aid' not in skipped:
+                preds['aid'] = out['aid']
+            if self.save_meshes:
+                preds['mesh_cam'] = out['smpl_mesh_cam'].astype(np.float32)
+            records.append((batch_id, self._evaluate(samples, cur_sample_idx), preds))
+            cur_sample_idx += batch
+        return records
+
+    def _merge_records(self, records):
+        """Concatenate per-batch records (in batch order) into the evaluation lists and the
+        per-key prediction lists."""
+        eval_result = {}
+        predictions = {'smpl_pose': [], 'smpl_shape': [], 'cam_trans': [], 'sample_idx': []}
+        if self.save_meshes:
+            predictions['mesh_cam'] = []
+        for _, cur_eval, preds in records:
             for key, values in cur_eval.items():
                 eval_result.setdefault(key, []).extend(values)
-            predictions['smpl_pose'].append(out['smpl_pose'])
-            predictions['smpl_shape'].append(out['smpl_shape'])
-            predictions['cam_trans'].append(cam_trans)
-            predictions['sample_idx'].append(np.arange(cur_sample_idx, cur_sample_idx + batch))
-            if 'aid' in out and 'aid' not in skipped:
-                predictions.setdefault('aid', []).append(out['aid'])
-            if self.save_meshes:
-                predictions['mesh_cam'].append(out['smpl_mesh_cam'].astype(np.float32))
-            cur_sample_idx += batch
-
-        self._print_eval_result(eval_result)
-        summary = self._summarize(eval_result)
-        self.result_paths = self._write_results(summary, predictions)
-        self.logger.info(f'Metrics: {json.dumps(json_safe(summary))}')
-        self.logger.info(f'Wrote {self.result_paths[0]} and {self.result_paths[1]}')
-        return summary
+            for key, value in preds.items():
+                predictions.setdefault(key, []).append(value)
+        return eval_result, predictions
 
     def _write_results(self, summary, predictions):
         """``result/eval_<testset>_snapshot_<epoch>.json`` and ``predictions_...npz``."""

@@ -2,6 +2,8 @@
 
 Prints the metrics as the original, and writes ``summarize()``'s result as JSON
 plus per-sample predictions (``.npz``) to ``<exp_dir>/result/``.
+Several processes: ``torchrun --nproc_per_node=N main/test.py --exp_dir ... --test_epoch N``
+shares the test batches among them; rank 0 gathers and writes the same results.
 Runs from the repo root or as ``python test.py`` from ``main/``.
 """
 import os
@@ -14,13 +16,14 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from main.train import gpu_ids_arg  # noqa: E402
+from main.train import gpu_ids_arg, join_job, rank_tag, require_gpu_outside_torchrun  # noqa: E402
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Evaluate an SGRE snapshot (MODEL.md §8.6).')
-    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', required=True,
-                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU.")
+    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
+                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU. "
+                             "Required, except under torchrun (default: GPU <LOCAL_RANK>).")
     parser.add_argument('--test_epoch', type=int, required=True,
                         help='epoch N of <exp_dir>/checkpoint/snapshot_N.pth.tar')
     parser.add_argument('--exp_dir', type=str, default='', help='experiment folder holding checkpoint/')
@@ -35,6 +38,7 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    require_gpu_outside_torchrun(parser, args)
     if args.exp_dir and not os.path.isdir(args.exp_dir):
         parser.error(f'--exp_dir {args.exp_dir}: no such folder.')
     if args.cfg and not os.path.isfile(args.cfg):
@@ -45,17 +49,19 @@ def parse_args(argv=None):
 def main(argv=None):
     """Configure, evaluate, and return the finished :class:`common.base.Tester`."""
     args = parse_args(argv)
-    cfg.set_args(args.gpu_ids, is_test=True, exp_dir=args.exp_dir)
+    gpu_ids = join_job(args.gpu_ids)
+    cfg.set_args(gpu_ids, is_test=True, exp_dir=args.exp_dir)
     if args.cfg:
         try:
             cfg.update(args.cfg)
         except ValueError as exc:
-            raise SystemExit(f'ERROR: --cfg {args.cfg}: {exc}') from exc
-    cfg.make_run_dirs()
+            raise SystemExit(f'ERROR{rank_tag()}: --cfg {args.cfg}: {exc}') from exc
 
-    from common.base import Tester
+    from common.base import Tester, make_shared_run_dirs
+    from common.utils import distributed
+    make_shared_run_dirs()
     tester = Tester(args.test_epoch, save_meshes=args.save_meshes)
-    if args.flip:
+    if args.flip and tester.is_main_process:
         tester.logger.warning('--flip is ignored: flip testing is not implemented.')
     try:
         tester._make_batch_generator()
@@ -63,6 +69,7 @@ def main(argv=None):
         tester.test()
     finally:
         tester.close()
+    distributed.cleanup()
     return tester
 
 
@@ -73,8 +80,9 @@ def run_cli(argv=None):
     try:
         main(argv)
     except (FileNotFoundError, CheckpointError) as exc:
-        sys.exit(f'ERROR: {exc}')
+        sys.exit(f'ERROR{rank_tag()}: {exc}')
 
 
 if __name__ == '__main__':
-    run_cli()
+    from torch.distributed.elastic.multiprocessing.errors import record
+    record(run_cli)()

@@ -1,5 +1,8 @@
 """Train SGRE: ``python main/train.py --gpu 0-0 [--amp] [--continue [--exp_dir X]] [--cfg Y.yaml]``.
 
+Several GPUs: ``--gpu 0-3`` (DataParallel, as the original) or, one process per GPU,
+``torchrun --nproc_per_node=4 main/train.py [--amp] ...`` (DistributedDataParallel;
+``--gpu`` is then optional and lists the node's GPUs, one per local process).
 Runs from the repo root or as ``python train.py`` from ``main/``.
 """
 import os
@@ -24,8 +27,10 @@ def gpu_ids_arg(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Train SGRE (MODEL.md §8).')
-    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', required=True,
-                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU.")
+    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
+                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU. "
+                             "Required, except under torchrun, where it defaults to GPU <LOCAL_RANK> "
+                             "(given, local process i uses its i-th id).")
     parser.add_argument('--continue', dest='continue_train', action='store_true',
                         help='resume from --exp_dir, or without it warm-start from tool/snapshot_0.pth.tar')
     parser.add_argument('--exp_dir', type=str, default='',
@@ -37,10 +42,18 @@ def build_parser():
     return parser
 
 
+def require_gpu_outside_torchrun(parser, args):
+    """``--gpu`` is required unless torchrun started the process."""
+    from common.utils.distributed import launched_by_torchrun
+    if args.gpu_ids is None and not launched_by_torchrun():
+        parser.error('the following arguments are required: --gpu (or start the script with torchrun)')
+
+
 def parse_args(argv=None):
     """Parse ``argv`` (default ``sys.argv[1:]``); errors exit with a usage message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    require_gpu_outside_torchrun(parser, args)
     if args.exp_dir and not os.path.isdir(args.exp_dir):
         parser.error(f'--exp_dir {args.exp_dir}: no such folder.')
     if args.cfg and not os.path.isfile(args.cfg):
@@ -48,18 +61,40 @@ def parse_args(argv=None):
     return args
 
 
+def join_job(gpu_ids):
+    """Under torchrun: choose this process's device and join the process group (a bad
+    ``--gpu`` list ends the run with its message).  Returns the ``--gpu`` string to record."""
+    from common.base import init_distributed_from_env
+    try:
+        return init_distributed_from_env(gpu_ids)
+    except ValueError as exc:
+        raise SystemExit(f'ERROR{rank_tag()}: {exc}') from exc
+
+
+def rank_tag():
+    """``' [rank r/N]'`` inside a torchrun job, else ``''`` (for error messages)."""
+    from common.utils.distributed import env_info
+    try:
+        info = env_info()
+    except ValueError:
+        return ''
+    return f' [rank {info.rank}/{info.world_size}]' if info else ''
+
+
 def main(argv=None):
     """Configure, train, and return the finished :class:`common.base.Trainer`."""
     args = parse_args(argv)
-    cfg.set_args(args.gpu_ids, args.continue_train, is_test=False, exp_dir=args.exp_dir)
+    gpu_ids = join_job(args.gpu_ids)
+    cfg.set_args(gpu_ids, args.continue_train, is_test=False, exp_dir=args.exp_dir)
     if args.cfg:
         try:
             cfg.update(args.cfg)
         except ValueError as exc:
-            raise SystemExit(f'ERROR: --cfg {args.cfg}: {exc}') from exc
-    cfg.make_run_dirs()
+            raise SystemExit(f'ERROR{rank_tag()}: --cfg {args.cfg}: {exc}') from exc
 
-    from common.base import Trainer
+    from common.base import Trainer, make_shared_run_dirs
+    from common.utils import distributed
+    make_shared_run_dirs()
     trainer = Trainer(use_amp=args.use_mixed_precision, init_scale=args.init_scale)
     try:
         trainer._make_batch_generator()
@@ -67,6 +102,7 @@ def main(argv=None):
         trainer.train()
     finally:
         trainer.close()
+    distributed.cleanup()  # after success only: a failed rank just exits, torchrun stops the others
     return trainer
 
 
@@ -78,8 +114,10 @@ def run_cli(argv=None):
     try:
         main(argv)
     except (FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
-        sys.exit(f'ERROR: {exc}')
+        sys.exit(f'ERROR{rank_tag()}: {exc}')
 
 
 if __name__ == '__main__':
-    run_cli()
+    # record(): under torchrun an unexpected exception's traceback appears in the job's summary.
+    from torch.distributed.elastic.multiprocessing.errors import record
+    record(run_cli)()

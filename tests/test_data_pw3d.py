@@ -364,13 +364,18 @@ def test_summarize_and_print(pw3d, capsys):
         'MPJPE from mesh: 30.00 mm', 'PA MPJPE from mesh: 2.00 mm', 'MPVPE from mesh: 6.00 mm']
 
 
-def test_vis_hook_is_a_documented_no_op(pw3d, tmp_path, monkeypatch):
-    dataset = pw3d(vis=True)
+def test_vis_writes_into_the_vis_dir_not_the_working_directory(pw3d, tmp_path, monkeypatch):
+    # Outputs holding only the meshes: the OBJs and the pictures that need no network joints
+    # (input pose, GT joints) are written; the full set is checked in tests/test_vis.py.
+    dataset = pw3d(vis=True, output_dir=str(tmp_path / 'exp'))
     monkeypatch.chdir(tmp_path)
     gt, _ = _gt_batch(dataset, [0])
-    with pytest.warns(UserWarning, match='demo issue'):
-        dataset.evaluate({'smpl_mesh_cam': gt, 'smpl_mesh_cam_target': gt}, 0)
-    assert list(tmp_path.iterdir()) == []
+    dataset.evaluate({'smpl_mesh_cam': gt, 'smpl_mesh_cam_target': gt}, 0)
+    annot = dataset.datalist[0]
+    prefix = f"{annot['sequence']}_{os.path.splitext(os.path.basename(annot['img_path']))[0]}_{annot['ann_id']}_"
+    assert sorted(os.listdir(tmp_path / 'exp' / 'vis')) == sorted(
+        prefix + k for k in ('input.jpg', 'gt.jpg', 'final.obj', 'gt.obj'))
+    assert list(tmp_path.iterdir()) == [tmp_path / 'exp']
 
 
 # --------------------------------------------------------------------------- error handling

@@ -66,3 +66,7 @@ def test_quickstart_smoke_run(tmp_path, synthetic_smpl_dir, synthetic_data_root,
         assert (folder / 'result' / 'eval_PW3D_snapshot_0.json').is_file()
     assert f"Checkpoint:    {exp / 'checkpoint' / 'snapshot_0.pth.tar'}" in printed
     assert f"Training log:  {exp / 'log' / 'train_logs.txt'}" in printed
+    demo = tmp_path / 'demo'
+    pictures = sorted(path.name for path in demo.glob('*.jpg'))
+    assert any(name.endswith('_render.jpg') for name in pictures) and any('2dpose' in name for name in pictures)
+    assert f"Demo overlay:  {demo}" in printed

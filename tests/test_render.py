@@ -144,3 +144,23 @@ def test_tessellated_plane_has_no_holes_across_chunks(monkeypatch):
     for chunk in (1 << 20, 37):
         monkeypatch.setattr(render, 'CHUNK_ELEMENTS', chunk)
         np.testing.assert_array_equal(render_mask(verts, faces, FOCAL, PRINCPT, (22, 22)), expected)
+
+
+def _coverage_by_point_test(tri_px, height, width):
+    """Pixels whose centre lies strictly inside the triangle (OpenCV), image-clipped."""
+    contour = np.asarray(tri_px, np.float32).reshape(-1, 1, 2)
+    return np.array([[cv2.pointPolygonTest(contour, (float(x), float(y)), False) > 0
+                      for x in range(width)] for y in range(height)])
+
+
+def test_triangle_crossing_the_image_border_does_not_wrap():
+    # A small triangle leaving the image on the right shares a chunk with a larger one:
+    # the chunk's padded grid must not paint its outside part onto the next row's start.
+    height, width = 10, 10
+    small = np.array([[5.6, 1.2], [14.0, 1.2], [5.6, 3.6]])
+    large = np.array([[0.3, 4.4], [8.6, 4.4], [0.3, 9.6]])
+    verts = unproject(np.concatenate([small, large]), 2.0)
+    mesh = rasterize([verts], [[0, 1, 2], [3, 4, 5]], FOCAL, PRINCPT, (height, width))[1]
+    expected = _coverage_by_point_test(small, height, width) | _coverage_by_point_test(large, height, width)
+    np.testing.assert_array_equal(mesh >= 0, expected)
+    assert not (mesh[1:4, :2] >= 0).any()

@@ -8,8 +8,11 @@
    ``<exp>/untrained``) and the trained one on the synthetic 3DPW split, and prints
    MPJPE, PA-MPJPE and MPVPE side by side with the paths of the log, checkpoint and results.
 
+4. Writes a rendered overlay of a synthetic 3DPW test image and runs the demo
+   (``main/demo.py``) on one synthetic image with an OpenPose JSON, using the checkpoint
+   it just trained; the pictures land in ``output/quickstart/demo``.
+
 The run fails (exit status 1) unless the trained MPJPE is at most 0.75 x the untrained one.
-Later steps (e.g. a demo on the trained snapshot) register themselves in ``EXTRA_STEPS``.
 """
 import os
 import sys
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from main.config import cfg  # noqa: E402
+from main.demo import quickstart_step  # noqa: E402
 from main.train import gpu_ids_arg  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, 'main', 'configs', 'quickstart.yaml')
@@ -56,8 +60,6 @@ class QuickstartResult:
     seconds: dict = field(default_factory=dict)
 
 
-EXTRA_STEPS = []
-"""Callables ``step(result: QuickstartResult, args)`` run after the evaluation, in order."""
 
 
 # ------------------------------------------------------------------ data
@@ -186,12 +188,13 @@ def build_parser():
     parser.add_argument('--end_epoch', type=int, default=None, help='override the schedule length (smoke runs)')
     parser.add_argument('--max_iters', type=int, default=None, help='override cfg.max_iters_per_epoch (smoke runs)')
     parser.add_argument('--max_test_samples', type=int, default=None, help='evaluate only the first N test samples')
+    parser.add_argument('--no_demo', action='store_true', help='skip the demo pictures at the end')
     parser.add_argument('--no_check', action='store_true', help='do not fail when the model did not learn enough')
     return parser
 
 
 def run_quickstart(argv=None):
-    """All steps; returns a :class:`QuickstartResult` (also handed to every ``EXTRA_STEPS`` entry)."""
+    """All steps; returns the :class:`QuickstartResult` and the parsed arguments."""
     args = build_parser().parse_args(argv)
     seconds = {}
     start = time.time()
@@ -227,8 +230,8 @@ def run_quickstart(argv=None):
     print(f'Untrained:     {untrained_paths[0]}')
     print(f"Time: data {seconds['data']:.0f} s, training {seconds['train']:.0f} s, "
           f"evaluation {seconds['evaluate']:.0f} s")
-    for step in EXTRA_STEPS:
-        step(result, args)
+    if not args.no_demo:
+        quickstart_step(result, args)
     return result, args
 
 

@@ -1,6 +1,7 @@
 """Device selection and mixed-precision helpers shared by the training and test drivers.
 
-The device is chosen once per run from the ``--gpu`` ids.  CUDA devices are
+The device is chosen once per run from the ``--gpu`` ids (under torchrun: one device
+per process, by ``LOCAL_RANK``, see :func:`select_rank_device`).  CUDA devices are
 addressed by their id (``cuda:<id>``); ``CUDA_VISIBLE_DEVICES`` is neither needed
 nor changed.  Without CUDA the run falls back to the CPU with one warning, and
 ``--amp`` is then ignored with one warning.
@@ -54,6 +55,41 @@ def select_device(gpu_ids):
     if len(set(ids)) != len(ids):
         raise ValueError(f"--gpu {gpu_ids}: a device id is repeated.")
     return DeviceSetup(torch.device('cuda', ids[0]), ids, [])
+
+
+def select_rank_device(gpu_ids, local_rank):
+    """Device of one torchrun process: CUDA id ``ids[local_rank]`` of the ``--gpu`` list
+    (``None``: id ``local_rank``), or the CPU when CUDA is unavailable.
+
+    Returns a :class:`DeviceSetup` with at most one id (one process drives one device).
+    Raises ``ValueError`` when the list or the visible devices are too few for
+    ``local_rank``.
+    """
+    local_rank = int(local_rank)
+    if gpu_ids in (None, ''):
+        ids = None
+    else:
+        ids = [int(i) for i in parse_gpu_ids(gpu_ids).split(',')]
+    if not torch.cuda.is_available():
+        return DeviceSetup(torch.device('cpu'), [],
+                           ["CUDA is not available: this process runs on the CPU (gloo backend)."])
+    if ids is not None:
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"--gpu {gpu_ids}: a device id is repeated.")
+        if local_rank >= len(ids):
+            raise ValueError(
+                f"--gpu {gpu_ids} lists {len(ids)} id(s) but this is local process {local_rank}: "
+                "list one GPU per process of the node (--nproc_per_node), or leave --gpu out "
+                "to use GPU <LOCAL_RANK>.")
+        device_id = ids[local_rank]
+    else:
+        device_id = local_rank
+    count = torch.cuda.device_count()
+    if device_id >= count:
+        raise ValueError(
+            f"Local process {local_rank} would use CUDA device {device_id}, but {count} device(s) "
+            f"are visible (ids 0..{count - 1}): start at most {count} processes per node.")
+    return DeviceSetup(torch.device('cuda', device_id), [device_id], [])
 
 
 def resolve_amp(requested, device):

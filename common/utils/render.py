@@ -57,11 +57,13 @@ def _pixel_boxes(uv, width, height):
     return x0.astype(np.int64), x1.astype(np.int64), y0.astype(np.int64), y1.astype(np.int64)
 
 
-def _chunk_fragments(uv, inv_z, x0, y0, box_w, box_h, width):
+def _chunk_fragments(uv, inv_z, x0, y0, own_w, own_h, box_w, box_h, width):
     """Fragments of a chunk of triangles: (pixel index, depth, triangle index in chunk).
 
-    uv (T, 3, 2); inv_z (T, 3) = 1/Z; x0, y0 (T,) top-left pixel; the grid is
-    (box_h, box_w) pixels per triangle.
+    uv (T, 3, 2); inv_z (T, 3) = 1/Z; x0, y0 (T,) top-left pixel; own_w, own_h (T,) each
+    triangle's image-clipped box size; the grid is (box_h, box_w) pixels per triangle,
+    the chunk's largest box, so cells past a triangle's own box are masked out (they
+    would otherwise wrap into the next image row).
     """
     px = (x0[:, None, None] + np.arange(box_w)[None, None, :]).astype(np.float64)
     py = (y0[:, None, None] + np.arange(box_h)[None, :, None]).astype(np.float64)
@@ -76,6 +78,8 @@ def _chunk_fragments(uv, inv_z, x0, y0, box_w, box_h, width):
     w2 = ((ax - px) * (by - py) - (bx - px) * (ay - py)) / area
     eps = -1e-9
     inside = (w0 >= eps) & (w1 >= eps) & (w2 >= eps)
+    inside &= (np.arange(box_w)[None, None, :] < own_w[:, None, None])
+    inside &= (np.arange(box_h)[None, :, None] < own_h[:, None, None])
     tri, row, col = np.nonzero(inside)
     w0, w1, w2 = w0[tri, row, col], w1[tri, row, col], w2[tri, row, col]
     depth = 1.0 / (w0 * inv_z[tri, 0] + w1 * inv_z[tri, 1] + w2 * inv_z[tri, 2])
@@ -119,6 +123,7 @@ def rasterize(vertices, faces, focal, princpt, img_shape):
             stop = start + max(1, (stop - start) // 2)
         ids = tri_ids[start:stop]
         pixel, depth, tri = _chunk_fragments(uv[ids], 1.0 / z[ids], x0[ids], y0[ids],
+                                             box_w[start:stop], box_h[start:stop],
                                              int(box_w[start:stop].max()), int(box_h[start:stop].max()), width)
         np.minimum.at(zbuf, pixel, depth)
         fragments.append((pixel, depth, ids[tri]))

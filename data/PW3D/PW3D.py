@@ -14,7 +14,9 @@ HigherHRNet entry).  Each sample is one annotated person:
 
 Evaluation (§6.2): ``evaluate`` -> per-sample MPJPE / PA-MPJPE on the 14 H36M evaluation
 joints and MPVPE on pelvis-centred meshes (mm); ``summarize`` -> means and per-sequence means;
-``print_eval_result`` prints the original's three lines.
+``print_eval_result`` prints the original's three lines.  With ``cfg.vis`` / ``cfg.render``,
+``evaluate`` also writes each sample's pictures and meshes into ``cfg.vis_dir``
+(``visualize_sample``, §6.4).
 """
 import os.path as osp
 import warnings
@@ -22,9 +24,9 @@ import warnings
 import numpy as np
 import torch
 
-from common.utils.preprocessing import augmentation, get_bbox, load_img, process_bbox
+from common.utils.preprocessing import augmentation, gen_trans_from_patch_cv, get_bbox, load_img, process_bbox
 from common.utils.smpl import get_smpl, load_regressor
-from common.utils.transforms import rigid_align_batch, transform_joint_to_other_db
+from common.utils.transforms import cam2pixel, denorm_joints, rigid_align_batch, transform_joint_to_other_db
 from data.dataset import SeededDataset
 from data.train_pipeline import read_coco, read_json
 from main.config import cfg
@@ -309,16 +311,61 @@ class PW3D(SeededDataset):
         return result
 
     def visualize_sample(self, out, annot):
-        """Hook for the ``cfg.vis`` / ``cfg.render`` outputs of DATA.md §6.4 (one sample).
+        """Write the ``cfg.vis`` / ``cfg.render`` outputs of DATA.md §6.4 for one sample into ``cfg.vis_dir``.
 
-        Not part of the data issue: the demo issue implements it (images with the PositionNet
-        and projected joints, OBJ meshes, the rendered overlay, written into ``cfg.vis_dir``).
-        Until then it warns once and does nothing.
+        out: the sample's test outputs (NumPy, MODEL.md §5.8); annot: its ``datalist`` entry.
+        File names keep sequence, image and annotation id: ``<sequence>_<image stem>_<aid>_<kind>``.
+        ``cfg.render`` or ``cfg.vis``: ``_render.jpg`` (the mesh over the image, with the crop box).
+        ``cfg.vis`` also: ``_input.jpg`` (input 2D pose, scores), ``_positionnet.jpg`` (PositionNet
+        joints with their scores), ``_final.jpg`` (projected mesh joints), ``_gt.jpg`` (GT joints
+        projected with the 3DPW camera), ``_final.obj`` (predicted root-relative mesh) and
+        ``_gt.obj`` (GT mesh centred at its SMPL pelvis), metres.  Outputs whose inputs ``out``
+        lacks are left out.  Nothing is displayed.  Returns the written paths.
         """
-        if not getattr(self, '_vis_warned', False):
-            warnings.warn("cfg.vis / cfg.render: the visual outputs of DATA.md §6.4 are not implemented yet "
-                          "(demo issue); evaluation continues without them.", stacklevel=2)
-            self._vis_warned = True
+        from common.utils import vis
+        vis_dir = vis.ensure_dir(cfg.vis_dir)
+        stem = osp.splitext(osp.basename(annot['img_path']))[0]
+        prefix = osp.join(vis_dir, f"{annot['sequence']}_{stem}_{annot['ann_id']}_")
+        bbox = np.asarray(out.get('bbox', annot['input_bbox']), dtype=np.float64)
+        bb2img = out.get('bb2img_trans')
+        if bb2img is None:
+            bb2img = _crop_to_image_trans(bbox)
+        needs_image = cfg.vis or 'mesh_cam_render' in out
+        image = vis.as_uint8_image(load_img(annot['img_path'])) if needs_image else None
+        written = []
+        if 'mesh_cam_render' in out:
+            if cfg.render:  # the model's render camera (MODEL.md §5.6)
+                focal, princpt = vis.render_camera(bbox)
+            else:           # the crop camera, expressed in image pixels
+                focal, princpt = vis.crop_camera_in_image(bb2img, cfg.focal, cfg.princpt)
+            overlay = vis.render_people(image, [out['mesh_cam_render']], self.smpl.face, focal, princpt)
+            written.append(vis.save_image(prefix + 'render.jpg', vis.draw_bbox(overlay, bbox)))
+        if not cfg.vis:
+            return written
+        skeleton = self.smpl.skeleton
+        written.append(vis.save_image(prefix + 'input.jpg', vis.draw_bbox(
+            vis.draw_input_pose(image, annot['input_joints'], POSE_SCORE_THR, show_scores=True), bbox)))
+        if 'joint_img' in out:
+            joints = denorm_joints(out['joint_img'], bb2img)
+            scores = out.get('joint_score')
+            scores = None if scores is None else np.asarray(scores).reshape(-1)
+            written.append(vis.save_image(prefix + 'positionnet.jpg', vis.draw_bbox(
+                vis.draw_skeleton(image, joints, skeleton, scores=scores, show_scores=scores is not None), bbox)))
+        if 'joint_proj' in out:
+            joints = denorm_joints(out['joint_proj'], bb2img)
+            written.append(vis.save_image(prefix + 'final.jpg', vis.draw_skeleton(image, joints, skeleton)))
+        if 'smpl_mesh_cam' in out:
+            written.append(vis.write_obj(prefix + 'final.obj', out['smpl_mesh_cam'], self.smpl.face))
+        if 'smpl_mesh_cam_target' in out:
+            gt_mesh = np.asarray(out['smpl_mesh_cam_target'], dtype=np.float64)
+            gt_joints = self.smpl.joint_regressor.astype(np.float64) @ gt_mesh
+            cam = annot['cam_param']
+            gt_img = cam2pixel(gt_joints, cam['focal'], cam['princpt'])
+            written.append(vis.save_image(prefix + 'gt.jpg', vis.draw_skeleton(image, gt_img, skeleton,
+                                                                               color=(0, 200, 255))))
+            written.append(vis.write_obj(prefix + 'gt.obj', gt_mesh - gt_joints[self.smpl.root_joint_idx],
+                                         self.smpl.face))
+        return written
 
     @staticmethod
     def summarize(eval_result):
@@ -373,6 +420,13 @@ def mesh_metrics(pred_mesh, gt_mesh, h36m_regressor, pelvis_row):
     pred_centred = pred_mesh - np.einsum('v,bvc->bc', pelvis_row, pred_mesh)[:, None]
     mpvpe = np.linalg.norm(gt_centred - pred_centred, axis=2).mean(1) * 1000
     return {'mpjpe': mpjpe, 'pa_mpjpe': pa_mpjpe, 'mpvpe': mpvpe}
+
+
+def _crop_to_image_trans(bbox):
+    """(2,3) crop -> image affine of a test crop of ``bbox`` (no augmentation, DATA.md §4.4)."""
+    x, y, w, h = (float(v) for v in bbox)
+    return gen_trans_from_patch_cv(x + w / 2, y + h / 2, w, h, cfg.input_img_shape[1], cfg.input_img_shape[0],
+                                   1.0, 0.0, inv=True)
 
 
 def _to_numpy(value):

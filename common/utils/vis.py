@@ -1,0 +1,306 @@
+"""Visual outputs: 2D pose drawing, OBJ files, image writing and multi-person mesh overlays.
+
+Images are RGB ``uint8`` arrays ``(H, W, 3)`` throughout; :func:`save_image` converts to
+OpenCV's BGR only when writing.  Nothing here opens a window.
+
+Joints are drawn in the SMPL-30 joint set (DATA.md §2.2): network outputs use its 29-edge
+skeleton; input 2D poses, which fill only 19 of its channels (OpenPose / COCO with pelvis
+and neck, §2.9), use ``INPUT_SKELETON`` over those 19 joints.
+
+Meshes of several people, each seen through its own pinhole camera (the render camera of
+MODEL.md §5.6 has its principal point at each person's bbox centre), are drawn into one
+z-buffer by :func:`render_people`: each mesh is first mapped, exactly as far as its image
+is concerned, into a camera shared by all (:func:`to_shared_camera`), so depth ordering
+across people is per pixel.
+"""
+import colorsys
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.utils.render import NEAR_PLANE, render_meshes
+
+SMPL30_SKELETON = (
+    (0, 1), (1, 4), (4, 7), (7, 10), (0, 2), (2, 5), (5, 8), (8, 11), (0, 3), (3, 6), (6, 9),
+    (9, 14), (14, 17), (17, 19), (19, 21), (21, 23), (9, 13), (13, 16), (16, 18), (18, 20),
+    (20, 22), (9, 12), (12, 24), (24, 15), (24, 25), (24, 26), (25, 27), (26, 28), (24, 29))
+"""The SMPL-30 skeleton of DATA.md §2.2 (indices into SMPL-30)."""
+
+INPUT_SKELETON = (
+    (24, 25), (24, 26), (25, 27), (26, 28), (24, 12),       # face, nose-neck
+    (12, 16), (16, 18), (18, 20), (12, 17), (17, 19), (19, 21),  # arms
+    (12, 0), (0, 1), (1, 4), (4, 7), (0, 2), (2, 5), (5, 8))     # trunk, legs
+"""19-joint skeleton of the input 2D poses (OpenPose-19 / COCO-19 transferred to SMPL-30)."""
+
+LEFT_JOINTS = frozenset((1, 4, 7, 10, 13, 16, 18, 20, 22, 25, 27))
+"""SMPL-30 joints on the body's left side (drawn in a lighter tone)."""
+
+RENDER_FOCAL = (5000.0, 5000.0)
+"""Focal length (pixels) of the render camera in render mode (MODEL.md §5.6, DATA.md §6.4)."""
+
+
+# ----------------------------------------------------------------------------- colours
+def person_colors(count, saturation=0.45, value=0.95):
+    """(count, 3) float64 RGB in [0, 1]: distinct pastel colours, one per person.
+
+    Hues step by the golden ratio from orange-ish, so neighbouring indices differ strongly;
+    deterministic (person k always gets the same colour).
+    """
+    hues = (0.08 + 0.618033988749895 * np.arange(count)) % 1.0
+    return np.array([colorsys.hsv_to_rgb(h, saturation, value) for h in hues], dtype=np.float64).reshape(-1, 3)
+
+
+def _rgb255(color):
+    """A colour in [0, 1] (or 0..255) as a tuple of three ints 0..255 for OpenCV drawing."""
+    color = np.asarray(color, dtype=np.float64).reshape(3)
+    if color.max() <= 1.0:
+        color = color * 255.0
+    return tuple(int(round(c)) for c in np.clip(color, 0, 255))
+
+
+def _line_width(img):
+    return max(1, int(round(min(img.shape[:2]) / 150)))
+
+
+# ----------------------------------------------------------------------------- drawing
+def as_uint8_image(img):
+    """(H, W, 3) array 0..255 (any dtype) -> contiguous uint8 copy."""
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {img.shape}")
+    return np.ascontiguousarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+
+
+def draw_skeleton(img, joints, skeleton, scores=None, score_thr=None, color=(255, 128, 0),
+                  show_scores=False, radius=None, thickness=None):
+    """Draw 2D joints and limbs onto a copy of ``img``; returns the new uint8 RGB image.
+
+    joints (J, >=2) pixel coordinates; skeleton: pairs of joint indices; scores (J,) or None.
+    With ``score_thr`` a joint counts only when its score is above it: limbs need both ends
+    counted, joints below it are drawn as hollow circles (scores then stay visible).
+    ``show_scores`` writes each joint's score beside it.  Non-finite joints are skipped.
+    """
+    out = as_uint8_image(img)
+    joints = np.asarray(joints, dtype=np.float64)
+    scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(joints[:, :2]).all(axis=1)
+    confident = finite.copy()
+    if scores is not None and score_thr is not None:
+        confident &= scores > score_thr
+    thickness = thickness or _line_width(out)
+    radius = radius or thickness + 2
+    base = _rgb255(color)
+    light = tuple(int(c + (255 - c) * 0.35) for c in base)
+    for a, b in skeleton:
+        if a < len(joints) and b < len(joints) and confident[a] and confident[b]:
+            tone = light if (a in LEFT_JOINTS or b in LEFT_JOINTS) else base
+            cv2.line(out, _point(joints[a]), _point(joints[b]), tone, thickness, cv2.LINE_AA)
+    for j in np.nonzero(finite)[0]:
+        tone = light if j in LEFT_JOINTS else base
+        cv2.circle(out, _point(joints[j]), radius, tone, -1 if confident[j] else max(1, thickness // 2),
+                   cv2.LINE_AA)
+        if show_scores and scores is not None:
+            cv2.putText(out, f'{scores[j]:.2f}', _point(joints[j] + radius + 1), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.3 * thickness, tone, 1, cv2.LINE_AA)
+    return out
+
+
+def _point(xy):
+    return int(round(float(xy[0]))), int(round(float(xy[1])))
+
+
+def draw_bbox(img, bbox, color=(0, 255, 0), thickness=None):
+    """Draw an ``[x, y, w, h]`` box onto a copy of ``img``; returns the new uint8 image."""
+    out = as_uint8_image(img)
+    x, y, w, h = (float(v) for v in np.asarray(bbox).reshape(4))
+    cv2.rectangle(out, _point((x, y)), _point((x + w, y + h)), _rgb255(color),
+                  thickness or _line_width(out), cv2.LINE_AA)
+    return out
+
+
+def draw_input_pose(img, joints_smpl30, score_thr, color=(255, 128, 0), show_scores=False):
+    """Draw an input 2D pose given in SMPL-30 order (J=30, columns x, y, score).
+
+    Joints whose score is not above ``score_thr`` (including the 11 channels an input never
+    fills, score 0) are left out; limbs follow ``INPUT_SKELETON``.
+    """
+    joints = np.asarray(joints_smpl30, dtype=np.float64)
+    keep = joints[:, 2] > score_thr
+    shown = np.where(keep[:, None], joints[:, :2], np.nan)
+    return draw_skeleton(img, shown, INPUT_SKELETON, scores=joints[:, 2], score_thr=score_thr,
+                         color=color, show_scores=show_scores)
+
+
+# ----------------------------------------------------------------------------- files
+def save_image(path, img):
+    """Write an RGB image (``.jpg`` / ``.png``), creating the folder; returns ``path`` as str.
+
+    Raises ``OSError`` naming the path if OpenCV cannot write it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(as_uint8_image(img), cv2.COLOR_RGB2BGR)
+    try:
+        ok = cv2.imwrite(str(path), bgr)
+    except cv2.error as exc:
+        raise OSError(f"Could not write image {path}: {exc}") from exc
+    if not ok:
+        raise OSError(f"Could not write image {path} (unsupported extension or unwritable folder).")
+    return str(path)
+
+
+def write_obj(path, vertices, faces):
+    """Write a mesh as Wavefront OBJ: ``v x y z`` lines, then ``f a b c`` with 1-based indices.
+
+    vertices (V, 3) (metres, as given); faces (F, 3) 0-based ints.  Returns ``path`` as str.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise ValueError(f"write_obj: face indices must lie in [0, {len(vertices) - 1}]")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f'v {x:.6f} {y:.6f} {z:.6f}' for x, y, z in vertices.tolist()]
+    lines += [f'f {a} {b} {c}' for a, b, c in (faces + 1).tolist()]
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- cameras
+def crop_camera_in_image(bb2img_trans, focal=RENDER_FOCAL, princpt=(128.0, 128.0)):
+    """The crop's virtual camera expressed in original-image pixels: ``(focal (2,), princpt (2,))``.
+
+    The crop -> image map of a test sample is an axis-aligned affine (no rotation at test
+    time), so projecting with the crop camera and then applying ``bb2img_trans`` equals a
+    pinhole with focal ``f * scale`` and principal point ``bb2img(princpt)`` (exact).
+    """
+    trans = np.asarray(bb2img_trans, dtype=np.float64).reshape(2, 3)
+    focal_img = np.array([focal[0] * trans[0, 0], focal[1] * trans[1, 1]])
+    princpt_img = trans @ np.array([princpt[0], princpt[1], 1.0])
+    return focal_img, princpt_img
+
+
+def render_camera(bbox, focal=RENDER_FOCAL):
+    """Render-mode camera of MODEL.md §5.6: focal 5000 px, principal point at the bbox centre.
+
+    bbox ``[x, y, w, h]`` in original-image pixels.  Returns ``(focal (2,), princpt (2,))``.
+    """
+    x, y, w, h = (float(v) for v in np.asarray(bbox).reshape(4))
+    return np.asarray(focal, dtype=np.float64), np.array([x + w / 2, y + h / 2])
+
+
+def to_shared_camera(vertices, focal, princpt, shared_focal, shared_princpt):
+    """Map camera-space vertices so that the shared camera sees them as their own camera did.
+
+    vertices (V, 3) metres, seen with ``focal``/``princpt``; returns (V, 3) with the same
+    depths whose projection with ``shared_focal``/``shared_princpt`` is identical:
+    ``X' = X f/f0 + (c - c0) Z / f0`` (per axis).  Depth order across people is kept because
+    ``Z`` is unchanged; shading changes only by the small shear.
+    """
+    verts = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    focal, princpt = np.asarray(focal, np.float64), np.asarray(princpt, np.float64)
+    shared_focal, shared_princpt = np.asarray(shared_focal, np.float64), np.asarray(shared_princpt, np.float64)
+    out = verts.copy()
+    out[:, :2] = verts[:, :2] * (focal / shared_focal) + verts[:, 2:3] * ((princpt - shared_princpt) / shared_focal)
+    return out
+
+
+def render_people(image, meshes, faces, focals, princpts, colors=None, alpha=1.0, return_depth=False):
+    """Render several people's meshes over ``image``, nearest surface first across people.
+
+    image (H, W, 3) 0..255; meshes: list of (V, 3) camera-space vertices in metres; faces
+    (F, 3); focals, princpts: one ``(fx, fy)`` / ``(cx, cy)`` per mesh (or a single pair for
+    all) in pixels; colors: (N, 3) RGB in [0, 1], default :func:`person_colors`.
+    Returns the uint8 image (and, with ``return_depth``, the depth map (H, W) float32 with
+    ``inf`` and the per-pixel person index (H, W) int32 with -1 where no mesh is).
+
+    Triangles are drawn on a canvas that holds each of them whole (``render.rasterize`` must
+    not see triangles crossing its border, see ``_canvas_layout``); triangles reaching further
+    than ``max(H, W)`` pixels beyond the image, or behind the camera, are left out.
+    """
+    image = as_uint8_image(image)
+    height, width = image.shape[:2]
+    count = len(meshes)
+    depth = np.full((height, width), np.inf, np.float32)
+    index = np.full((height, width), -1, np.int32)
+    if count == 0:
+        return (image, depth, index) if return_depth else image
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    focals = _per_mesh(focals, count, 'focals')
+    princpts = _per_mesh(princpts, count, 'princpts')
+    shared_focal, shared_princpt = focals[0], princpts[0]
+    shared = [to_shared_camera(m, f, c, shared_focal, shared_princpt) for m, f, c in zip(meshes, focals, princpts)]
+    colors = person_colors(count) if colors is None else np.asarray(colors, dtype=np.float64).reshape(-1, 3)
+    if len(colors) < count:
+        raise ValueError(f"render_people: {len(colors)} colours for {count} meshes")
+
+    kept, (left, top, right, bottom) = _canvas_layout(shared, faces, shared_focal, shared_princpt, height, width)
+    canvas = np.zeros((top + height + bottom, left + width + right, 3), np.uint8)
+    canvas[top:top + height, left:left + width] = image
+    canvas_princpt = (shared_princpt[0] + left, shared_princpt[1] + top)
+    out = canvas.copy()
+    canvas_depth = np.full(canvas.shape[:2], np.inf, np.float32)
+    canvas_index = np.full(canvas.shape[:2], -1, np.int32)
+    for i, (verts, mesh_faces) in enumerate(zip(shared, kept)):
+        if not len(mesh_faces):
+            continue
+        drawn, mesh_depth, mesh_index = render_meshes(canvas, [verts], mesh_faces, tuple(shared_focal),
+                                                      canvas_princpt, colors=colors[i:i + 1], alpha=alpha,
+                                                      return_depth=True)
+        nearer = (mesh_index >= 0) & (mesh_depth < canvas_depth)
+        out[nearer] = drawn[nearer]
+        canvas_depth[nearer] = mesh_depth[nearer]
+        canvas_index[nearer] = i
+    window = (slice(top, top + height), slice(left, left + width))
+    out = np.ascontiguousarray(out[window])
+    if return_depth:
+        return out, canvas_depth[window].copy(), canvas_index[window].copy()
+    return out
+
+
+def _canvas_layout(meshes, faces, focal, princpt, height, width):
+    """Per mesh the faces to draw, and the canvas margins ``(left, top, right, bottom)`` in pixels.
+
+    ``render.rasterize`` pads each chunk of triangles to a common pixel grid and indexes pixels
+    as ``y * W + x``; a triangle cut by the image border then lands on wrapped-around pixels
+    (or out of range).  A canvas holding every kept triangle whole avoids that; triangles more
+    than ``max(H, W)`` pixels outside the image or not in front of the camera are dropped.
+    """
+    cap = max(height, width)
+    lo = np.array([0.0, 0.0])
+    hi = np.array([width - 1.0, height - 1.0])
+    kept = []
+    for verts in meshes:
+        verts = np.asarray(verts, np.float64)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            uv = verts[:, :2] / verts[:, 2:3] * focal + princpt
+        tri_uv, tri_z = uv[faces], verts[faces, 2]
+        ok = (tri_z > NEAR_PLANE).all(axis=1) & np.isfinite(tri_uv).all(axis=(1, 2))
+        ok &= (tri_uv[..., 0] >= -cap).all(axis=1) & (tri_uv[..., 0] <= width - 1 + cap).all(axis=1)
+        ok &= (tri_uv[..., 1] >= -cap).all(axis=1) & (tri_uv[..., 1] <= height - 1 + cap).all(axis=1)
+        kept.append(faces[ok])
+        if ok.any():
+            lo = np.minimum(lo, tri_uv[ok].reshape(-1, 2).min(axis=0))
+            hi = np.maximum(hi, tri_uv[ok].reshape(-1, 2).max(axis=0))
+    left, top = (int(np.ceil(-v)) + 1 if v < 0 else 0 for v in lo)
+    right = int(np.ceil(hi[0] - (width - 1))) + 1 if hi[0] > width - 1 else 0
+    bottom = int(np.ceil(hi[1] - (height - 1))) + 1 if hi[1] > height - 1 else 0
+    return kept, (left, top, right, bottom)
+
+
+def _per_mesh(values, count, name):
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape == (2,):
+        arr = np.repeat(arr[None], count, axis=0)
+    if arr.shape != (count, 2):
+        raise ValueError(f"render_people: {name} must be one (2,) pair or ({count}, 2), got {arr.shape}")
+    return arr
+
+
+def ensure_dir(path):
+    """Create ``path`` (and parents) if needed; returns it as str."""
+    os.makedirs(path, exist_ok=True)
+    return str(path)
