@@ -16,7 +16,7 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from main.train import gpu_ids_arg, join_job, rank_tag, require_gpu_outside_torchrun  # noqa: E402
+from main.train import apply_cfg_file, check_args, gpu_ids_arg, join_job, rank_tag  # noqa: E402
 
 
 def build_parser():
@@ -37,13 +37,7 @@ def build_parser():
 
 def parse_args(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    require_gpu_outside_torchrun(parser, args)
-    if args.exp_dir and not os.path.isdir(args.exp_dir):
-        parser.error(f'--exp_dir {args.exp_dir}: no such folder.')
-    if args.cfg and not os.path.isfile(args.cfg):
-        parser.error(f'--cfg {args.cfg}: no such file.')
-    return args
+    return check_args(parser, parser.parse_args(argv))
 
 
 def main(argv=None):
@@ -51,11 +45,7 @@ def main(argv=None):
     args = parse_args(argv)
     gpu_ids = join_job(args.gpu_ids)
     cfg.set_args(gpu_ids, is_test=True, exp_dir=args.exp_dir)
-    if args.cfg:
-        try:
-            cfg.update(args.cfg)
-        except ValueError as exc:
-            raise SystemExit(f'ERROR{rank_tag()}: --cfg {args.cfg}: {exc}') from exc
+    apply_cfg_file(args.cfg)
 
     from common.base import Tester, make_shared_run_dirs
     from common.utils import distributed

@@ -49,16 +49,31 @@ def require_gpu_outside_torchrun(parser, args):
         parser.error('the following arguments are required: --gpu (or start the script with torchrun)')
 
 
-def parse_args(argv=None):
-    """Parse ``argv`` (default ``sys.argv[1:]``); errors exit with a usage message."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_args(parser, args):
+    """Checks shared by train.py and test.py: ``--gpu`` outside torchrun, ``--exp_dir`` and
+    ``--cfg`` exist.  A failure exits with a usage message."""
     require_gpu_outside_torchrun(parser, args)
     if args.exp_dir and not os.path.isdir(args.exp_dir):
         parser.error(f'--exp_dir {args.exp_dir}: no such folder.')
     if args.cfg and not os.path.isfile(args.cfg):
         parser.error(f'--cfg {args.cfg}: no such file.')
     return args
+
+
+def parse_args(argv=None):
+    """Parse ``argv`` (default ``sys.argv[1:]``); errors exit with a usage message."""
+    parser = build_parser()
+    return check_args(parser, parser.parse_args(argv))
+
+
+def apply_cfg_file(path):
+    """``cfg.update(path)`` if a ``--cfg`` file was given; a bad key ends the run with its message."""
+    if not path:
+        return
+    try:
+        cfg.update(path)
+    except ValueError as exc:
+        raise SystemExit(f'ERROR{rank_tag()}: --cfg {path}: {exc}') from exc
 
 
 def join_job(gpu_ids):
@@ -86,11 +101,7 @@ def main(argv=None):
     args = parse_args(argv)
     gpu_ids = join_job(args.gpu_ids)
     cfg.set_args(gpu_ids, args.continue_train, is_test=False, exp_dir=args.exp_dir)
-    if args.cfg:
-        try:
-            cfg.update(args.cfg)
-        except ValueError as exc:
-            raise SystemExit(f'ERROR{rank_tag()}: --cfg {args.cfg}: {exc}') from exc
+    apply_cfg_file(args.cfg)
 
     from common.base import Trainer, make_shared_run_dirs
     from common.utils import distributed

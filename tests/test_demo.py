@@ -299,7 +299,6 @@ def test_demo_cli_with_coco_results(trained_snapshot, demo_case, synthetic_smpl_
     err = capsys.readouterr().err
     assert f'input person {len(anns) + 1} skipped: too few confident joints' in err
     # The 2D-pose picture shows the accepted people's joints in their colours.
-    from common.utils import vis
     drawn = cv2.cvtColor(cv2.imread(paths['pose_2d']), cv2.COLOR_BGR2RGB).astype(float)
     original = cv2.cvtColor(cv2.imread(img_path), cv2.COLOR_BGR2RGB).astype(float)
     changed = np.abs(drawn - original).sum(2) > 60

@@ -279,7 +279,7 @@ class Body:
         links = [('head', 'torso'), ('leg', 'torso'), ('r_leg', 'torso'), ('arm', 'torso'),
                  ('r_arm', 'torso'), ('foot', 'leg'), ('r_foot', 'r_leg')]
         for child_name, parent_name in links:
-            child, parent = self.by_name[child_name], self.by_name[parent_name]
+            child = self.by_name[child_name]
             child_face = faces[child_name][0]  # a face of the start cap, which lies inside the parent
             parent_faces = faces[parent_name]
             # The parent face the child's axis passes through lies inside the child: hidden.
