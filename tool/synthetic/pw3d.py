@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.utils.preprocessing import process_bbox
 from tool.synthetic import common
 
 OPENPOSE18_NAMES = ('Nose', 'Neck', 'R_Shoulder', 'R_Elbow', 'R_Wrist', 'L_Shoulder', 'L_Elbow', 'L_Wrist',
@@ -111,7 +112,7 @@ def _write_split(root, smpl, rng, split, ann_id_start=0):
                                                   conf_threshold=SCORE_THRESHOLD)
                     hhrnet[str(ann_id)] = {'coco_joints': coco, 'img_id': image_id}
                 if split == 'test':
-                    rootnet.append({'ann_id': ann_id, 'bbox': _square_box(bbox, width, height),
+                    rootnet.append({'ann_id': ann_id, 'bbox': process_bbox(bbox, width, height, is_3dpw_test=True, aspect_ratio=1.0).astype(np.float64),
                                     'root_cam': joints30[0] * 1000 + rng.normal(0, 30, size=3)})
                 ann_id += 1
             img = common.render_people(width, height, meshes, smpl.face, focal, princpt, rng)
@@ -122,19 +123,6 @@ def _write_split(root, smpl, rng, split, ann_id_start=0):
                                          'R': np.eye(3), 't': np.zeros(3)}})
             image_id += 1
     return {'images': images, 'annotations': annotations}, hhrnet, rootnet
-
-
-def _square_box(bbox, width, height):
-    """RootNet-style box: the tight box clipped, squared and enlarged 1.25x (DATA.md §4.2 shape)."""
-    x, y, w, h = bbox
-    x1, y1 = max(0.0, x), max(0.0, y)
-    x2, y2 = min(width - 1.0, x1 + max(0.0, w - 1)), min(height - 1.0, y1 + max(0.0, h - 1))
-    w, h = x2 - x1, y2 - y1
-    cx, cy = x1 + w / 2, y1 + h / 2
-    side = max(w, h) * 1.25
-    return np.array([cx - side / 2, cy - side / 2, side, side])
-
-
 def write(root, smpl, rng):
     """Write ``root/PW3D`` (test, validation, train splits, crowd HigherHRNet file, RootNet file).
 
