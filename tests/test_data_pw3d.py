@@ -10,6 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from main.config import cfg
+from tests.reference import ref_square_box
 
 THR = 0.05
 # DATA.md §2.9: OpenPose-19 and COCO-19 index k -> SMPL-30 index.
@@ -20,17 +21,6 @@ CROWD = ('courtyard_hug_00', 'courtyard_dancing_00')
 
 
 # ------------------------------------------------------------------ independent re-derivations
-def ref_process_bbox_test(box, width, height):
-    """DATA.md §4.2 with is_3dpw_test=True (never rejects), aspect 1, x1.25."""
-    x, y, w, h = box
-    x1, y1 = max(0, x), max(0, y)
-    x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
-    w, h = x2 - x1, y2 - y1
-    cx, cy = x1 + w / 2, y1 + h / 2
-    side = max(w, h) * 1.25
-    return np.array([cx - side / 2, cy - side / 2, side, side])
-
-
 def ref_input(pose19, to_smpl, width, height):
     """§3.8 steps 2-5 written out: (joints (30,3) heatmap + score, mask (30,), bbox)."""
     joints = np.zeros((30, 3))
@@ -39,7 +29,7 @@ def ref_input(pose19, to_smpl, width, height):
     xs, ys = joints[valid, 0], joints[valid, 1]
     cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
     w, h = (xs.max() - xs.min()) * 1.2, (ys.max() - ys.min()) * 1.2
-    bbox = ref_process_bbox_test([cx - w / 2, cy - h / 2, w, h], width, height)
+    bbox = ref_square_box([cx - w / 2, cy - h / 2, w, h], width, height)
     centre = bbox[:2] + bbox[2:] / 2
     crop = (joints[:, :2] - centre) * 256 / bbox[2:] + 128
     hm = crop / 4

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from main.config import cfg
+from tests.reference import ref_square_box
 
 # DATA.md §2.9 / §2.8: source index k -> SMPL-30 index (-1: dropped).
 OPENPOSE18_TO_SMPL30 = (24, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 26, 25, 28, 27)
@@ -37,13 +38,7 @@ def ref_bbox(joints, width, height):
     xs, ys = joints[valid, 0], joints[valid, 1]
     cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
     w, h = (xs.max() - xs.min()) * 1.2, (ys.max() - ys.min()) * 1.2
-    x, y = cx - w / 2, cy - h / 2
-    x1, y1 = max(0, x), max(0, y)
-    x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
-    w, h = x2 - x1, y2 - y1
-    cx, cy = x1 + w / 2, y1 + h / 2
-    side = max(w, h) * 1.25
-    return np.array([cx - side / 2, cy - side / 2, side, side])
+    return ref_square_box([cx - w / 2, cy - h / 2, w, h], width, height)
 
 
 def person(center, height_px, rng, score=0.9):
