@@ -200,6 +200,43 @@ class Config:
                 value = tuple(value)
             self.__dict__[key] = value
 
+    # ------------------------------------------------------ option records
+    def geometry_options(self):
+        """Crop, heatmap and virtual-camera geometry (``common.options.GeometryOptions``)."""
+        from common.options import GeometryOptions
+        return GeometryOptions(input_img_shape=tuple(self.input_img_shape),
+                               output_hm_shape=tuple(self.output_hm_shape),
+                               bbox_3d_size=self.bbox_3d_size, camera_3d_size=self.camera_3d_size,
+                               focal=tuple(self.focal), sigma=self.sigma)
+
+    def augment_options(self):
+        """Training augmentation ranges (``common.options.AugmentOptions``)."""
+        from common.options import AugmentOptions
+        return AugmentOptions(scale_factor=self.scale_factor, rot_factor=self.rot_factor,
+                              color_factor=self.color_factor, use_occlusion=self.use_occlusion,
+                              voc_dir=self.voc_dir)
+
+    def body_model_paths(self):
+        """Body-model file locations (``common.options.BodyModelPaths``)."""
+        from common.options import BodyModelPaths
+        return BodyModelPaths(smpl_model_dir=str(self.smpl_model_dir), regressor_dir=str(self.data_dir))
+
+    def data_options(self):
+        """Everything the datasets need (``common.options.DataOptions``)."""
+        from common.options import DataOptions
+        return DataOptions(data_dir=str(self.data_dir), geometry=self.geometry_options(),
+                           augment=self.augment_options(), body_model=self.body_model_paths(),
+                           use_gt_info=self.use_gt_info, fix_flip_neighbours=self.fix_flip_neighbours,
+                           crowd=self.crowd, vis=self.vis, render=self.render,
+                           vis_dir=self.vis_dir if self.output_dir is not None else None,
+                           seed=self.seed)
+
+    def model_options(self):
+        """What ``get_model`` needs (``common.options.ModelOptions``)."""
+        from common.options import ModelOptions
+        return ModelOptions(geometry=self.geometry_options(), body_model=self.body_model_paths(),
+                            resnet_type=self.resnet_type, imagenet_weights=self.imagenet_weights)
+
     def make_run_dirs(self):
         """Create the experiment folder and its subfolders; returns ``output_dir``.
 

@@ -46,18 +46,6 @@ def data_cfg(synthetic_smpl_dir, synthetic_data_root):
     return cfg
 
 
-# --------------------------------------------------------------- drivers (issue 5)
-def run_in_process(entry, argv):
-    """Run ``main.train.main`` / ``main.test.main`` with ``argv``; returns the run's
-    ``cfg.output_dir`` and leaves ``cfg`` as it was."""
-    state = cfg.snapshot()
-    try:
-        entry(argv)
-        return cfg.output_dir
-    finally:
-        cfg.restore(state)
-
-
 @pytest.fixture(scope='session')
 def tiny_schedule_yaml(tmp_path_factory, synthetic_smpl_dir, synthetic_data_root):
     """``--cfg`` file of a seeded CPU schedule on the synthetic tree: 1 epoch of 2
@@ -80,4 +68,5 @@ def trained_snapshot(tiny_schedule_yaml):
     ``<exp>/checkpoint/snapshot_0.pth.tar``, ``<exp>/log/train_logs.txt``, ``<exp>/config.yaml``."""
     from pathlib import Path
     from main.train import main
+    from tests.helpers import run_in_process
     return Path(run_in_process(main, ['--gpu', '0', '--cfg', str(tiny_schedule_yaml)]))

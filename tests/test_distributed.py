@@ -23,7 +23,7 @@ from torch import nn
 from common.utils import distributed as dist_utils
 from common.utils import device as device_utils
 from main.config import cfg
-from tests.conftest import run_in_process
+from tests.helpers import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_STATE_ENTRIES = 1423  # MODEL.md §9

@@ -18,7 +18,7 @@ from common.logger import ColorLogger
 from common.timer import Timer
 from common.utils import device as device_utils
 from main.config import cfg
-from tests.conftest import run_in_process
+from tests.helpers import run_in_process
 
 ANSI_LINE = re.compile(r'^\x1b\[92m\d\d-\d\d \d\d:\d\d:\d\d\x1b\[0m (.*)$')
 

@@ -271,7 +271,7 @@ def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, 
     import json
     import yaml
     from smplpytorch.pytorch.smpl_layer import SMPL_Layer
-    from tests.conftest import run_in_process
+    from tests.helpers import run_in_process
     from main.test import main
     exp = tmp_path / 'exp'
     (exp / 'checkpoint').mkdir(parents=True)
