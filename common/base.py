@@ -18,7 +18,6 @@ from ``main/model.py``.  Both imports happen when a run builds them, so this
 module imports without them.
 """
 import functools
-import importlib
 import itertools
 import json
 import math
@@ -39,6 +38,7 @@ from common.utils import checkpoint as ckpt_io
 from common.utils import distributed as dist_utils
 from common.utils.device import (autocast, make_grad_scaler, move_to_device, resolve_amp, select_device,
                                  select_rank_device)
+from data.registry import dataset_class
 from main.config import DERIVED_KEYS, cfg
 
 OPTIMIZER_MODULES = ('backbone', 'pose2feat', 'position_net', 'rotation_net')
@@ -50,22 +50,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ------------------------------------------------------------------ helpers
-def import_dataset_class(name):
-    """The dataset class ``name`` from ``data/<name>/<name>.py`` (e.g. ``'PW3D'``)."""
-    module_name = f'data.{name}.{name}'
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (module_name, f'data.{name}'):
-            raise
-        raise ValueError(
-            f"Unknown dataset '{name}': expected a class {name} in data/{name}/{name}.py "
-            "(known: Human36M, MuCo, MSCOCO, MPII, PW3D).") from exc
-    if not hasattr(module, name):
-        raise ValueError(f"data/{name}/{name}.py defines no class named {name}.")
-    return getattr(module, name)
-
-
 def derive_seed(seed, *parts):
     """A 32-bit seed determined by ``seed`` and the integer ``parts`` (e.g. an epoch)."""
     return int(np.random.SeedSequence([int(seed), *[int(p) for p in parts]]).generate_state(1)[0])
@@ -336,7 +320,7 @@ class Trainer(_Runner):
         transform = transforms.ToTensor()
         groups = []
         for names in (cfg.trainset_3d, cfg.trainset_2d):
-            sets = [import_dataset_class(name)(transform, 'train') for name in names]
+            sets = [dataset_class(name)(transform, 'train') for name in names]
             sets = [s for s in sets if len(s) > 0]
             groups.append(MultipleDatasets(sets, make_same_len=False) if sets else None)
         groups = [g for g in groups if g is not None and len(g) > 0]
@@ -706,7 +690,7 @@ class Tester(_Runner):
     def _make_batch_generator(self):
         from torchvision import transforms
         self.logger.info('Creating dataset...')
-        self.testset = import_dataset_class(cfg.testset)(transforms.ToTensor(), 'test')
+        self.testset = dataset_class(cfg.testset)(transforms.ToTensor(), 'test')
         self.vertex_num, self.joint_num = _model_dims(self.testset)
         loader_args = dict(num_workers=cfg.num_thread, pin_memory=self.setup.is_cuda,
                            worker_init_fn=functools.partial(seed_worker, cfg.snapshot()))

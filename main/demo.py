@@ -42,7 +42,7 @@ from common.utils.preprocessing import augmentation, get_bbox, in_bounds_mask, l
 from common.utils.smpl import JOINTS_NAME, SMPL, SMPLFileError  # noqa: E402
 from common.utils.transforms import transform_joint_to_other_db  # noqa: E402
 from main.model import get_model  # noqa: E402
-from main.train import gpu_ids_arg  # noqa: E402
+from common.utils.cli import gpu_ids_arg  # noqa: E402
 
 SCORE_THR = 0.1          # a joint is confident above this score (§3.8b)
 MIN_SCORE_SUM = 1.0      # a person needs at least this sum of joint scores

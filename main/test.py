@@ -16,7 +16,8 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from main.train import apply_cfg_file, check_args, gpu_ids_arg, join_job, rank_tag  # noqa: E402
+from common.utils.cli import (apply_cfg_file, check_args, exit_on_expected_errors, gpu_ids_arg,  # noqa: E402
+                              join_job)
 
 
 def build_parser():
@@ -67,10 +68,7 @@ def run_cli(argv=None):
     """``main`` for the command line: expected failures (a missing file, a checkpoint that does
     not fit) end with their message and exit status 1 instead of a traceback."""
     from common.utils.checkpoint import CheckpointError
-    try:
-        main(argv)
-    except (FileNotFoundError, CheckpointError) as exc:
-        sys.exit(f'ERROR{rank_tag()}: {exc}')
+    exit_on_expected_errors(main, argv, (FileNotFoundError, CheckpointError))
 
 
 if __name__ == '__main__':

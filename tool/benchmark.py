@@ -183,13 +183,13 @@ def benchmark_data(args, device):
     Each run goes once over the whole (small) dataset; the statistics are per sample.
     """
     import torchvision.transforms as T
-    from common.base import import_dataset_class
+    from data.registry import dataset_class
     print(ensure_data_tree(args.data, args.workdir))
     torch.set_num_threads(1)
     cfg.seed = 0
     results = {}
     for name, split in DATA_LOADERS:
-        dataset = import_dataset_class(name)(T.ToTensor(), split)
+        dataset = dataset_class(name)(T.ToTensor(), split)
         count = len(dataset)
 
         def one_pass(dataset=dataset, count=count):

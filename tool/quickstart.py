@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 from main.config import cfg  # noqa: E402
 from main.demo import quickstart_step  # noqa: E402
-from main.train import gpu_ids_arg  # noqa: E402
+from common.utils.cli import gpu_ids_arg  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, 'main', 'configs', 'quickstart.yaml')
 DEFAULT_WORK_DIR = os.path.join(ROOT, 'output', 'quickstart')
