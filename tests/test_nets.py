@@ -61,34 +61,31 @@ def test_resnet_depths():
             ResNetBackbone(depth)
 
 
-def test_resnet_init_weights_from_local_file(tmp_path, caplog, restore_cfg):
+def test_resnet_init_weights_from_local_file(tmp_path, caplog):
     import torchvision
     reference = torchvision.models.resnet50(weights=None)
     path = tmp_path / 'resnet50.pth'
     torch.save(reference.state_dict(), path)
-    restore_cfg.imagenet_weights = str(path)
     net = ResNetBackbone(50)
-    assert net.init_weights() is True
+    assert net.init_weights(str(path)) is True
     for name, value in net.state_dict().items():
         assert torch.equal(value, reference.state_dict()[name]), name
 
     # missing file: clear error naming the file and the config key
-    restore_cfg.imagenet_weights = str(tmp_path / 'nope.pth')
     with pytest.raises(FileNotFoundError, match='nope.pth.*cfg.imagenet_weights'):
-        net.init_weights()
+        net.init_weights(str(tmp_path / 'nope.pth'))
     # wrong architecture: strict load fails with the file named
     torch.save({'conv1.weight': torch.zeros(1)}, tmp_path / 'bad.pth')
     with pytest.raises(RuntimeError, match='bad.pth'):
         net.init_weights(tmp_path / 'bad.pth')
 
     # None: logged once, weights untouched
-    restore_cfg.imagenet_weights = None
     resnet_mod._warned_no_imagenet = False
     before = net.conv1.weight.clone()
     with caplog.at_level(logging.WARNING, logger='common.nets.resnet'):
-        assert net.init_weights() is False
-        assert net.init_weights() is False
-    assert sum('no ImageNet weights' in r.getMessage() for r in caplog.records) == 1
+        assert net.init_weights(None) is False
+        assert net.init_weights(None) is False
+    assert sum('No ImageNet weights' in r.getMessage() for r in caplog.records) == 1
     assert torch.equal(before, net.conv1.weight)
 
 
