@@ -130,8 +130,8 @@ def _state_equal(fast, slow, tol):
             assert rel_err(a, b) < tol, name
 
 
-@pytest.mark.parametrize('momentum, stack_weights', [(0.1, True), (0.1, False), (None, None)])
-def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum, stack_weights):
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum):
     gen = torch.Generator().manual_seed(0)
     adj = random_adj(15, gen)
 
@@ -143,9 +143,6 @@ def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum, stack_weights):
         return model
 
     fast, slow = _twin_blocks(make, gen)
-    for m in fast.modules():
-        if isinstance(m, GraphConvBlock):
-            m.stack_weights = stack_weights
     assert all(m.uses_vectorized_path() for m in fast.modules() if isinstance(m, GraphConvBlock))
     assert not any(m.uses_vectorized_path() for m in slow.modules() if isinstance(m, GraphConvBlock))
     for step in range(3):
@@ -212,8 +209,14 @@ def test_graph_block_state_dict_and_sync_bn_fallback():
     keys = set(block.state_dict())
     assert 'adj' not in keys
     assert 'fcbn_list.14.1.num_batches_tracked' in keys and 'fcbn_list.0.0.weight' in keys
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(block)
+    # the documented order for distributed training: switch, then convert
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(set_graph_vectorized(block, False))
     assert not converted.uses_vectorized_path()
+    assert all(type(m[1]) is nn.SyncBatchNorm for m in converted.fcbn_list)
+    assert set(converted.state_dict()) == keys
+    # a converted block falls back to the per-vertex loop even if the switch was forgotten
+    other = nn.SyncBatchNorm.convert_sync_batchnorm(GraphConvBlock(adj, 4, 3))
+    assert other.vectorized and not other.uses_vectorized_path()
 
 
 # ----------------------------------------------------------------------------- PositionNet
