@@ -34,9 +34,12 @@ FLOAT64_TOL = 1e-10
 FLOAT32_TOL = 5e-5
 # terms multiplied by a mask derived from is_valid_fit / is_3D (float64 under default collation)
 FLOAT64_TERMS = {'smpl_joint_img', 'smpl_pose', 'smpl_shape', 'body_joint_cam', 'smpl_joint_cam'}
-# The geometry the float64 reference below writes out as numbers.
+# The released geometry (checkpoint layout tests) and a small non-square one for the numeric
+# tests: 16x fewer backbone operations, and any height/width or fx/fy mix-up shows.
 GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2,
                            camera_3d_size=2.5, focal=(5000, 5000), sigma=2.5)
+SMALL_GEOMETRY = GeometryOptions(input_img_shape=(128, 96), output_hm_shape=(32, 32, 24), bbox_3d_size=2,
+                                 camera_3d_size=2.5, focal=(5000, 4000), sigma=2.5)
 
 
 def rel_err(a, b):
@@ -56,6 +59,12 @@ def read_key_file():
 def options(synthetic_smpl_dir):
     return ModelOptions(geometry=GEOMETRY, body_model=BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir),
                         resnet_type=50, imagenet_weights=None)
+
+
+@pytest.fixture(scope='module')
+def small_options(options):
+    return ModelOptions(geometry=SMALL_GEOMETRY, body_model=options.body_model, resnet_type=50,
+                        imagenet_weights=None)
 
 
 @pytest.fixture(scope='module')
@@ -273,7 +282,7 @@ def _ref_smpl(sd, pose, betas, trans):
 
 
 def reference_features(sd, img, heatmaps, train):
-    """ResNet stem, Pose2Feat, ResNet stages: (B,3,256,256), (B,30,64,64) -> (B,2048,8,8)."""
+    """ResNet stem, Pose2Feat, ResNet stages: (B,3,H,W), (B,30,H/4,W/4) -> (B,2048,H/32,W/32)."""
     x = torch.relu(_ref_bn(F.conv2d(img, sd['backbone.conv1.weight'], stride=2, padding=3), sd,
                            'backbone.bn1', train))
     x = F.max_pool2d(x, 3, stride=2, padding=1)
@@ -283,35 +292,41 @@ def reference_features(sd, img, heatmaps, train):
     return _ref_resnet_stages(x, sd, train)
 
 
-def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
+def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train, geometry):
     """Straight-line float64 SGRE forward (network, body model, losses) from a state dict."""
     img, joints, mask = inputs['img'].double(), inputs['joints'].double(), inputs['joints_mask'].double()
     batch = img.shape[0]
+    img_h, img_w = geometry.input_img_shape
+    hm_d, hm_h, hm_w = geometry.output_hm_shape
+    fx, fy = geometry.focal
+    sigma = geometry.sigma
     # input heatmaps
-    heatmaps = torch.zeros(batch, 30, 64, 64, dtype=torch.float64)
-    grid_y, grid_x = torch.meshgrid(*(torch.arange(64, dtype=torch.float64),) * 2, indexing='ij')
+    heatmaps = torch.zeros(batch, 30, hm_h, hm_w, dtype=torch.float64)
+    grid_y, grid_x = torch.meshgrid(torch.arange(hm_h, dtype=torch.float64),
+                                    torch.arange(hm_w, dtype=torch.float64), indexing='ij')
     for b in range(batch):
         for j in range(30):
             u, v = joints[b, j, 0], joints[b, j, 1]
-            gauss = torch.exp(-((grid_x - u) / 2.5) ** 2 / 2 - ((grid_y - v) / 2.5) ** 2 / 2)
+            gauss = torch.exp(-((grid_x - u) / sigma) ** 2 / 2 - ((grid_y - v) / sigma) ** 2 / 2)
             heatmaps[b, j] = gauss * mask[b, j, 0]
-    feat = reference_features(sd, img, heatmaps, train)  # (B, 2048, 8, 8)
-    # PositionNet
+    feat = reference_features(sd, img, heatmaps, train)  # (B, 2048, H/32, W/32)
+    # PositionNet: one (D/8, H/8, W/8) volume per joint
+    vol_d, vol_h, vol_w = hm_d // 8, hm_h // 8, hm_w // 8
     logits = F.conv2d(feat, sd['position_net.conv.0.weight'], sd['position_net.conv.0.bias'])
-    logits = logits.reshape(batch, 30, 8, 8, 8)
+    logits = logits.reshape(batch, 30, vol_d, vol_h, vol_w)
     joint_img = torch.zeros(batch, 30, 3, dtype=torch.float64)
     joint_score = torch.zeros(batch, 30, 1, dtype=torch.float64)
-    idx = torch.arange(8, dtype=torch.float64)
+    idx_x, idx_y, idx_z = (torch.arange(n, dtype=torch.float64) for n in (vol_w, vol_h, vol_d))
     for b in range(batch):
         for j in range(30):
             e = torch.exp(logits[b, j] - logits[b, j].max())
             prob = e / e.sum()
-            xyz = [(prob * idx[None, None, :]).sum(), (prob * idx[None, :, None]).sum(),
-                   (prob * idx[:, None, None]).sum()]
+            xyz = [(prob * idx_x[None, None, :]).sum(), (prob * idx_y[None, :, None]).sum(),
+                   (prob * idx_z[:, None, None]).sum()]
             joint_img[b, j] = torch.stack(xyz)
             joint_score[b, j, 0] = _ref_trilinear(prob, *(float(c) for c in xyz))
     # RotationNet
-    joint_feat = torch.zeros(batch, 30, 2048, dtype=torch.float64)
+    joint_feat = torch.zeros(batch, 30, 2048, dtype=torch.float64)  # bilinear at (x, y) cells
     for b in range(batch):
         for j in range(30):
             joint_feat[b, j] = _ref_bilinear(feat[b], float(joint_img[b, j, 0]), float(joint_img[b, j, 1]))
@@ -355,14 +370,16 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
             rel = rot_global[b, j] if j == 0 else rot_global[b, SMPL_PARENTS[j]].T @ rot_global[b, j]
             pose_aa[b, 3 * j:3 * j + 3] = torch.tensor(_ref_rotmat_to_axis_angle(rel), dtype=torch.float64)
     # camera (no render variant)
-    k = math.sqrt(5000 * 5000 * 2.5 * 2.5 / (256 * 256))
+    size = geometry.camera_3d_size
+    k = math.sqrt(fx * fy * size * size / (img_h * img_w))
+    k = float(torch.tensor(k, dtype=torch.float32))  # the original holds k as a float32 tensor
     cam_trans = torch.stack([cam[:, 0], cam[:, 1], k / (1 + torch.exp(-cam[:, 2]))], dim=1)
     # mesh, joints and projection
     mesh = torch.stack([_ref_smpl(sd, pose_aa[b], shape[b], cam_trans[b]) for b in range(batch)])
     joint_cam = torch.stack([joint_regressor @ mesh[b] for b in range(batch)])
-    px = joint_cam[:, :, 0] / (joint_cam[:, :, 2] + 1e-4) * 5000 + 128
-    py = joint_cam[:, :, 1] / (joint_cam[:, :, 2] + 1e-4) * 5000 + 128
-    joint_proj = torch.stack([px / 256 * 64, py / 256 * 64], dim=2)
+    px = joint_cam[:, :, 0] / (joint_cam[:, :, 2] + 1e-4) * fx + img_w / 2
+    py = joint_cam[:, :, 1] / (joint_cam[:, :, 2] + 1e-4) * fy + img_h / 2
+    joint_proj = torch.stack([px / img_w * hm_w, py / img_h * hm_h], dim=2)
     root = joint_cam[:, :1]
     if not train:
         return {'cam_param': cam, 'joint_img': joint_img * 8, 'joint_proj': joint_proj,
@@ -445,11 +462,12 @@ def _calibrate_bn(model, inputs):
                 bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=gen) + 0.5)
 
 
-def make_batch(seed, batch=BATCH, mask_dtype=torch.float64):
+def make_batch(seed, geometry, batch=BATCH, mask_dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
+    hm_w, hm_h = geometry.output_hm_shape[2], geometry.output_hm_shape[1]
     inputs = {
-        'img': torch.rand(batch, 3, 256, 256, generator=gen),
-        'joints': torch.rand(batch, 30, 2, generator=gen) * 56 + 4,
+        'img': torch.rand(batch, 3, *geometry.input_img_shape, generator=gen),
+        'joints': torch.rand(batch, 30, 2, generator=gen) * torch.tensor([hm_w - 8, hm_h - 8]) + 4,
         'joints_mask': (torch.rand(batch, 30, 1, generator=gen) > 0.2).float(),
     }
     pose = torch.randn(batch, 72, generator=gen) * 0.4
@@ -475,24 +493,33 @@ def make_batch(seed, batch=BATCH, mask_dtype=torch.float64):
 
 
 @pytest.fixture(scope='module')
-def reference_case(human_model, options):
-    """A randomised model (float32), one batch, and the float64 reference outputs for it."""
+def reference_case(human_model, small_options):
+    """A randomised model (float32) of the small geometry, one batch, and the float64
+    reference outputs for it."""
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'test', human_model, options)
+    model = get_model(6890, 30, 'test', human_model, small_options)
     _randomise(model, seed=1)
-    inputs, targets, meta_info = make_batch(seed=2)
+    inputs, targets, meta_info = make_batch(seed=2, geometry=SMALL_GEOMETRY)
     _calibrate_bn(model, inputs)
     model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     regressor = torch.as_tensor(human_model.joint_regressor, dtype=torch.float64)
-    sd = {k: v.double() for k, v in model.state_dict().items()}
-    targets64 = {k: v.double() for k, v in targets.items()}
-    meta64 = {k: v.double() for k, v in meta_info.items()}
+    sd = {k: v.double() for k, v in state.items()}
     with torch.no_grad():
-        ref_test = reference_forward(sd, regressor, inputs, targets64, meta64, train=False)
-        ref_train = reference_forward(sd, regressor, inputs, targets64, meta64, train=True)
-    return dict(model=model, inputs=inputs, targets=targets, meta_info=meta_info,
-                ref_test=ref_test, ref_train=ref_train,
-                state={k: v.clone() for k, v in model.state_dict().items()})
+        ref_test = reference_forward(sd, regressor, inputs, {}, {}, False, SMALL_GEOMETRY)
+    return dict(model=model, inputs=inputs, targets=targets, meta_info=meta_info, ref_test=ref_test,
+                regressor=regressor, state=state)
+
+
+@pytest.fixture(scope='module')
+def reference_losses(reference_case):
+    """The float64 reference's train-mode loss terms for ``reference_case`` (its batch statistics)."""
+    case = reference_case
+    sd = {k: v.double() for k, v in case['state'].items()}
+    targets64 = {k: v.double() for k, v in case['targets'].items()}
+    meta64 = {k: v.double() for k, v in case['meta_info'].items()}
+    with torch.no_grad():
+        return reference_forward(sd, case['regressor'], case['inputs'], targets64, meta64, True, SMALL_GEOMETRY)
 
 
 def test_reference_parents_match_body_model(human_model):
@@ -526,8 +553,8 @@ def test_test_mode_matches_float64_reference(reference_case):
         assert out32[key].dtype == torch.float32
 
 
-def test_train_mode_losses_match_float64_reference(reference_case):
-    case = reference_case
+def test_train_mode_losses_match_float64_reference(reference_case, reference_losses):
+    case = dict(reference_case, ref_train=reference_losses)
     model = case['model']
     model.train()
     try:
@@ -582,11 +609,12 @@ def test_render_variant_scales_depth_by_bbox(reference_case):
     cam = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -1.0]])
     bbox = torch.tensor([[0., 0., 100., 64.], [5., 5., 512., 512.]])
     plain = model.camera_translation(cam, {'bbox': bbox})
-    k = 5000 * 2.5 / 256
+    k = math.sqrt(5000 * 4000) * 2.5 / math.sqrt(128 * 96)  # SMALL_GEOMETRY's depth prior
     assert torch.allclose(plain[:, 2], k * torch.sigmoid(cam[:, 2]))
     assert torch.equal(plain[:, :2], cam[:, :2])
     rendered = model.camera_translation(cam, {'bbox': bbox}, render=True)
-    assert torch.allclose(rendered[:, 2], plain[:, 2] * 256 / torch.sqrt(bbox[:, 2] * bbox[:, 3]))
+    scale = math.sqrt(128 * 96) / torch.sqrt(bbox[:, 2] * bbox[:, 3])
+    assert torch.allclose(rendered[:, 2], plain[:, 2] * scale)
     assert torch.equal(rendered[:, :2], cam[:, :2])
 
 
@@ -651,7 +679,7 @@ def test_identity_relative_rotations_have_finite_gradients(reference_case):
             for branch in model.rotation_net.pose_branch:
                 branch[4].weight.zero_()
                 branch[4].bias.zero_()
-        feat = torch.randn(BATCH, 2048, 8, 8, generator=torch.Generator().manual_seed(4))
+        feat = torch.randn(BATCH, 2048, 4, 3, generator=torch.Generator().manual_seed(4))
         loss = model.heads(feat, case['inputs'], case['targets'], case['meta_info'], 'train')
         pose = {}
         handle = model.human_model_layer.register_forward_pre_hook(lambda m, args: pose.update(aa=args[0]))
@@ -714,8 +742,9 @@ def test_no_hard_coded_cuda_in_network_code():
         assert '.cuda(' not in (root / rel).read_text(), rel
 
 
-def test_cpu_bf16_autocast(reference_case):
-    case = reference_case
+@pytest.mark.slow
+def test_cpu_bf16_autocast(reference_case, reference_losses):
+    case = dict(reference_case, ref_train=reference_losses)
     model = case['model']
     model.train()
     try:
@@ -735,6 +764,7 @@ def test_cpu_bf16_autocast(reference_case):
         model.eval()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_cuda_fp16_autocast(reference_case):
     case = reference_case
@@ -762,20 +792,23 @@ def test_cuda_fp16_autocast(reference_case):
 
 
 # ============================================================================= overfit
-def _synthetic_training_batch(model, num=4, seed=0):
+def _synthetic_training_batch(model, geometry, num=4, seed=0):
     """Random images; joints from random poses of the synthetic body model, projected as the model does."""
     gen = torch.Generator().manual_seed(seed)
     pose = torch.randn(num, 72, generator=gen) * 0.25
     pose[:, :3] = torch.tensor([math.pi, 0.0, 0.0]) + torch.randn(num, 3, generator=gen) * 0.1
     shape = torch.randn(num, 10, generator=gen) * 0.5
-    trans = torch.cat([torch.randn(num, 2, generator=gen) * 0.1, torch.full((num, 1), 40.0)], dim=1)
+    # 40 m away in a 256-pixel crop at f = 5000 px; farther in a smaller crop, so people stay in view
+    depth = 40.0 * 256 / min(geometry.input_img_shape)
+    trans = torch.cat([torch.randn(num, 2, generator=gen) * 0.1, torch.full((num, 1), depth)], dim=1)
     with torch.no_grad():
         joint_proj, joint_cam, _, _ = model.get_coord(pose, shape, trans)
-    depth = (joint_cam[:, :, 2:] / (GEOMETRY.bbox_3d_size / 2) + 1) / 2 * GEOMETRY.output_hm_shape[0]
+    depth = (joint_cam[:, :, 2:] / (geometry.bbox_3d_size / 2) + 1) / 2 * geometry.output_hm_shape[0]
     joint_img = torch.cat([joint_proj, depth], dim=2)
-    inside = ((joint_img >= 0) & (joint_img < 64)).all(dim=2, keepdim=True).float()
+    upper = torch.tensor(geometry.output_hm_shape[::-1], dtype=joint_img.dtype)  # (W, H, D)
+    inside = ((joint_img >= 0) & (joint_img < upper)).all(dim=2, keepdim=True).float()
     ones = torch.ones(num, 30, 1)
-    inputs = {'img': torch.rand(num, 3, 256, 256, generator=gen), 'joints': joint_proj.clone(),
+    inputs = {'img': torch.rand(num, 3, *geometry.input_img_shape, generator=gen), 'joints': joint_proj.clone(),
               'joints_mask': inside}
     targets = {'orig_joint_img': joint_img, 'fit_joint_img': joint_img, 'orig_joint_cam': joint_cam,
                'fit_joint_cam': joint_cam, 'pose_param': pose, 'shape_param': shape}
@@ -785,15 +818,16 @@ def _synthetic_training_batch(model, num=4, seed=0):
     return inputs, targets, meta_info
 
 
-def test_overfit_four_samples(human_model, options):
+@pytest.mark.slow
+def test_overfit_four_samples(human_model, small_options):
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'train', human_model, options)
-    inputs, targets, meta_info = _synthetic_training_batch(model)
+    model = get_model(6890, 30, 'train', human_model, small_options)
+    inputs, targets, meta_info = _synthetic_training_batch(model, SMALL_GEOMETRY)
     assert meta_info['orig_joint_trunc'].mean() > 0.9  # the synthetic people are in view
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     history = []
-    for _ in range(40):
+    for _ in range(80):
         loss = model(inputs, targets, meta_info, 'train')
         total = sum(v.mean() for v in loss.values())
         optimizer.zero_grad()
