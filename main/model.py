@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from common.nets.layer import GraphConvBlock
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
 from common.nets.module import Pose2Feat, PositionNet, RotationNet
 from common.nets.resnet import ResNetBackbone
@@ -223,6 +224,8 @@ def init_weights(module):
     elif kind is nn.Linear:
         nn.init.normal_(module.weight, std=0.01)
         nn.init.constant_(module.bias, 0)
+    elif kind is GraphConvBlock:  # its per-vertex Linear layers, stored stacked
+        module.init_normal_linear(std=0.01)
 
 
 def get_model(vertex_num, joint_num, mode, human_model=None, options=None):

@@ -13,6 +13,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from main.model import get_model
+from common.nets.layer import GraphConvBlock
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
 from common.options import BodyModelPaths, GeometryOptions, ModelOptions
 from common.utils.smpl import SMPL
@@ -107,8 +108,12 @@ def test_released_format_file_loads_strict(human_model, options, tmp_path):
     assert torch.equal(model.rotation_net.pose_branch[22][4].weight,
                        network['module.rotation_net.pose_branch.22.4.weight'])
     assert torch.equal(model.human_model_layer.th_posedirs, network['module.human_model_layer.th_posedirs'])
-    bn = model.rotation_net.graph_block[3].graph_block2.fcbn_list[14][1]
-    assert bn.num_batches_tracked.item() == 7
+    block = model.rotation_net.graph_block[3].graph_block2
+    assert block.bn.num_batches_tracked.item() == 7
+    assert torch.equal(block.weight[14].t(),
+                       network['module.rotation_net.graph_block.3.graph_block2.fcbn_list.14.0.weight'])
+    assert torch.equal(block.bn.running_var[14 * 128:],
+                       network['module.rotation_net.graph_block.3.graph_block2.fcbn_list.14.1.running_var'])
 
 
 def test_train_mode_initialisation(human_model, options):
@@ -119,8 +124,9 @@ def test_train_mode_initialisation(human_model, options):
     conv = model.position_net.conv[0]
     assert abs(conv.weight.std().item() - 0.001) < 1e-4 and torch.all(conv.bias == 0)
     assert abs(model.backbone.layer3[0].conv2.weight.std().item() - 0.001) < 1e-4
-    bn1d = model.rotation_net.graph_block[0].fcbn_list[0][1]
-    assert torch.all(bn1d.weight == 1) and torch.all(bn1d.bias == 0)
+    graph = model.rotation_net.graph_block[0]
+    assert abs(graph.weight.std().item() - 0.01) < 1e-3 and torch.all(graph.bias == 0)
+    assert torch.all(graph.bn.weight == 1) and torch.all(graph.bn.bias == 0)
 
 
 # ============================================================================= float64 reference
@@ -418,7 +424,10 @@ def _randomise(model, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, GraphConvBlock):  # per-vertex Linear layers, stored stacked
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / math.sqrt(module.dim_in))
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 fan_in = module.weight[0].numel()
                 gain = 2.0 if isinstance(module, nn.Conv2d) else 1.0
                 std = math.sqrt(gain / fan_in)

@@ -1,24 +1,21 @@
 """Building blocks of the SGRE heads (docs/METHOD.md, "Network"): conv/linear stacks and the
 graph convolution over the 15 graph joints.
 
-``GraphConvBlock`` keeps one ``Sequential(Linear, BatchNorm1d)`` per graph vertex
-(``fcbn_list.<v>.{0,1}``, the released checkpoints' names; parameters, optimizer groups and
-SyncBatchNorm conversion work on them as on any module). It runs in one of two ways:
+``GraphConvBlock`` applies one ``Linear`` and one ``BatchNorm1d`` per graph vertex. The
+vertices' Linear weights and biases are stored stacked (``weight`` (V, C_in, C_out), ``bias``
+(V, C_out)) and their BatchNorm layers are one ``BatchNorm1d`` over V*C_out channels
+(``bn``): batch norm is per channel, so this is exactly V separate BatchNorm1d(C_out) layers,
+running statistics (unbiased variance), momentum and ``num_batches_tracked`` included. A
+forward is therefore one batched matmul and one batch norm.
 
-* the fast path (default): the vertices' Linear weights are stacked into one batched matmul
-  and their BatchNorm1d layers run as one ``F.batch_norm`` over (B, V*C), with the vertices'
-  affine parameters and running statistics concatenated; the updated statistics (and
-  ``num_batches_tracked``) are written back to every vertex's BatchNorm1d, exactly as 15
-  separate calls would update them;
-* the plain per-vertex module loop (``vectorized=False``): each vertex through its own
-  ``Sequential``. It is the reference the tests compare the fast path with, and the path
-  for anything other than plain ``nn.Linear`` + ``nn.BatchNorm1d`` modules.
+Checkpoints keep the per-vertex names of the released SGRE files
+(``fcbn_list.<v>.0.{weight,bias}``, ``fcbn_list.<v>.1.{weight,bias,running_mean,running_var,
+num_batches_tracked}``): ``state_dict`` writes them and ``load_state_dict`` reads them
+(public state-dict hooks), so released checkpoints load strictly.
 
-Distributed training with SyncBatchNorm: call ``set_graph_vectorized(model, False)`` and
-then ``nn.SyncBatchNorm.convert_sync_batchnorm(model)``; the converted per-vertex
-SyncBatchNorm modules then synchronise their statistics through the per-vertex loop. (A
-block whose BatchNorm modules are no longer plain ``nn.BatchNorm1d`` takes the loop by
-itself, so forgetting the switch cannot skip the synchronisation.)
+Distributed training: ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts ``bn`` like any
+BatchNorm layer, and per-channel synchronised statistics are exactly per-vertex ones, so the
+graph layers need no preparation (``set_graph_vectorized`` is kept for callers; see there).
 """
 import torch
 import torch.nn.functional as F
@@ -55,70 +52,14 @@ def make_linear_layers(feat_dims, relu_final=False):
     return nn.Sequential(*layers)
 
 
-def _stacked_linear(x, linears):
-    """Every vertex's Linear as one batched matmul: x (B, V, C_in) -> (B, V*C), vertex-major."""
-    batch, num_v, _ = x.shape
-    weight = torch.stack([lin.weight for lin in linears])          # (V, C, C_in)
-    bias = torch.stack([lin.bias for lin in linears]).unsqueeze(1)  # (V, 1, C)
-    feat = torch.baddbmm(bias, x.transpose(0, 1), weight.transpose(1, 2))  # (V, B, C)
-    return feat.transpose(0, 1).reshape(batch, -1)
-
-
-def _write_back_running_stats(bns, running_mean, running_var):
-    """Hand the concatenated statistics that ``F.batch_norm`` updated back to each vertex."""
-    channels = bns[0].num_features
-    with torch.no_grad():
-        for bn, mean, var in zip(bns, running_mean.split(channels), running_var.split(channels)):
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-
-
-def vertexwise_linear_bn(x, fcbn_list, training):
-    """All vertices' ``Linear`` + ``BatchNorm1d`` as one batched matmul and one batch norm.
-
-    x: (B, V, C_in); ``fcbn_list[v]`` is ``Sequential(Linear(C_in, C), BatchNorm1d(C))`` with
-    plain modules sharing one BatchNorm configuration. Returns (B, V, C). With ``training``
-    each BatchNorm1d's ``running_mean``, ``running_var`` (unbiased batch variance) and
-    ``num_batches_tracked`` are updated as by its own call (momentum None: cumulative average).
-    """
-    linears = [m[0] for m in fcbn_list]
-    bns = [m[1] for m in fcbn_list]
-    batch, num_v, _ = x.shape
-    flat = _stacked_linear(x, linears)
-
-    bn0 = bns[0]
-    tracks_stats = bn0.track_running_stats and bn0.running_mean is not None
-    use_batch_stats = training or not tracks_stats
-    running_mean = running_var = None
-    if tracks_stats:
-        running_mean = torch.cat([bn.running_mean for bn in bns])
-        running_var = torch.cat([bn.running_var for bn in bns])
-    momentum = 0.0
-    if training and tracks_stats:
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)
-        momentum = bn0.momentum if bn0.momentum is not None else 1.0 / float(bn0.num_batches_tracked)
-    bn_weight = torch.cat([bn.weight for bn in bns]) if bn0.affine else None
-    bn_bias = torch.cat([bn.bias for bn in bns]) if bn0.affine else None
-    out = F.batch_norm(flat, running_mean, running_var, bn_weight, bn_bias,
-                       use_batch_stats, momentum, bn0.eps)
-    if training and tracks_stats:
-        _write_back_running_stats(bns, running_mean, running_var)
-    return out.view(batch, num_v, -1)
-
-
-def vertexwise_linear_bn_loop(x, fcbn_list):
-    """Reference path: vertex v's features through its own module, one vertex at a time."""
-    return torch.stack([fcbn(x[:, v]) for v, fcbn in enumerate(fcbn_list)], dim=1)
-
-
 class GraphConvBlock(nn.Module):
-    """ReLU(Â · [BN_v(Linear_v(x_v))]_v): per-vertex Linear+BN, then mixing over vertices.
+    """ReLU(Â · [BN_v(Linear_v(x_v))]_v): per-vertex Linear + BatchNorm1d, then mixing over vertices.
 
-    adj: (V, V) normalised adjacency (array or tensor); kept as a non-persistent buffer
-    so it follows ``.to(device)`` but never enters the state_dict.
-    Input (B, V, dim_in) -> output (B, V, dim_out).
-    ``vectorized=False`` selects the plain per-vertex loop (see the module docstring).
+    adj: (V, V) normalised adjacency (array or tensor); kept as a non-persistent buffer so it
+    follows ``.to(device)`` but never enters the state_dict. Input (B, V, dim_in) -> output
+    (B, V, dim_out). Parameters: ``weight`` (V, dim_in, dim_out) (vertex v's Linear weight,
+    transposed), ``bias`` (V, dim_out), ``bn`` BatchNorm1d(V * dim_out), vertex-major channels.
+    ``vectorized`` is accepted for callers and has no effect (there is one computation path).
     """
 
     def __init__(self, adj, dim_in, dim_out, vectorized=True):
@@ -126,23 +67,91 @@ class GraphConvBlock(nn.Module):
         adj = torch.as_tensor(adj, dtype=torch.float32)
         self.register_buffer('adj', adj.clone(), persistent=False)
         self.vertex_num = adj.shape[0]
+        self.dim_in, self.dim_out = dim_in, dim_out
         self.vectorized = vectorized
-        self.fcbn_list = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim_in, dim_out), nn.BatchNorm1d(dim_out))
-            for _ in range(self.vertex_num))
+        self.weight = nn.Parameter(torch.empty(self.vertex_num, dim_in, dim_out))
+        self.bias = nn.Parameter(torch.empty(self.vertex_num, dim_out))
+        self.bn = nn.BatchNorm1d(self.vertex_num * dim_out)
+        self._init_like_per_vertex_linear()
+        self.register_state_dict_post_hook(_per_vertex_state_dict)
+        self.register_load_state_dict_pre_hook(_stacked_state_dict)
 
-    def uses_vectorized_path(self):
-        """The fast path only applies to plain Linear + BatchNorm1d modules."""
-        first = self.fcbn_list[0]
-        return (self.vectorized and type(first[0]) is nn.Linear
-                and type(first[1]) is nn.BatchNorm1d)
+    @torch.no_grad()
+    def _init_like_per_vertex_linear(self):
+        """PyTorch's default Linear initialisation, vertex after vertex, drawing the random
+        numbers in the same order as V separately constructed ``nn.Linear`` layers."""
+        for v in range(self.vertex_num):
+            linear = nn.Linear(self.dim_in, self.dim_out)
+            self.weight[v].copy_(linear.weight.t())
+            self.bias[v].copy_(linear.bias)
+
+    @torch.no_grad()
+    def init_normal_linear(self, std):
+        """Linear weights N(0, std^2) drawn per vertex as (dim_out, dim_in) matrices (the draw
+        order of V ``nn.init.normal_`` calls on per-vertex Linear weights), biases 0."""
+        for v in range(self.vertex_num):
+            weight = torch.empty(self.dim_out, self.dim_in, device=self.weight.device)
+            self.weight[v].copy_(nn.init.normal_(weight, std=std).t())
+        self.bias.zero_()
 
     def forward(self, x):
-        if self.uses_vectorized_path():
-            feat = vertexwise_linear_bn(x, self.fcbn_list, self.fcbn_list[0][1].training)
+        batch = x.shape[0]
+        # (V, B, C_in) @ (V, C_in, C_out) + bias -> (V, B, C_out) -> (B, V*C_out), vertex-major
+        feat = torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), self.weight)
+        feat = self.bn(feat.transpose(0, 1).reshape(batch, -1))
+        return F.relu(torch.matmul(self.adj, feat.view(batch, self.vertex_num, -1)))
+
+
+# state-dict entries of one vertex, in the released checkpoints' order:
+# (per-vertex suffix, stacked name, BatchNorm entry or not)
+_PER_VERTEX_ENTRIES = (
+    ('0.weight', 'weight', False), ('0.bias', 'bias', False),
+    ('1.weight', 'bn.weight', True), ('1.bias', 'bn.bias', True),
+    ('1.running_mean', 'bn.running_mean', True), ('1.running_var', 'bn.running_var', True),
+    ('1.num_batches_tracked', 'bn.num_batches_tracked', True),
+)
+
+
+def _vertex_value(block, stacked, name, v):
+    """Vertex ``v``'s share of the stacked state entry ``name`` (a copy, per-vertex layout)."""
+    if name == 'weight':
+        return stacked[v].t().contiguous()
+    if name == 'bn.num_batches_tracked':
+        return stacked.clone()  # one counter serves every vertex
+    return stacked.view(block.vertex_num, -1)[v].clone()
+
+
+def _per_vertex_state_dict(block, state_dict, prefix, local_metadata):
+    """state_dict post-hook: replace the stacked entries by the per-vertex checkpoint names."""
+    stacked = {name: state_dict.pop(prefix + name) for _, name, _ in _PER_VERTEX_ENTRIES
+               if prefix + name in state_dict}
+    for v in range(block.vertex_num):
+        for suffix, name, _ in _PER_VERTEX_ENTRIES:
+            if name in stacked:
+                state_dict[f'{prefix}fcbn_list.{v}.{suffix}'] = _vertex_value(block, stacked[name], name, v)
+
+
+def _stacked_state_dict(block, state_dict, prefix, local_metadata, strict, missing_keys,
+                        unexpected_keys, error_msgs):
+    """load_state_dict pre-hook: gather per-vertex checkpoint entries into the stacked names.
+
+    An entry is converted only when all V vertices have it (otherwise the per-vertex keys stay
+    and load_state_dict reports them). The vertices' ``num_batches_tracked`` become one
+    counter, their maximum (the released files store the same count for every vertex).
+    """
+    for suffix, name, _ in _PER_VERTEX_ENTRIES:
+        keys = [f'{prefix}fcbn_list.{v}.{suffix}' for v in range(block.vertex_num)]
+        if not all(key in state_dict for key in keys):
+            continue
+        values = [state_dict.pop(key) for key in keys]
+        if name == 'weight':
+            state_dict[prefix + name] = torch.stack([value.t() for value in values])
+        elif name == 'bias':
+            state_dict[prefix + name] = torch.stack(values)
+        elif name == 'bn.num_batches_tracked':
+            state_dict[prefix + name] = torch.stack(values).max()
         else:
-            feat = vertexwise_linear_bn_loop(x, self.fcbn_list)
-        return F.relu(torch.matmul(self.adj, feat))
+            state_dict[prefix + name] = torch.cat(values)
 
 
 class GraphResBlock(nn.Module):
@@ -158,11 +167,11 @@ class GraphResBlock(nn.Module):
 
 
 def set_graph_vectorized(module, enabled):
-    """Switch every GraphConvBlock inside ``module`` to the fast (True) or per-vertex path.
+    """Record ``enabled`` on every GraphConvBlock inside ``module``; returns ``module``.
 
-    Call it with False before ``nn.SyncBatchNorm.convert_sync_batchnorm(module)`` so the
-    graph layers' BatchNorm statistics are synchronised vertex by vertex. Parameters and
-    state_dict keys are the same on both paths. Returns ``module``.
+    Kept for callers that prepared the graph layers for SyncBatchNorm: the blocks have one
+    computation path, and ``nn.SyncBatchNorm.convert_sync_batchnorm`` synchronises their
+    per-vertex statistics directly (each block's ``bn``), with or without this call.
     """
     for sub in module.modules():
         if isinstance(sub, GraphConvBlock):
