@@ -80,6 +80,7 @@ def test_rest_pose_is_template_plus_shape(synthetic_smpl_dir):
     np.testing.assert_allclose(joints[0].numpy(), model['J_regressor'] @ shaped + trans, atol=2e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_layer_on_cuda_matches_cpu(synthetic_smpl_dir):
     layer = SMPLLayer('neutral', model_dir=synthetic_smpl_dir)
@@ -140,6 +141,7 @@ def _write_chumpy_pickle(path, model):
     path.write_bytes(raw)
 
 
+@pytest.mark.slow  # a fresh interpreter proves chumpy is never imported
 def test_chumpy_pickle_loads_without_chumpy(synthetic_smpl_dir, tmp_path):
     model = load_smpl_model(Path(synthetic_smpl_dir) / SMPL_MODEL_FILES['neutral'])
     model_dir = tmp_path / 'models'

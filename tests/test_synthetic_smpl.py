@@ -194,7 +194,11 @@ def test_cli_writes_identical_files(synthetic_smpl_dir, tmp_path, capsys):
     assert str(tmp_path / 'model') in capsys.readouterr().out
     for path in Path(synthetic_smpl_dir).iterdir():
         assert (tmp_path / 'model' / path.name).read_bytes() == path.read_bytes(), path.name
-    # The script runs from the repository root as documented.
+
+
+@pytest.mark.slow
+def test_cli_script_runs_from_repository_root():
+    """The script runs from the repository root as documented."""
     result = subprocess.run([sys.executable, 'tool/make_synthetic_smpl.py', '--help'], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and '--out' in result.stdout and '--seed' in result.stdout
