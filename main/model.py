@@ -235,8 +235,8 @@ def get_model(vertex_num, joint_num, mode, human_model=None, options=None):
     the global configuration). human_model: an ``SMPL`` wrapper (None: the one of
     ``options.body_model``). In ``'train'`` mode the backbone loads ``options.imagenet_weights``
     (if set) and the heads get the original's initialisation; in ``'test'`` mode PyTorch
-    defaults stay (a checkpoint follows). The graph layers start on their fast path; whoever
-    wraps the model for SyncBatchNorm switches them (``common.nets.layer.set_graph_vectorized``).
+    defaults stay (a checkpoint follows). ``nn.SyncBatchNorm.convert_sync_batchnorm`` on the
+    result synchronises every BatchNorm, the graph layers' included.
     """
     if options is None:
         from main.config import cfg
