@@ -1,5 +1,6 @@
 """Network building blocks: backbone, graph layers (stacked vs per-vertex modules), PositionNet, RotationNet."""
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from common.nets import resnet as resnet_mod
 from common.nets.layer import (GraphConvBlock, GraphResBlock, make_conv_layers, make_linear_layers,
-                               set_graph_vectorized)
+                               set_graph_vectorized, stacked_optimizer_state)
 from common.nets.module import (PositionNet, Pose2Feat, RotationNet, sample_joint_features,
                                 sample_volumes_at, soft_argmax_3d)
 from common.nets.resnet import ResNetBackbone
@@ -205,6 +206,64 @@ def test_graph_blocks_equal_per_vertex_modules(momentum):
     x = torch.randn(3, 15, 40, generator=gen)
     assert rel_err(stacked(x), reference(x)) < 1e-5
     _state_equal(stacked, reference, 1e-5)
+
+
+def test_per_vertex_optimizer_state_resumes_on_stacked_blocks():
+    """Adam state saved with per-vertex modules, converted: the next step matches the
+    per-vertex run's next step."""
+    gen = torch.Generator().manual_seed(5)
+    adj = random_adj(15, gen)
+
+    def model_pair():
+        # no bias in front of the graph blocks: train-mode BatchNorm would make its gradient pure
+        # rounding noise, which Adam scales up to full steps
+        reference = nn.Sequential(nn.Linear(3, 40, bias=False), PerVertexGraphConv(adj, 40, 8),
+                                  PerVertexGraphRes(adj, 8))
+        stacked = nn.Sequential(nn.Linear(3, 40, bias=False), GraphConvBlock(adj, 40, 8), GraphResBlock(adj, 8))
+        return reference, stacked
+
+    reference, stacked = model_pair()
+    _randomise_bn(reference, gen)
+    inputs = [torch.randn(6, 15, 3, generator=gen) for _ in range(3)]
+    ref_opt = torch.optim.Adam([{'params': reference[0].parameters(), 'lr': 1e-2},
+                                {'params': list(reference[1:].parameters())}], lr=1e-3)
+    for x in inputs[:2]:
+        ref_opt.zero_grad()
+        reference(x).pow(2).mean().backward()
+        ref_opt.step()
+    stacked.load_state_dict(reference.state_dict())
+    opt = torch.optim.Adam([{'params': stacked[0].parameters(), 'lr': 1e-2},
+                            {'params': list(stacked[1:].parameters())}], lr=1e-3)
+    with pytest.raises(ValueError):
+        opt.load_state_dict(ref_opt.state_dict())  # the layouts differ
+    opt.load_state_dict(stacked_optimizer_state(stacked, opt, ref_opt.state_dict()))
+    assert opt.param_groups[0]['lr'] == 1e-2
+    for v in (0, 14):  # moments moved with their parameters
+        ref_state = ref_opt.state[reference[1].fcbn_list[v][0].weight]
+        assert torch.equal(opt.state[stacked[1].weight]['exp_avg_sq'][v], ref_state['exp_avg_sq'].t())
+        ref_state = ref_opt.state[reference[2].graph_block2.fcbn_list[v][1].bias]
+        assert torch.equal(opt.state[stacked[2].graph_block2.bn.bias]['exp_avg'][v * 8:(v + 1) * 8],
+                           ref_state['exp_avg'])
+    for model, optimizer in ((reference, ref_opt), (stacked, opt)):
+        optimizer.zero_grad()
+        model(inputs[2]).pow(2).mean().backward()
+        optimizer.step()
+    fast_state, ref_state = stacked.state_dict(), reference.state_dict()
+    for name, ref in ref_state.items():
+        if re.search(r'fcbn_list\.\d+\.0\.bias', name):
+            # Linear biases before train-mode BatchNorm get rounding-noise gradients, which Adam
+            # turns into steps of up to lr in either direction
+            assert (fast_state[name] - ref).abs().max() <= 2e-3, name
+        elif ref.dtype == torch.int64:
+            assert torch.equal(fast_state[name], ref), name
+        else:  # Adam divides by the moments' root: float32 rounding of small gradients shows more
+            assert rel_err(fast_state[name], ref) <= 1e-4, name
+    with pytest.raises(ValueError, match='parameter'):  # other groups than the saved ones
+        small = torch.optim.Adam(stacked[1].parameters())
+        stacked_optimizer_state(stacked, small, ref_opt.state_dict())
+    with pytest.raises(ValueError, match='parameters'):
+        fewer = torch.optim.Adam([{'params': stacked[1].parameters()}, {'params': stacked[0].parameters()}])
+        stacked_optimizer_state(stacked, fewer, ref_opt.state_dict())
 
 
 def test_graph_block_initialisation_draws_like_per_vertex_linears():

@@ -154,6 +154,81 @@ def _stacked_state_dict(block, state_dict, prefix, local_metadata, strict, missi
             state_dict[prefix + name] = torch.cat(values)
 
 
+def _stack_vertex_states(kind, states):
+    """One optimizer state of a stacked parameter from its V per-vertex states (same keys);
+    ``kind`` None: a parameter outside the graph blocks (one state, copied). New tensors, so
+    the result shares no memory with the input."""
+    merged = {}
+    for key, first in states[0].items():
+        values = [state[key] for state in states]
+        if not torch.is_tensor(first):
+            merged[key] = first
+        elif kind is None or first.dim() == 0:
+            merged[key] = first.clone()  # scalars such as Adam's step count agree over the vertices
+        elif kind == 'weight':
+            merged[key] = torch.stack([value.t() for value in values])
+        elif kind == 'bias':
+            merged[key] = torch.stack(values)
+        else:
+            merged[key] = torch.cat(values)
+    return merged
+
+
+def stacked_optimizer_state(model, optimizer, per_vertex_state):
+    """An optimizer state_dict saved with per-vertex graph layers, re-indexed for ``optimizer``.
+
+    Snapshots written when every graph vertex had its own ``Linear`` and ``BatchNorm1d``
+    (the released SGRE files among them) list, per GraphConvBlock, 4*V parameters in the order
+    (linear weight, linear bias, bn weight, bn bias) of vertex 0, 1, ...; ``optimizer`` (built
+    over ``model``'s parameters, in the same groups) holds 4 stacked ones per block. Returns
+    a state_dict for ``optimizer.load_state_dict`` with every per-parameter state (e.g. Adam's
+    moments) stacked like the parameters; the groups' hyper-parameters are kept.
+    """
+    blocks = {}
+    for module in model.modules():
+        if isinstance(module, GraphConvBlock):
+            blocks[id(module.weight)] = module
+    old_groups = per_vertex_state['param_groups']
+    if len(old_groups) != len(optimizer.param_groups):
+        raise ValueError(f'the saved optimizer state has {len(old_groups)} parameter groups, '
+                         f'the optimizer {len(optimizer.param_groups)}')
+    state, groups, new_index = {}, [], 0
+    for group, old_group in zip(optimizer.param_groups, old_groups):
+        old_ids = list(old_group['params'])
+        position, params = 0, []
+        group_params = group['params']
+        i = 0
+        while i < len(group_params):
+            block = blocks.get(id(group_params[i]))
+            if block is None:
+                if position >= len(old_ids):
+                    raise ValueError(f'the saved optimizer group has {len(old_ids)} parameters, '
+                                     'fewer than the per-vertex layout of this model')
+                pieces = [(None, [old_ids[position]])]
+                position += 1
+                i += 1
+            else:
+                count = block.vertex_num
+                if position + 4 * count > len(old_ids):
+                    raise ValueError(f'the saved optimizer group has {len(old_ids)} parameters, '
+                                     'fewer than the per-vertex layout of this model')
+                ids = old_ids[position:position + 4 * count]
+                pieces = [(kind, ids[k::4]) for k, kind in enumerate(('weight', 'bias', 'bn', 'bn'))]
+                position += 4 * count
+                i += 4
+            for kind, ids in pieces:
+                old_states = [per_vertex_state['state'][j] for j in ids if j in per_vertex_state['state']]
+                if len(old_states) == len(ids):
+                    state[new_index] = _stack_vertex_states(kind, old_states)
+                params.append(new_index)
+                new_index += 1
+        if position != len(old_ids):
+            raise ValueError(f'the saved optimizer group has {len(old_ids)} parameters, the per-vertex '
+                             f'layout of this model {position}')
+        groups.append({**old_group, 'params': params})
+    return {'state': state, 'param_groups': groups}
+
+
 class GraphResBlock(nn.Module):
     """x + graph_block2(graph_block1(x)), no activation after the sum."""
 
