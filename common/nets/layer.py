@@ -102,13 +102,13 @@ class GraphConvBlock(nn.Module):
         return F.relu(torch.matmul(self.adj, feat.view(batch, self.vertex_num, -1)))
 
 
-# state-dict entries of one vertex, in the released checkpoints' order:
-# (per-vertex suffix, stacked name, BatchNorm entry or not)
+# state-dict entries of one vertex, in the released checkpoints' order: (per-vertex suffix,
+# stacked name)
 _PER_VERTEX_ENTRIES = (
-    ('0.weight', 'weight', False), ('0.bias', 'bias', False),
-    ('1.weight', 'bn.weight', True), ('1.bias', 'bn.bias', True),
-    ('1.running_mean', 'bn.running_mean', True), ('1.running_var', 'bn.running_var', True),
-    ('1.num_batches_tracked', 'bn.num_batches_tracked', True),
+    ('0.weight', 'weight'), ('0.bias', 'bias'),
+    ('1.weight', 'bn.weight'), ('1.bias', 'bn.bias'),
+    ('1.running_mean', 'bn.running_mean'), ('1.running_var', 'bn.running_var'),
+    ('1.num_batches_tracked', 'bn.num_batches_tracked'),
 )
 
 
@@ -123,10 +123,10 @@ def _vertex_value(block, stacked, name, v):
 
 def _per_vertex_state_dict(block, state_dict, prefix, local_metadata):
     """state_dict post-hook: replace the stacked entries by the per-vertex checkpoint names."""
-    stacked = {name: state_dict.pop(prefix + name) for _, name, _ in _PER_VERTEX_ENTRIES
+    stacked = {name: state_dict.pop(prefix + name) for _, name in _PER_VERTEX_ENTRIES
                if prefix + name in state_dict}
     for v in range(block.vertex_num):
-        for suffix, name, _ in _PER_VERTEX_ENTRIES:
+        for suffix, name in _PER_VERTEX_ENTRIES:
             if name in stacked:
                 state_dict[f'{prefix}fcbn_list.{v}.{suffix}'] = _vertex_value(block, stacked[name], name, v)
 
@@ -139,7 +139,7 @@ def _stacked_state_dict(block, state_dict, prefix, local_metadata, strict, missi
     and load_state_dict reports them). The vertices' ``num_batches_tracked`` become one
     counter, their maximum (the released files store the same count for every vertex).
     """
-    for suffix, name, _ in _PER_VERTEX_ENTRIES:
+    for suffix, name in _PER_VERTEX_ENTRIES:
         keys = [f'{prefix}fcbn_list.{v}.{suffix}' for v in range(block.vertex_num)]
         if not all(key in state_dict for key in keys):
             continue
