@@ -1,5 +1,6 @@
-"""The SGRE model end to end: checkpoint layout, a float64 straight-line reference of
-MODEL.md §3-§6, rotation consistency, losses on hand-made cases, devices and an overfit run."""
+"""The SGRE model end to end: checkpoint layout, a float64 straight-line reference of the
+network, body model and losses (docs/METHOD.md, "Body model", "Network", "Losses"), rotation
+consistency, losses on hand-made cases, devices and an overfit run."""
 import math
 import re
 from pathlib import Path
@@ -11,9 +12,10 @@ import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from main.config import cfg
 from main.model import get_model
+from common.nets.layer import GraphConvBlock
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
+from common.options import BodyModelPaths, GeometryOptions, ModelOptions
 from common.utils.smpl import SMPL
 
 KEY_FILE = Path(__file__).parent / 'data' / 'state_dict_keys.txt'
@@ -27,12 +29,18 @@ TEST_KEYS = ['cam_param', 'joint_img', 'joint_proj', 'joint_score', 'smpl_mesh_c
              'smpl_shape', 'mesh_cam_render']
 LOSS_KEYS = ['body_joint_img', 'smpl_joint_img', 'smpl_pose', 'smpl_shape', 'body_joint_proj',
              'body_joint_cam', 'smpl_joint_cam']
-# terms multiplied by a mask derived from is_valid_fit / is_3D (MODEL.md §6.1)
 # The model run in float64 must equal the reference to rounding; in float32 it carries float32
 # rounding amplified through ~60 layers (measured up to ~1.5e-5 norm-relative, on smpl_pose).
 FLOAT64_TOL = 1e-10
 FLOAT32_TOL = 5e-5
+# terms multiplied by a mask derived from is_valid_fit / is_3D (float64 under default collation)
 FLOAT64_TERMS = {'smpl_joint_img', 'smpl_pose', 'smpl_shape', 'body_joint_cam', 'smpl_joint_cam'}
+# The released geometry (checkpoint layout tests) and a small non-square one for the numeric
+# tests: 16x fewer backbone operations, and any height/width or fx/fy mix-up shows.
+GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2,
+                           camera_3d_size=2.5, focal=(5000, 5000), sigma=2.5)
+SMALL_GEOMETRY = GeometryOptions(input_img_shape=(128, 96), output_hm_shape=(32, 32, 24), bbox_3d_size=2,
+                                 camera_3d_size=2.5, focal=(5000, 4000), sigma=2.5)
 
 
 def rel_err(a, b):
@@ -49,13 +57,25 @@ def read_key_file():
 
 
 @pytest.fixture(scope='module')
-def human_model(synthetic_smpl_dir):
-    return SMPL(synthetic_smpl_dir, synthetic_smpl_dir)
+def options(synthetic_smpl_dir):
+    return ModelOptions(geometry=GEOMETRY, body_model=BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir),
+                        resnet_type=50, imagenet_weights=None)
+
+
+@pytest.fixture(scope='module')
+def small_options(options):
+    return ModelOptions(geometry=SMALL_GEOMETRY, body_model=options.body_model, resnet_type=50,
+                        imagenet_weights=None)
+
+
+@pytest.fixture(scope='module')
+def human_model(options):
+    return SMPL(options.body_model)
 
 
 # ============================================================================= checkpoint layout
-def test_state_dict_matches_released_checkpoint_layout(human_model):
-    model = get_model(6890, 30, 'test', human_model)
+def test_state_dict_matches_released_checkpoint_layout(human_model, options):
+    model = get_model(6890, 30, 'test', human_model, options)
     state = {'module.' + k: v for k, v in model.state_dict().items()}
     expected = read_key_file()
     assert len(expected) == 1423
@@ -68,7 +88,7 @@ def test_state_dict_matches_released_checkpoint_layout(human_model):
     assert not any(re.search(r'adj|joint_regressor|graph_joint_idx', k) for k in state)
 
 
-def test_released_format_file_loads_strict(human_model, tmp_path):
+def test_released_format_file_loads_strict(human_model, options, tmp_path):
     gen = torch.Generator().manual_seed(0)
     network = {}
     for name, shape in read_key_file():
@@ -81,27 +101,32 @@ def test_released_format_file_loads_strict(human_model, tmp_path):
     path = tmp_path / 'snapshot_10.pth.tar'
     torch.save({'epoch': 10, 'network': network, 'optimizer': {'state': {}, 'param_groups': []}}, path)
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    model = get_model(6890, 30, 'test', human_model)
+    model = get_model(6890, 30, 'test', human_model, options)
     result = model.load_state_dict({k[len('module.'):]: v for k, v in ckpt['network'].items()},
                                    strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert torch.equal(model.rotation_net.pose_branch[22][4].weight,
                        network['module.rotation_net.pose_branch.22.4.weight'])
     assert torch.equal(model.human_model_layer.th_posedirs, network['module.human_model_layer.th_posedirs'])
-    bn = model.rotation_net.graph_block[3].graph_block2.fcbn_list[14][1]
-    assert bn.num_batches_tracked.item() == 7
+    block = model.rotation_net.graph_block[3].graph_block2
+    assert block.bn.num_batches_tracked.item() == 7
+    assert torch.equal(block.weight[14].t(),
+                       network['module.rotation_net.graph_block.3.graph_block2.fcbn_list.14.0.weight'])
+    assert torch.equal(block.bn.running_var[14 * 128:],
+                       network['module.rotation_net.graph_block.3.graph_block2.fcbn_list.14.1.running_var'])
 
 
-def test_train_mode_initialisation(human_model):
+def test_train_mode_initialisation(human_model, options):
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'train', human_model)
+    model = get_model(6890, 30, 'train', human_model, options)
     branch = model.rotation_net.pose_branch[0][0]
     assert abs(branch.weight.std().item() - 0.01) < 1e-3 and torch.all(branch.bias == 0)
     conv = model.position_net.conv[0]
     assert abs(conv.weight.std().item() - 0.001) < 1e-4 and torch.all(conv.bias == 0)
     assert abs(model.backbone.layer3[0].conv2.weight.std().item() - 0.001) < 1e-4
-    bn1d = model.rotation_net.graph_block[0].fcbn_list[0][1]
-    assert torch.all(bn1d.weight == 1) and torch.all(bn1d.bias == 0)
+    graph = model.rotation_net.graph_block[0]
+    assert abs(graph.weight.std().item() - 0.01) < 1e-3 and torch.all(graph.bias == 0)
+    assert torch.all(graph.bn.weight == 1) and torch.all(graph.bn.bias == 0)
 
 
 # ============================================================================= float64 reference
@@ -165,7 +190,7 @@ def _ref_adjacency():
     for i, j in GRAPH_SKELETON + GRAPH_FLIP_PAIRS:
         adj[i, j] = adj[j, i] = 1
     degree = adj.sum(0)
-    # the network holds the adjacency in float32 (MODEL.md §2.4 step 4)
+    # the network holds the adjacency in float32
     return (adj / torch.sqrt(degree[:, None] * degree[None, :])).float().double()
 
 
@@ -181,7 +206,7 @@ def _ref_6d_to_rotmat(c):
 
 
 def _ref_rotmat_to_axis_angle(R):
-    """torchgeometry-0.1.2 route (MODEL.md §5.5) on one 3x3 matrix, in Python floats."""
+    """torchgeometry-0.1.2 route (matrix -> quaternion -> axis-angle) on one 3x3 matrix, in Python floats."""
     r = [[float(R[i, j]) for j in range(3)] for i in range(3)]
     t0 = 1 + r[0][0] - r[1][1] - r[2][2]
     t1 = 1 - r[0][0] + r[1][1] - r[2][2]
@@ -204,7 +229,7 @@ def _ref_rotmat_to_axis_angle(R):
 
 
 def _ref_axis_angle_tgm(r):
-    """torchgeometry angle_axis_to_rotation_matrix (MODEL.md §6.2 step 1) for one vector."""
+    """torchgeometry angle_axis_to_rotation_matrix (Rodrigues, first order near 0) for one vector."""
     rx, ry, rz = (float(v) for v in r)
     theta2 = rx * rx + ry * ry + rz * rz
     if theta2 > 1e-6:
@@ -231,7 +256,7 @@ def _ref_quat_rodrigues(r):
 
 
 def _ref_smpl(sd, pose, betas, trans):
-    """SMPL vertices (MODEL.md §3.2) for one sample, joint loops and 4x4 transforms, float64."""
+    """SMPL vertices for one sample, joint loops and 4x4 transforms, float64."""
     p = 'human_model_layer.'
     v_template, shapedirs = sd[p + 'th_v_template'][0], sd[p + 'th_shapedirs']
     posedirs, j_regressor, weights = sd[p + 'th_posedirs'], sd[p + 'th_J_regressor'], sd[p + 'th_weights']
@@ -263,7 +288,7 @@ def _ref_smpl(sd, pose, betas, trans):
 
 
 def reference_features(sd, img, heatmaps, train):
-    """§4.2 stem, §4.3 Pose2Feat, §4.2 stages: (B,3,256,256), (B,30,64,64) -> (B,2048,8,8)."""
+    """ResNet stem, Pose2Feat, ResNet stages: (B,3,H,W), (B,30,H/4,W/4) -> (B,2048,H/32,W/32)."""
     x = torch.relu(_ref_bn(F.conv2d(img, sd['backbone.conv1.weight'], stride=2, padding=3), sd,
                            'backbone.bn1', train))
     x = F.max_pool2d(x, 3, stride=2, padding=1)
@@ -273,35 +298,41 @@ def reference_features(sd, img, heatmaps, train):
     return _ref_resnet_stages(x, sd, train)
 
 
-def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
-    """Straight-line float64 SGRE forward of MODEL.md §4-§6 from a state dict (all float64)."""
+def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train, geometry):
+    """Straight-line float64 SGRE forward (network, body model, losses) from a state dict."""
     img, joints, mask = inputs['img'].double(), inputs['joints'].double(), inputs['joints_mask'].double()
     batch = img.shape[0]
-    # §5.3 input heatmaps
-    heatmaps = torch.zeros(batch, 30, 64, 64, dtype=torch.float64)
-    grid_y, grid_x = torch.meshgrid(*(torch.arange(64, dtype=torch.float64),) * 2, indexing='ij')
+    img_h, img_w = geometry.input_img_shape
+    hm_d, hm_h, hm_w = geometry.output_hm_shape
+    fx, fy = geometry.focal
+    sigma = geometry.sigma
+    # input heatmaps
+    heatmaps = torch.zeros(batch, 30, hm_h, hm_w, dtype=torch.float64)
+    grid_y, grid_x = torch.meshgrid(torch.arange(hm_h, dtype=torch.float64),
+                                    torch.arange(hm_w, dtype=torch.float64), indexing='ij')
     for b in range(batch):
         for j in range(30):
             u, v = joints[b, j, 0], joints[b, j, 1]
-            gauss = torch.exp(-((grid_x - u) / 2.5) ** 2 / 2 - ((grid_y - v) / 2.5) ** 2 / 2)
+            gauss = torch.exp(-((grid_x - u) / sigma) ** 2 / 2 - ((grid_y - v) / sigma) ** 2 / 2)
             heatmaps[b, j] = gauss * mask[b, j, 0]
-    feat = reference_features(sd, img, heatmaps, train)  # (B, 2048, 8, 8)
-    # §4.4 PositionNet
+    feat = reference_features(sd, img, heatmaps, train)  # (B, 2048, H/32, W/32)
+    # PositionNet: one (D/8, H/8, W/8) volume per joint
+    vol_d, vol_h, vol_w = hm_d // 8, hm_h // 8, hm_w // 8
     logits = F.conv2d(feat, sd['position_net.conv.0.weight'], sd['position_net.conv.0.bias'])
-    logits = logits.reshape(batch, 30, 8, 8, 8)
+    logits = logits.reshape(batch, 30, vol_d, vol_h, vol_w)
     joint_img = torch.zeros(batch, 30, 3, dtype=torch.float64)
     joint_score = torch.zeros(batch, 30, 1, dtype=torch.float64)
-    idx = torch.arange(8, dtype=torch.float64)
+    idx_x, idx_y, idx_z = (torch.arange(n, dtype=torch.float64) for n in (vol_w, vol_h, vol_d))
     for b in range(batch):
         for j in range(30):
             e = torch.exp(logits[b, j] - logits[b, j].max())
             prob = e / e.sum()
-            xyz = [(prob * idx[None, None, :]).sum(), (prob * idx[None, :, None]).sum(),
-                   (prob * idx[:, None, None]).sum()]
+            xyz = [(prob * idx_x[None, None, :]).sum(), (prob * idx_y[None, :, None]).sum(),
+                   (prob * idx_z[:, None, None]).sum()]
             joint_img[b, j] = torch.stack(xyz)
             joint_score[b, j, 0] = _ref_trilinear(prob, *(float(c) for c in xyz))
-    # §4.6 RotationNet
-    joint_feat = torch.zeros(batch, 30, 2048, dtype=torch.float64)
+    # RotationNet
+    joint_feat = torch.zeros(batch, 30, 2048, dtype=torch.float64)  # bilinear at (x, y) cells
     for b in range(batch):
         for j in range(30):
             joint_feat[b, j] = _ref_bilinear(feat[b], float(joint_img[b, j, 0]), float(joint_img[b, j, 1]))
@@ -336,7 +367,7 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
         h = torch.relu(linear(h, p + '.0'))
         h = torch.relu(linear(h, p + '.2'))
         rot6d.append(linear(h, p + '.4') + parent6d)
-    # §5.5 rotations
+    # rotations
     rot_global = torch.stack([torch.stack([_ref_6d_to_rotmat(rot6d[j][b]) for j in range(24)])
                               for b in range(batch)])
     pose_aa = torch.zeros(batch, 72, dtype=torch.float64)
@@ -344,22 +375,24 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
         for j in range(24):
             rel = rot_global[b, j] if j == 0 else rot_global[b, SMPL_PARENTS[j]].T @ rot_global[b, j]
             pose_aa[b, 3 * j:3 * j + 3] = torch.tensor(_ref_rotmat_to_axis_angle(rel), dtype=torch.float64)
-    # §5.6 camera (no render variant)
-    k = math.sqrt(5000 * 5000 * 2.5 * 2.5 / (256 * 256))
+    # camera (no render variant)
+    size = geometry.camera_3d_size
+    k = math.sqrt(fx * fy * size * size / (img_h * img_w))
+    k = float(torch.tensor(k, dtype=torch.float32))  # the original holds k as a float32 tensor
     cam_trans = torch.stack([cam[:, 0], cam[:, 1], k / (1 + torch.exp(-cam[:, 2]))], dim=1)
-    # §5.7
+    # mesh, joints and projection
     mesh = torch.stack([_ref_smpl(sd, pose_aa[b], shape[b], cam_trans[b]) for b in range(batch)])
     joint_cam = torch.stack([joint_regressor @ mesh[b] for b in range(batch)])
-    px = joint_cam[:, :, 0] / (joint_cam[:, :, 2] + 1e-4) * 5000 + 128
-    py = joint_cam[:, :, 1] / (joint_cam[:, :, 2] + 1e-4) * 5000 + 128
-    joint_proj = torch.stack([px / 256 * 64, py / 256 * 64], dim=2)
+    px = joint_cam[:, :, 0] / (joint_cam[:, :, 2] + 1e-4) * fx + img_w / 2
+    py = joint_cam[:, :, 1] / (joint_cam[:, :, 2] + 1e-4) * fy + img_h / 2
+    joint_proj = torch.stack([px / img_w * hm_w, py / img_h * hm_h], dim=2)
     root = joint_cam[:, :1]
     if not train:
         return {'cam_param': cam, 'joint_img': joint_img * 8, 'joint_proj': joint_proj,
                 'joint_score': joint_score, 'smpl_mesh_cam': mesh - root, 'smpl_pose': pose_aa,
                 'smpl_shape': shape, 'mesh_cam_render': mesh}
     joint_cam = joint_cam - root
-    # §6.2 losses
+    # losses
     t, m = targets, meta_info
     is_3d, fit = m['is_3D'].double(), m['is_valid_fit'].double()
     body_img = (joint_img * 8 - t['orig_joint_img']).abs() * m['orig_joint_trunc'] / 8
@@ -391,7 +424,10 @@ def _randomise(model, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, GraphConvBlock):  # per-vertex Linear layers, stored stacked
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / math.sqrt(module.dim_in))
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 fan_in = module.weight[0].numel()
                 gain = 2.0 if isinstance(module, nn.Conv2d) else 1.0
                 std = math.sqrt(gain / fan_in)
@@ -435,11 +471,12 @@ def _calibrate_bn(model, inputs):
                 bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=gen) + 0.5)
 
 
-def make_batch(seed, batch=BATCH, mask_dtype=torch.float64):
+def make_batch(seed, geometry, batch=BATCH, mask_dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
+    hm_w, hm_h = geometry.output_hm_shape[2], geometry.output_hm_shape[1]
     inputs = {
-        'img': torch.rand(batch, 3, 256, 256, generator=gen),
-        'joints': torch.rand(batch, 30, 2, generator=gen) * 56 + 4,
+        'img': torch.rand(batch, 3, *geometry.input_img_shape, generator=gen),
+        'joints': torch.rand(batch, 30, 2, generator=gen) * torch.tensor([hm_w - 8, hm_h - 8]) + 4,
         'joints_mask': (torch.rand(batch, 30, 1, generator=gen) > 0.2).float(),
     }
     pose = torch.randn(batch, 72, generator=gen) * 0.4
@@ -465,24 +502,33 @@ def make_batch(seed, batch=BATCH, mask_dtype=torch.float64):
 
 
 @pytest.fixture(scope='module')
-def reference_case(human_model):
-    """A randomised model (float32), one batch, and the float64 reference outputs for it."""
+def reference_case(human_model, small_options):
+    """A randomised model (float32) of the small geometry, one batch, and the float64
+    reference outputs for it."""
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'test', human_model)
+    model = get_model(6890, 30, 'test', human_model, small_options)
     _randomise(model, seed=1)
-    inputs, targets, meta_info = make_batch(seed=2)
+    inputs, targets, meta_info = make_batch(seed=2, geometry=SMALL_GEOMETRY)
     _calibrate_bn(model, inputs)
     model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     regressor = torch.as_tensor(human_model.joint_regressor, dtype=torch.float64)
-    sd = {k: v.double() for k, v in model.state_dict().items()}
-    targets64 = {k: v.double() for k, v in targets.items()}
-    meta64 = {k: v.double() for k, v in meta_info.items()}
+    sd = {k: v.double() for k, v in state.items()}
     with torch.no_grad():
-        ref_test = reference_forward(sd, regressor, inputs, targets64, meta64, train=False)
-        ref_train = reference_forward(sd, regressor, inputs, targets64, meta64, train=True)
-    return dict(model=model, inputs=inputs, targets=targets, meta_info=meta_info,
-                ref_test=ref_test, ref_train=ref_train,
-                state={k: v.clone() for k, v in model.state_dict().items()})
+        ref_test = reference_forward(sd, regressor, inputs, {}, {}, False, SMALL_GEOMETRY)
+    return dict(model=model, inputs=inputs, targets=targets, meta_info=meta_info, ref_test=ref_test,
+                regressor=regressor, state=state)
+
+
+@pytest.fixture(scope='module')
+def reference_losses(reference_case):
+    """The float64 reference's train-mode loss terms for ``reference_case`` (its batch statistics)."""
+    case = reference_case
+    sd = {k: v.double() for k, v in case['state'].items()}
+    targets64 = {k: v.double() for k, v in case['targets'].items()}
+    meta64 = {k: v.double() for k, v in case['meta_info'].items()}
+    with torch.no_grad():
+        return reference_forward(sd, case['regressor'], case['inputs'], targets64, meta64, True, SMALL_GEOMETRY)
 
 
 def test_reference_parents_match_body_model(human_model):
@@ -516,12 +562,12 @@ def test_test_mode_matches_float64_reference(reference_case):
         assert out32[key].dtype == torch.float32
 
 
-def test_train_mode_losses_match_float64_reference(reference_case):
-    case = reference_case
+def test_train_mode_losses_match_float64_reference(reference_case, reference_losses):
+    case = dict(reference_case, ref_train=reference_losses)
     model = case['model']
     model.train()
     try:
-        # float64 is_valid_fit / is_3D as default collation makes them (§6.1)
+        # float64 is_valid_fit / is_3D as the default collation makes them
         loss64_masks = model(case['inputs'], case['targets'], case['meta_info'], 'train')
         assert list(loss64_masks) == LOSS_KEYS
         for key in LOSS_KEYS:
@@ -567,18 +613,41 @@ def test_test_outputs_keys_shapes_and_passthrough(reference_case):
     assert torch.allclose(out['smpl_mesh_cam'], out['mesh_cam_render'] - pelvis[:, None], atol=1e-5)
 
 
-def test_render_variant_scales_depth_by_bbox(reference_case, restore_cfg):
+def test_render_variant_scales_depth_by_bbox(reference_case):
     model = reference_case['model']
     cam = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -1.0]])
     bbox = torch.tensor([[0., 0., 100., 64.], [5., 5., 512., 512.]])
-    plain = model.camera_translation(cam, {'bbox': bbox}, 'test')
-    k = 5000 * 2.5 / 256
+    plain = model.camera_translation(cam, {'bbox': bbox})
+    k = math.sqrt(5000 * 4000) * 2.5 / math.sqrt(128 * 96)  # SMALL_GEOMETRY's depth prior
     assert torch.allclose(plain[:, 2], k * torch.sigmoid(cam[:, 2]))
-    restore_cfg.render = True
-    assert torch.equal(model.camera_translation(cam, {'bbox': bbox}, 'train'), plain)
-    rendered = model.camera_translation(cam, {'bbox': bbox}, 'test')
-    assert torch.allclose(rendered[:, 2], plain[:, 2] * 256 / torch.sqrt(bbox[:, 2] * bbox[:, 3]))
+    assert torch.equal(plain[:, :2], cam[:, :2])
+    rendered = model.camera_translation(cam, {'bbox': bbox}, render=True)
+    scale = math.sqrt(128 * 96) / torch.sqrt(bbox[:, 2] * bbox[:, 3])
+    assert torch.allclose(rendered[:, 2], plain[:, 2] * scale)
     assert torch.equal(rendered[:, :2], cam[:, :2])
+
+
+def test_render_is_a_forward_argument(reference_case, restore_cfg):
+    """``render=True`` moves only the translated mesh (and its projection) in test mode; the
+    global configuration's ``render`` flag is not read."""
+    case = reference_case
+    model = case['model'].eval()
+    bbox = torch.tensor([[10., 20., 100., 150.], [0., 0., 300., 200.], [5., 5., 64., 64.],
+                         [0., 0., 256., 256.]])[:BATCH]
+    meta = {'bbox': bbox}
+    with torch.no_grad():
+        plain = model(case['inputs'], {}, meta, 'test')
+        restore_cfg.render = True
+        assert torch.equal(model(case['inputs'], {}, meta, 'test')['mesh_cam_render'], plain['mesh_cam_render'])
+        rendered = model(case['inputs'], {}, meta, 'test', render=True)
+    for key in ('cam_param', 'joint_img', 'joint_score', 'smpl_pose', 'smpl_shape'):
+        assert torch.equal(rendered[key], plain[key]), key
+    trans = model.camera_translation(plain['cam_param'], meta, render=True)
+    expected_mesh, _ = model.human_model_layer(plain['smpl_pose'], plain['smpl_shape'], trans)
+    assert torch.allclose(rendered['mesh_cam_render'], expected_mesh, atol=1e-5)
+    assert not torch.allclose(rendered['mesh_cam_render'], plain['mesh_cam_render'], atol=1e-3)
+    # root-relative mesh: the translation cancels
+    assert torch.allclose(rendered['smpl_mesh_cam'], plain['smpl_mesh_cam'], atol=1e-4)
 
 
 # ============================================================================= rotations
@@ -610,7 +679,7 @@ def test_relative_pose_composes_to_predicted_global_rotations(reference_case):
 def test_identity_relative_rotations_have_finite_gradients(reference_case):
     """With every branch output zero each child's global 6D equals its parent's, so all relative
     rotations are exactly the identity.  The original's axis-angle gives NaN gradients there
-    (MODEL.md §10.15); this implementation must not."""
+    (0 * inf in the quaternion route); this implementation must not."""
     case = reference_case
     model = case['model']
     model.train()
@@ -619,7 +688,7 @@ def test_identity_relative_rotations_have_finite_gradients(reference_case):
             for branch in model.rotation_net.pose_branch:
                 branch[4].weight.zero_()
                 branch[4].bias.zero_()
-        feat = torch.randn(BATCH, 2048, 8, 8, generator=torch.Generator().manual_seed(4))
+        feat = torch.randn(BATCH, 2048, 4, 3, generator=torch.Generator().manual_seed(4))
         loss = model.heads(feat, case['inputs'], case['targets'], case['meta_info'], 'train')
         pose = {}
         handle = model.human_model_layer.register_forward_pre_hook(lambda m, args: pose.update(aa=args[0]))
@@ -682,8 +751,9 @@ def test_no_hard_coded_cuda_in_network_code():
         assert '.cuda(' not in (root / rel).read_text(), rel
 
 
-def test_cpu_bf16_autocast(reference_case):
-    case = reference_case
+@pytest.mark.slow
+def test_cpu_bf16_autocast(reference_case, reference_losses):
+    case = dict(reference_case, ref_train=reference_losses)
     model = case['model']
     model.train()
     try:
@@ -703,6 +773,7 @@ def test_cpu_bf16_autocast(reference_case):
         model.eval()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_cuda_fp16_autocast(reference_case):
     case = reference_case
@@ -730,20 +801,23 @@ def test_cuda_fp16_autocast(reference_case):
 
 
 # ============================================================================= overfit
-def _synthetic_training_batch(model, num=4, seed=0):
-    """Random images; joints from random poses of the synthetic body model, projected as §5.7."""
+def _synthetic_training_batch(model, geometry, num=4, seed=0):
+    """Random images; joints from random poses of the synthetic body model, projected as the model does."""
     gen = torch.Generator().manual_seed(seed)
     pose = torch.randn(num, 72, generator=gen) * 0.25
     pose[:, :3] = torch.tensor([math.pi, 0.0, 0.0]) + torch.randn(num, 3, generator=gen) * 0.1
     shape = torch.randn(num, 10, generator=gen) * 0.5
-    trans = torch.cat([torch.randn(num, 2, generator=gen) * 0.1, torch.full((num, 1), 40.0)], dim=1)
+    # 40 m away in a 256-pixel crop at f = 5000 px; farther in a smaller crop, so people stay in view
+    depth = 40.0 * 256 / min(geometry.input_img_shape)
+    trans = torch.cat([torch.randn(num, 2, generator=gen) * 0.1, torch.full((num, 1), depth)], dim=1)
     with torch.no_grad():
         joint_proj, joint_cam, _, _ = model.get_coord(pose, shape, trans)
-    depth = (joint_cam[:, :, 2:] / (cfg.bbox_3d_size / 2) + 1) / 2 * cfg.output_hm_shape[0]
+    depth = (joint_cam[:, :, 2:] / (geometry.bbox_3d_size / 2) + 1) / 2 * geometry.output_hm_shape[0]
     joint_img = torch.cat([joint_proj, depth], dim=2)
-    inside = ((joint_img >= 0) & (joint_img < 64)).all(dim=2, keepdim=True).float()
+    upper = torch.tensor(geometry.output_hm_shape[::-1], dtype=joint_img.dtype)  # (W, H, D)
+    inside = ((joint_img >= 0) & (joint_img < upper)).all(dim=2, keepdim=True).float()
     ones = torch.ones(num, 30, 1)
-    inputs = {'img': torch.rand(num, 3, 256, 256, generator=gen), 'joints': joint_proj.clone(),
+    inputs = {'img': torch.rand(num, 3, *geometry.input_img_shape, generator=gen), 'joints': joint_proj.clone(),
               'joints_mask': inside}
     targets = {'orig_joint_img': joint_img, 'fit_joint_img': joint_img, 'orig_joint_cam': joint_cam,
                'fit_joint_cam': joint_cam, 'pose_param': pose, 'shape_param': shape}
@@ -753,15 +827,16 @@ def _synthetic_training_batch(model, num=4, seed=0):
     return inputs, targets, meta_info
 
 
-def test_overfit_four_samples(human_model):
+@pytest.mark.slow
+def test_overfit_four_samples(human_model, small_options):
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'train', human_model)
-    inputs, targets, meta_info = _synthetic_training_batch(model)
+    model = get_model(6890, 30, 'train', human_model, small_options)
+    inputs, targets, meta_info = _synthetic_training_batch(model, SMALL_GEOMETRY)
     assert meta_info['orig_joint_trunc'].mean() > 0.9  # the synthetic people are in view
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     history = []
-    for _ in range(40):
+    for _ in range(80):
         loss = model(inputs, targets, meta_info, 'train')
         total = sum(v.mean() for v in loss.values())
         optimizer.zero_grad()

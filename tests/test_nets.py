@@ -1,5 +1,6 @@
-"""Network building blocks: backbone, graph layers (fast vs per-vertex), PositionNet, RotationNet."""
+"""Network building blocks: backbone, graph layers (stacked vs per-vertex modules), PositionNet, RotationNet."""
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from common.nets import resnet as resnet_mod
 from common.nets.layer import (GraphConvBlock, GraphResBlock, make_conv_layers, make_linear_layers,
-                               set_graph_vectorized)
+                               set_graph_vectorized, stacked_optimizer_state)
 from common.nets.module import (PositionNet, Pose2Feat, RotationNet, sample_joint_features,
                                 sample_volumes_at, soft_argmax_3d)
 from common.nets.resnet import ResNetBackbone
@@ -61,34 +62,31 @@ def test_resnet_depths():
             ResNetBackbone(depth)
 
 
-def test_resnet_init_weights_from_local_file(tmp_path, caplog, restore_cfg):
+def test_resnet_init_weights_from_local_file(tmp_path, caplog):
     import torchvision
     reference = torchvision.models.resnet50(weights=None)
     path = tmp_path / 'resnet50.pth'
     torch.save(reference.state_dict(), path)
-    restore_cfg.imagenet_weights = str(path)
     net = ResNetBackbone(50)
-    assert net.init_weights() is True
+    assert net.init_weights(str(path)) is True
     for name, value in net.state_dict().items():
         assert torch.equal(value, reference.state_dict()[name]), name
 
     # missing file: clear error naming the file and the config key
-    restore_cfg.imagenet_weights = str(tmp_path / 'nope.pth')
     with pytest.raises(FileNotFoundError, match='nope.pth.*cfg.imagenet_weights'):
-        net.init_weights()
+        net.init_weights(str(tmp_path / 'nope.pth'))
     # wrong architecture: strict load fails with the file named
     torch.save({'conv1.weight': torch.zeros(1)}, tmp_path / 'bad.pth')
     with pytest.raises(RuntimeError, match='bad.pth'):
         net.init_weights(tmp_path / 'bad.pth')
 
     # None: logged once, weights untouched
-    restore_cfg.imagenet_weights = None
     resnet_mod._warned_no_imagenet = False
     before = net.conv1.weight.clone()
     with caplog.at_level(logging.WARNING, logger='common.nets.resnet'):
-        assert net.init_weights() is False
-        assert net.init_weights() is False
-    assert sum('no ImageNet weights' in r.getMessage() for r in caplog.records) == 1
+        assert net.init_weights(None) is False
+        assert net.init_weights(None) is False
+    assert sum('No ImageNet weights' in r.getMessage() for r in caplog.records) == 1
     assert torch.equal(before, net.conv1.weight)
 
 
@@ -104,80 +102,186 @@ def test_stack_builders_indices():
 
 
 # ----------------------------------------------------------------------------- graph layers
-def _randomise_bn(block, generator):
+class PerVertexGraphConv(nn.Module):
+    """Reference: the original's layout, one ``Sequential(Linear, BatchNorm1d)`` per vertex run
+    one vertex at a time, then ReLU(adj @ features)."""
+
+    def __init__(self, adj, dim_in, dim_out):
+        super().__init__()
+        self.register_buffer('adj', torch.as_tensor(adj, dtype=torch.float32).clone(), persistent=False)
+        self.fcbn_list = nn.ModuleList(nn.Sequential(nn.Linear(dim_in, dim_out), nn.BatchNorm1d(dim_out))
+                                       for _ in range(self.adj.shape[0]))
+
+    def forward(self, x):
+        feat = torch.stack([fcbn(x[:, v]) for v, fcbn in enumerate(self.fcbn_list)], dim=1)
+        return F.relu(torch.matmul(self.adj, feat))
+
+
+class PerVertexGraphRes(nn.Module):
+    def __init__(self, adj, dim):
+        super().__init__()
+        self.graph_block1 = PerVertexGraphConv(adj, dim, dim)
+        self.graph_block2 = PerVertexGraphConv(adj, dim, dim)
+
+    def forward(self, x):
+        return x + self.graph_block2(self.graph_block1(x))
+
+
+def _randomise_bn(model, generator):
+    """Random BatchNorm affine parameters and running statistics (the defaults are 1 / 0)."""
     with torch.no_grad():
-        for fcbn in block.fcbn_list:
-            bn = fcbn[1]
-            bn.weight.copy_(torch.rand(bn.weight.shape, generator=generator) + 0.5)
-            bn.bias.copy_(torch.randn(bn.bias.shape, generator=generator))
-            bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=generator))
-            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) + 0.5)
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm1d):
+                bn.weight.copy_(torch.rand(bn.weight.shape, generator=generator) + 0.5)
+                bn.bias.copy_(torch.randn(bn.bias.shape, generator=generator))
+                bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=generator))
+                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) + 0.5)
 
 
-def _twin_blocks(make, generator):
-    fast = make()
-    for m in fast.modules():
-        if isinstance(m, GraphConvBlock):
-            _randomise_bn(m, generator)
-    slow = make()
-    slow.load_state_dict(fast.state_dict())
-    set_graph_vectorized(slow, False)
-    return fast, slow
+def _per_vertex_grads(stacked_model, reference):
+    """The stacked model's parameter gradients under the reference's per-vertex names."""
+    grads = {}
+    for name, module in stacked_model.named_modules():
+        if not isinstance(module, GraphConvBlock):
+            continue
+        prefix = name + '.' if name else ''
+        channels = module.dim_out
+        for v in range(module.vertex_num):
+            grads[f'{prefix}fcbn_list.{v}.0.weight'] = module.weight.grad[v].t()
+            grads[f'{prefix}fcbn_list.{v}.0.bias'] = module.bias.grad[v]
+            grads[f'{prefix}fcbn_list.{v}.1.weight'] = module.bn.weight.grad[v * channels:(v + 1) * channels]
+            grads[f'{prefix}fcbn_list.{v}.1.bias'] = module.bn.bias.grad[v * channels:(v + 1) * channels]
+    assert set(grads) == {name for name, _ in reference.named_parameters()}
+    return grads
 
 
-def _state_equal(fast, slow, tol):
-    for (name, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
-        if a.dtype == torch.int64:
-            assert torch.equal(a, b), name
+def _state_equal(fast, reference, tol):
+    fast_state, ref_state = fast.state_dict(), reference.state_dict()
+    assert list(fast_state) == list(ref_state)
+    for name, ref in ref_state.items():
+        if ref.dtype == torch.int64:
+            assert torch.equal(fast_state[name], ref), name
         else:
-            assert rel_err(a, b) < tol, name
+            assert rel_err(fast_state[name], ref) <= tol, name
 
 
-@pytest.mark.parametrize('momentum, stack_weights', [(0.1, True), (0.1, False), (None, None)])
-def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum, stack_weights):
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_graph_blocks_equal_per_vertex_modules(momentum):
+    """Stacked blocks vs the per-vertex modules they replace, over three training steps and
+    in eval mode: outputs, input and parameter gradients, running statistics, counters."""
     gen = torch.Generator().manual_seed(0)
     adj = random_adj(15, gen)
-
-    def make():
-        model = nn.Sequential(GraphConvBlock(adj, 40, 16), GraphResBlock(adj, 16))
+    reference = nn.Sequential(PerVertexGraphConv(adj, 40, 16), PerVertexGraphRes(adj, 16))
+    stacked = nn.Sequential(GraphConvBlock(adj, 40, 16), GraphResBlock(adj, 16))
+    _randomise_bn(reference, gen)
+    for model in (reference, stacked):
         for m in model.modules():
             if isinstance(m, nn.BatchNorm1d):
                 m.momentum = momentum
-        return model
-
-    fast, slow = _twin_blocks(make, gen)
-    for m in fast.modules():
-        if isinstance(m, GraphConvBlock):
-            m.stack_weights = stack_weights
-    assert all(m.uses_vectorized_path() for m in fast.modules() if isinstance(m, GraphConvBlock))
-    assert not any(m.uses_vectorized_path() for m in slow.modules() if isinstance(m, GraphConvBlock))
+    assert stacked.load_state_dict(reference.state_dict(), strict=True)
+    _state_equal(stacked, reference, 0)
     for step in range(3):
         x = torch.randn(5, 15, 40, generator=gen)
-        x_fast, x_slow = x.clone().requires_grad_(), x.clone().requires_grad_()
+        x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
         grad_out = torch.randn(5, 15, 16, generator=gen)
-        out_fast, out_slow = fast(x_fast), slow(x_slow)
-        assert rel_err(out_fast, out_slow) < 1e-5
+        out_fast, out_ref = stacked(x_fast), reference(x_ref)
+        assert rel_err(out_fast, out_ref) < 1e-5
         out_fast.backward(grad_out)
-        out_slow.backward(grad_out)
-        assert rel_err(x_fast.grad, x_slow.grad) < 1e-5
-        slow_params = dict(slow.named_parameters())
-        for name, p_fast in fast.named_parameters():
-            p_slow = slow_params[name]
+        out_ref.backward(grad_out)
+        assert rel_err(x_fast.grad, x_ref.grad) < 1e-5
+        fast_grads = _per_vertex_grads(stacked, reference)
+        ref_params = dict(reference.named_parameters())
+        for name, p_ref in ref_params.items():
             if name.endswith('.0.bias'):
                 # A Linear bias in front of a train-mode BatchNorm has zero gradient up to
                 # rounding: measure the difference on the scale of that Linear's weight gradient.
-                scale = slow_params[name[:-4] + 'weight'].grad.norm()
-                assert (p_fast.grad - p_slow.grad).norm() / scale < 1e-5, name
+                scale = ref_params[name[:-4] + 'weight'].grad.norm()
+                assert (fast_grads[name] - p_ref.grad).norm() / scale < 1e-5, name
             else:
-                assert rel_err(p_fast.grad, p_slow.grad) < 1e-5, name
-        _state_equal(fast, slow, 1e-5)
-    bn = fast[0].fcbn_list[3][1]
-    assert bn.num_batches_tracked.item() == 3
-    fast.eval()
-    slow.eval()
+                assert rel_err(fast_grads[name], p_ref.grad) < 1e-5, name
+        _state_equal(stacked, reference, 1e-5)
+    assert stacked.state_dict()['0.fcbn_list.3.1.num_batches_tracked'].item() == 3
+    stacked.eval()
+    reference.eval()
     x = torch.randn(3, 15, 40, generator=gen)
-    assert rel_err(fast(x), slow(x)) < 1e-5
-    _state_equal(fast, slow, 1e-5)
+    assert rel_err(stacked(x), reference(x)) < 1e-5
+    _state_equal(stacked, reference, 1e-5)
+
+
+def test_per_vertex_optimizer_state_resumes_on_stacked_blocks():
+    """Adam state saved with per-vertex modules, converted: the next step matches the
+    per-vertex run's next step."""
+    gen = torch.Generator().manual_seed(5)
+    adj = random_adj(15, gen)
+
+    def model_pair():
+        # no bias in front of the graph blocks: train-mode BatchNorm would make its gradient pure
+        # rounding noise, which Adam scales up to full steps
+        reference = nn.Sequential(nn.Linear(3, 40, bias=False), PerVertexGraphConv(adj, 40, 8),
+                                  PerVertexGraphRes(adj, 8))
+        stacked = nn.Sequential(nn.Linear(3, 40, bias=False), GraphConvBlock(adj, 40, 8), GraphResBlock(adj, 8))
+        return reference, stacked
+
+    reference, stacked = model_pair()
+    _randomise_bn(reference, gen)
+    inputs = [torch.randn(6, 15, 3, generator=gen) for _ in range(3)]
+    ref_opt = torch.optim.Adam([{'params': reference[0].parameters(), 'lr': 1e-2},
+                                {'params': list(reference[1:].parameters())}], lr=1e-3)
+    for x in inputs[:2]:
+        ref_opt.zero_grad()
+        reference(x).pow(2).mean().backward()
+        ref_opt.step()
+    stacked.load_state_dict(reference.state_dict())
+    opt = torch.optim.Adam([{'params': stacked[0].parameters(), 'lr': 1e-2},
+                            {'params': list(stacked[1:].parameters())}], lr=1e-3)
+    with pytest.raises(ValueError):
+        opt.load_state_dict(ref_opt.state_dict())  # the layouts differ
+    opt.load_state_dict(stacked_optimizer_state(stacked, opt, ref_opt.state_dict()))
+    assert opt.param_groups[0]['lr'] == 1e-2
+    for v in (0, 14):  # moments moved with their parameters
+        ref_state = ref_opt.state[reference[1].fcbn_list[v][0].weight]
+        assert torch.equal(opt.state[stacked[1].weight]['exp_avg_sq'][v], ref_state['exp_avg_sq'].t())
+        ref_state = ref_opt.state[reference[2].graph_block2.fcbn_list[v][1].bias]
+        assert torch.equal(opt.state[stacked[2].graph_block2.bn.bias]['exp_avg'][v * 8:(v + 1) * 8],
+                           ref_state['exp_avg'])
+    for model, optimizer in ((reference, ref_opt), (stacked, opt)):
+        optimizer.zero_grad()
+        model(inputs[2]).pow(2).mean().backward()
+        optimizer.step()
+    fast_state, ref_state = stacked.state_dict(), reference.state_dict()
+    for name, ref in ref_state.items():
+        if re.search(r'fcbn_list\.\d+\.0\.bias', name):
+            # Linear biases before train-mode BatchNorm get rounding-noise gradients, which Adam
+            # turns into steps of up to lr in either direction
+            assert (fast_state[name] - ref).abs().max() <= 2e-3, name
+        elif ref.dtype == torch.int64:
+            assert torch.equal(fast_state[name], ref), name
+        else:  # Adam divides by the moments' root: float32 rounding of small gradients shows more
+            assert rel_err(fast_state[name], ref) <= 1e-4, name
+    with pytest.raises(ValueError, match='parameter'):  # other groups than the saved ones
+        small = torch.optim.Adam(stacked[1].parameters())
+        stacked_optimizer_state(stacked, small, ref_opt.state_dict())
+    with pytest.raises(ValueError, match='parameters'):
+        fewer = torch.optim.Adam([{'params': stacked[1].parameters()}, {'params': stacked[0].parameters()}])
+        stacked_optimizer_state(stacked, fewer, ref_opt.state_dict())
+
+
+def test_graph_block_initialisation_draws_like_per_vertex_linears():
+    """Same seed, same weights as V ``nn.Linear`` layers built (and N(0, 0.01^2)-initialised)
+    one after another, so seeded runs start from the same numbers as the original layout."""
+    adj = torch.eye(15)
+    torch.manual_seed(3)
+    reference = PerVertexGraphConv(adj, 6, 4)
+    torch.manual_seed(3)
+    block = GraphConvBlock(adj, 6, 4)
+    _state_equal(block, reference, 0)
+    torch.manual_seed(4)
+    for fcbn in reference.fcbn_list:
+        nn.init.normal_(fcbn[0].weight, std=0.01)
+        nn.init.constant_(fcbn[0].bias, 0)
+    torch.manual_seed(4)
+    block.init_normal_linear(std=0.01)
+    _state_equal(block, reference, 0)
 
 
 def test_graph_conv_block_formula():
@@ -188,35 +292,43 @@ def test_graph_conv_block_formula():
     _randomise_bn(block, gen)
     x = torch.randn(6, 15, 7, generator=gen, dtype=torch.float64)
     block.double()
-    old_mean = torch.stack([m[1].running_mean.clone() for m in block.fcbn_list])
-    old_var = torch.stack([m[1].running_var.clone() for m in block.fcbn_list])
+    before = {k: v.clone() for k, v in block.state_dict().items()}
     out = block(x)
-    feats, means, vars_unbiased = [], [], []
+    after = block.state_dict()
+    feats = []
     for v in range(15):
-        lin, bn = block.fcbn_list[v]
-        h = x[:, v] @ lin.weight.T + lin.bias
+        p = f'fcbn_list.{v}.'
+        h = x[:, v] @ before[p + '0.weight'].T + before[p + '0.bias']
         mean = h.mean(0)
         var = ((h - mean) ** 2).mean(0)
-        feats.append((h - mean) / torch.sqrt(var + 1e-5) * bn.weight + bn.bias)
-        means.append(mean)
-        vars_unbiased.append(var * 6 / 5)
+        feats.append((h - mean) / torch.sqrt(var + 1e-5) * before[p + '1.weight'] + before[p + '1.bias'])
+        assert torch.allclose(after[p + '1.running_mean'], 0.9 * before[p + '1.running_mean'] + 0.1 * mean,
+                              atol=1e-12)
+        assert torch.allclose(after[p + '1.running_var'], 0.9 * before[p + '1.running_var'] + 0.1 * var * 6 / 5,
+                              atol=1e-12)
+        assert after[p + '1.num_batches_tracked'].item() == 1
     expected = torch.relu(torch.einsum('uv,bvc->buc', adj.double(), torch.stack(feats, 1)))
     assert torch.allclose(out, expected, rtol=1e-10, atol=1e-12)
-    new_mean = torch.stack([m[1].running_mean for m in block.fcbn_list])
-    new_var = torch.stack([m[1].running_var for m in block.fcbn_list])
-    assert torch.allclose(new_mean, 0.9 * old_mean + 0.1 * torch.stack(means), atol=1e-12)
-    assert torch.allclose(new_var, 0.9 * old_var + 0.1 * torch.stack(vars_unbiased), atol=1e-12)
-    assert all(m[1].num_batches_tracked.item() == 1 for m in block.fcbn_list)
 
 
-def test_graph_block_state_dict_and_sync_bn_fallback():
+def test_graph_block_state_dict_and_sync_bn():
     adj = torch.eye(15)
     block = GraphConvBlock(adj, 4, 3)
-    keys = set(block.state_dict())
-    assert 'adj' not in keys
-    assert 'fcbn_list.14.1.num_batches_tracked' in keys and 'fcbn_list.0.0.weight' in keys
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(block)
-    assert not converted.uses_vectorized_path()
+    state = block.state_dict()
+    expected = [f'fcbn_list.{v}.{suffix}' for v in range(15)
+                for suffix in ('0.weight', '0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var',
+                               '1.num_batches_tracked')]
+    assert list(state) == expected
+    assert state['fcbn_list.2.0.weight'].shape == (3, 4) and state['fcbn_list.2.0.weight'].is_contiguous()
+    assert torch.equal(state['fcbn_list.2.0.weight'], block.weight[2].t())
+    # per-vertex keys missing for one vertex: strict loading names them
+    del state['fcbn_list.7.0.bias']
+    with pytest.raises(RuntimeError, match='fcbn_list'):
+        GraphConvBlock(adj, 4, 3).load_state_dict(state)
+    # SyncBatchNorm conversion reaches the stacked BatchNorm; the switch is harmless
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(set_graph_vectorized(GraphConvBlock(adj, 4, 3), False))
+    assert type(converted.bn) is nn.SyncBatchNorm and converted.bn.num_features == 15 * 3
+    assert list(converted.state_dict()) == expected
 
 
 # ----------------------------------------------------------------------------- PositionNet

@@ -1,28 +1,29 @@
-"""Geometry and rotation helpers (DATA.md §2.1, §7; MODEL.md §2.4, §5.5, §6.2).
+"""Geometry and rotation helpers (docs/METHOD.md, "Images, boxes and crops", "Network").
 
 NumPy helpers serve the data side (projection, extrinsics, similarity alignment,
-joint-set transfer, adjacency); torch helpers serve the model (6D -> matrix,
-matrix <-> axis-angle, global <-> relative rotations down the SMPL tree).
+heatmap-to-image joints, adjacency); torch helpers serve the model (6D -> matrix,
+matrix <-> axis-angle, global <-> relative rotations down the SMPL tree, composed by
+``common.utils.kinematics``). Shapes and camera values are always arguments.
 
-The torch rotation conversions re-derive the torchgeometry-0.1.2 formulas written
-out in MODEL.md §5.5 / §6.2, so the forward values match the authors' code; branch
-selection uses ``torch.where`` with safe substitutes in the unused branch so there
-are no NaN gradients (MODEL.md §10.15). Low-precision inputs (float16/bfloat16,
+The torch rotation conversions re-derive the torchgeometry-0.1.2 formulas (rotation
+matrix -> quaternion -> axis-angle, and its Rodrigues axis-angle -> matrix), so the
+forward values match the authors' code; branch selection uses ``torch.where`` with safe
+substitutes in the unused branch so there are no NaN gradients where the original's
+backward gives NaN (docs/METHOD.md, "Differences from the original"). Low-precision inputs (float16/bfloat16,
 e.g. under autocast) are converted in float32; float64 stays float64. The tree
 compositions (global <-> relative) are plain matmuls and follow autocast.
 """
-from functools import lru_cache
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from main.config import cfg
+from common.utils.kinematics import global_rotations, relative_rotations, tree_plan
+
 
 __all__ = [
     'cam2pixel', 'pixel2cam', 'world2cam', 'cam2world',
     'rigid_transform_3D', 'rigid_align', 'rigid_align_batch',
-    'transform_joint_to_other_db', 'denorm_joints',
+    'denorm_joints',
     'build_adj', 'normalize_adj', 'rotation_z',
     'rot6d_to_rotmat', 'rotmat_to_axis_angle', 'axis_angle_to_rotmat',
     'global_to_relative', 'relative_to_global',
@@ -33,7 +34,7 @@ __all__ = [
 # --------------------------------------------------------------------------- projection
 
 def cam2pixel(cam_coord, f, c):
-    """Pinhole projection (DATA.md §7.1).
+    """Pinhole projection.
 
     cam_coord (N,3) camera coordinates (any length unit), f (fx, fy) and c (cx, cy) in
     pixels. Returns (N,3): (u, v, Z) with u = X/Z*fx + cx, v = Y/Z*fy + cy.
@@ -53,7 +54,7 @@ def pixel2cam(pixel_coord, f, c):
 
 
 def world2cam(world_coord, R, t):
-    """World -> camera (DATA.md §7.2): X_c = R X_w + t per row.
+    """World -> camera: X_c = R X_w + t per row.
 
     world_coord (N,3), R (3,3), t (3,) in the unit of world_coord; returns (N,3).
     """
@@ -68,7 +69,7 @@ def cam2world(cam_coord, R, t):
 # ----------------------------------------------------------------- similarity alignment
 
 def rigid_transform_3D(A, B):
-    """Similarity (Umeyama) fit of A onto B (DATA.md §7.5).
+    """Similarity (Umeyama) fit of A onto B.
 
     A, B (n,3). Returns (c, R, t): scale (float), rotation (3,3) with det +1, translation
     (3,) such that c R A_i + t ~ B_i in the least-squares sense.
@@ -123,35 +124,17 @@ def rigid_align_batch(A, B):
     return c[:, None, None] * (A @ np.swapaxes(R, 1, 2)) + t[:, None, :]
 
 
-# ------------------------------------------------------------------- joint-set helpers
+# ------------------------------------------------------------------- heatmap helpers
 
-def transform_joint_to_other_db(src_joint, src_name, dst_name):
-    """Transfer rows between joint sets by name (DATA.md §2.1).
+def denorm_joints(joints_hm, bb2img_trans, input_img_shape, output_hm_shape):
+    """Heatmap-space joints -> original-image pixels; does not modify the input.
 
-    src_joint (J_src, ...) with names ``src_name``; returns float32 (len(dst_name), ...)
-    holding each shared joint's row at its destination index and zeros elsewhere.
+    joints_hm (N,C), C >= 2, columns x, y in heatmap units (0..W_hm); bb2img_trans (2,3)
+    crop -> image affine; input_img_shape (H, W) crop pixels; output_hm_shape (D, H, W)
+    heatmap cells (``GeometryOptions`` holds both). Columns beyond x, y are copied unchanged.
     """
-    src_joint = np.asarray(src_joint)
-    dst_index = {}
-    for i, name in enumerate(dst_name):
-        dst_index.setdefault(name, i)
-    pairs = [(i, dst_index[name]) for i, name in enumerate(src_name) if name in dst_index]
-    new_joint = np.zeros((len(dst_name),) + src_joint.shape[1:], dtype=np.float32)
-    if pairs:
-        src_idx, dst_idx = (list(p) for p in zip(*pairs))
-        new_joint[dst_idx] = src_joint[src_idx]
-    return new_joint
-
-
-def denorm_joints(joints_hm, bb2img_trans, input_img_shape=None, output_hm_shape=None):
-    """Heatmap-space joints -> original-image pixels (DATA.md §7.6); does not modify the input.
-
-    joints_hm (N,C), C >= 2, columns x, y in heatmap units (0..64); bb2img_trans (2,3)
-    crop -> image affine. Columns beyond x, y are copied unchanged. Shapes default to
-    ``cfg.input_img_shape`` (H, W) and ``cfg.output_hm_shape`` (D, H, W).
-    """
-    img_h, img_w = input_img_shape if input_img_shape is not None else cfg.input_img_shape
-    hm_shape = output_hm_shape if output_hm_shape is not None else cfg.output_hm_shape
+    img_h, img_w = input_img_shape
+    hm_shape = output_hm_shape
     joints = np.array(joints_hm, copy=True)
     x_crop = joints[:, 0] / hm_shape[2] * img_w
     y_crop = joints[:, 1] / hm_shape[1] * img_h
@@ -163,7 +146,7 @@ def denorm_joints(joints_hm, bb2img_trans, input_img_shape=None, output_hm_shape
 def build_adj(joint_num, skeleton, flip_pairs):
     """Symmetric 0/1 float64 adjacency (joint_num, joint_num) over bones and flip pairs.
 
-    MODEL.md §2.4 step 1; ``skeleton`` and ``flip_pairs`` are sequences of (i, j).
+    ``skeleton`` and ``flip_pairs`` are sequences of (i, j).
     """
     adj = np.zeros((joint_num, joint_num), dtype=np.float64)
     for i, j in tuple(skeleton) + tuple(flip_pairs):
@@ -173,7 +156,7 @@ def build_adj(joint_num, skeleton, flip_pairs):
 
 
 def normalize_adj(adj):
-    """D^-1/2 (A + I) D^-1/2 (float64) with d the column sums of A + I (MODEL.md §2.4).
+    """D^-1/2 (A + I) D^-1/2 (float64) with d the column sums of A + I.
 
     As the original, the smallest positive float64 is added to every entry of diag(d)
     before the power; it keeps the off-diagonal zeros finite (no inf*0) and leaves the
@@ -188,7 +171,8 @@ def normalize_adj(adj):
 
 
 def rotation_z(rot_deg):
-    """Rotation-augmentation matrix R_z(-rot) (DATA.md §7.8), float32 (3,3), rot in degrees."""
+    """Rotation-augmentation matrix R_z(-rot), float32 (3,3), rot in degrees (the crop is
+    rotated by +rot, so camera-frame joints turn by -rot about the optical axis)."""
     alpha = np.deg2rad(-rot_deg)
     cos_a, sin_a = np.cos(alpha), np.sin(alpha)
     return np.array([[cos_a, -sin_a, 0.0],
@@ -204,7 +188,7 @@ def _compute_dtype(x):
 
 
 def rot6d_to_rotmat(x):
-    """6D -> rotation matrix (MODEL.md §5.5), interleaved convention.
+    """6D -> rotation matrix, interleaved convention.
 
     x (..., 6) (any leading shape; typically (N,6)). The 6 numbers form a 3x2 matrix row
     by row, so a1 = (c0, c2, c4), a2 = (c1, c3, c5); Gram-Schmidt with F.normalize
@@ -225,7 +209,7 @@ def rot6d_to_rotmat(x):
 
 
 def _rotmat_to_quaternion(R):
-    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule (MODEL.md §5.5)."""
+    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule."""
     r00, r01, r02 = R[:, 0, 0], R[:, 0, 1], R[:, 0, 2]
     r10, r11, r12 = R[:, 1, 0], R[:, 1, 1], R[:, 1, 2]
     r20, r21, r22 = R[:, 2, 0], R[:, 2, 1], R[:, 2, 2]
@@ -259,7 +243,7 @@ def _quaternion_to_axis_angle(q):
     s2 = x * x + y * y + z * z
     has_axis = s2 > 0
     # At s2 == 0 the k = theta2 / s branch is unused; a substitute of 1 keeps its
-    # gradient finite (the original gets NaN there, MODEL.md §10.15).
+    # gradient finite (the original gets NaN there).
     s = torch.sqrt(torch.where(has_axis, s2, torch.ones_like(s2)))
     two_theta = 2 * torch.where(w < 0, torch.atan2(-s, -w), torch.atan2(s, w))
     k = torch.where(has_axis, two_theta / s, torch.full_like(s2, 2.0))
@@ -267,7 +251,7 @@ def _quaternion_to_axis_angle(q):
 
 
 def rotmat_to_axis_angle(R):
-    """Rotation matrix -> axis-angle (radians) (MODEL.md §5.5).
+    """Rotation matrix -> axis-angle (radians), torchgeometry-0.1.2 route.
 
     R (..., 3, 3) (a (...,3,4) input is accepted; the 4th column is ignored as in the
     original). Returns (..., 3); NaN elements (only from non-finite input) become 0.
@@ -282,7 +266,7 @@ def rotmat_to_axis_angle(R):
 
 def axis_angle_to_rotmat(aa):
     """Axis-angle (radians) -> rotation matrix, torchgeometry ``angle_axis_to_rotation_matrix``
-    (MODEL.md §6.2 step 1), top-left 3x3.
+    (the ground-truth side of the rotation loss), top-left 3x3.
 
     aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6);
     otherwise the first-order form I + [r]_x. Float32 for float16/bfloat16 input,
@@ -316,83 +300,14 @@ def axis_angle_to_rotmat(aa):
     return R.reshape(*lead, 3, 3)
 
 
-@lru_cache(maxsize=16)
-def _tree_plan(parents):
-    """Schedule for composing rotations down a kinematic tree rooted at joint 0.
-
-    Returns (order, levels, inverse): ``order`` lists the joints by depth (root first);
-    ``levels`` holds, per depth >= 1, (start, end, parent_sel), the depth's joints being
-    order[start:end] and parent_sel selecting their parents inside the previous depth's
-    block, either ('slice', a, b) (a contiguous run, or one shared parent that broadcasts)
-    or ('index', positions); ``inverse`` undoes ``order`` (None when order is 0..J-1).
-    """
-    num = len(parents)
-    depth = [None] * num
-    depth[0] = 0
-
-    def resolve(j, seen):
-        if depth[j] is not None:
-            return depth[j]
-        p = parents[j]
-        if not 0 <= p < num or p == j or j in seen:
-            raise ValueError(f'invalid kinematic tree: joint {j} has parent {p} '
-                             f'(parents={list(parents)})')
-        seen.add(j)
-        depth[j] = resolve(p, seen) + 1
-        return depth[j]
-
-    for j in range(1, num):
-        resolve(j, set())
-    order = [0]
-    levels = []
-    prev = [0]
-    for d in range(1, max(depth) + 1):
-        joints = [j for j in range(num) if depth[j] == d]
-        where_prev = {j: i for i, j in enumerate(prev)}
-        pos = [where_prev[parents[j]] for j in joints]
-        if len(set(pos)) == 1:
-            sel = ('slice', pos[0], pos[0] + 1)
-        elif pos == list(range(pos[0], pos[0] + len(pos))):
-            sel = ('slice', pos[0], pos[0] + len(pos))
-        else:
-            sel = ('index', tuple(pos))
-        levels.append((len(order), len(order) + len(joints), sel))
-        order.extend(joints)
-        prev = joints
-    inverse = None
-    if order != list(range(num)):
-        inverse = [0] * num
-        for position, joint in enumerate(order):
-            inverse[joint] = position
-        inverse = tuple(inverse)
-    return tuple(order), tuple(levels), inverse
-
-
-@lru_cache(maxsize=64)
-def _index(values, device):
-    """Cached int64 index tensor on ``device`` (no host-to-device copy per call)."""
-    return torch.tensor(values, dtype=torch.long, device=device)
-
-
-def _parents_tuple(parents, num_joints):
-    parents = tuple(int(p) for p in parents)
-    if len(parents) != num_joints:
-        raise ValueError(f'parents has {len(parents)} entries for {num_joints} joints')
-    return parents
-
-
 def global_to_relative(R_global, parents):
-    """Global -> parent-relative rotations (MODEL.md §5.5).
+    """Global -> parent-relative rotations (docs/METHOD.md, "Network").
 
     R_global (..., J, 3, 3), parents: J ints (entry 0, the root, is ignored).
     R_rel_0 = R_g_0, R_rel_j = R_g_parent(j)^T R_g_j. One batched matmul over all children;
-    under autocast it runs in half precision, as the original's products do (MODEL.md §10.14).
+    under autocast it runs in half precision, as the original's products do.
     """
-    parents = _parents_tuple(parents, R_global.shape[-3])
-    _tree_plan(parents)  # validates the tree
-    parent_rot = R_global.index_select(-3, _index(parents[1:], R_global.device))
-    rel_children = parent_rot.transpose(-1, -2) @ R_global[..., 1:, :, :]
-    return torch.cat((R_global[..., :1, :, :], rel_children), dim=-3)
+    return relative_rotations(R_global, parents)
 
 
 def relative_to_global(R_rel, parents):
@@ -401,22 +316,16 @@ def relative_to_global(R_rel, parents):
     R_rel (..., J, 3, 3), parents: J ints (entry 0 ignored). One batched matmul per tree
     depth (8 for SMPL), each product G_parent @ R_j associated as in the per-joint loop;
     no in-place writes, so autograd is safe. Under autocast the products run in half
-    precision, as in the original's GT accumulation (MODEL.md §10.14).
+    precision, as in the original's ground-truth accumulation.
     """
-    parents = _parents_tuple(parents, R_rel.shape[-3])
-    order, levels, inverse = _tree_plan(parents)
-    device = R_rel.device
-    R = R_rel if inverse is None else R_rel.index_select(-3, _index(order, device))
-    blocks = [R[..., :1, :, :]]
-    for start, end, sel in levels:
-        prev = blocks[-1]
-        if sel[0] == 'slice':
-            parent_rot = prev[..., sel[1]:sel[2], :, :]  # a single parent broadcasts
-        else:
-            parent_rot = prev.index_select(-3, _index(sel[1], device))
-        blocks.append(parent_rot @ R[..., start:end, :, :])
-    out = torch.cat(blocks, dim=-3)
-    return out if inverse is None else out.index_select(-3, _index(inverse, device))
+    return global_rotations(R_rel, parents)
+
+
+def _parents_tuple(parents, num_joints):
+    parents = tuple(int(p) for p in parents)
+    if len(parents) != num_joints:
+        raise ValueError(f'parents has {len(parents)} entries for {num_joints} joints')
+    return parents
 
 
 def global_to_relative_loop(R_global, parents):
@@ -431,8 +340,7 @@ def global_to_relative_loop(R_global, parents):
 def relative_to_global_loop(R_rel, parents):
     """Per-joint reference implementation of ``relative_to_global`` (for tests)."""
     parents = _parents_tuple(parents, R_rel.shape[-3])
-    order, _, _ = _tree_plan(parents)
     out = {0: R_rel[..., 0, :, :]}
-    for j in order[1:]:
+    for j in tree_plan(parents).order[1:]:
         out[j] = out[parents[j]] @ R_rel[..., j, :, :]
     return torch.stack([out[j] for j in range(len(parents))], dim=-3)
