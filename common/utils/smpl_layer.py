@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.utils.kinematics import forward_kinematics, skinning_transforms
+
 from main.config import cfg
 
 GENDERS = ('neutral', 'male', 'female')
@@ -243,18 +245,6 @@ def quat_axis_angle_to_rotmat(axis_angle):
     return torch.stack(rows, dim=-1).reshape(axis_angle.shape[:-1] + (3, 3))
 
 
-def _depth_levels(parents):
-    """Joints grouped by tree depth (root excluded), each group with its parents' indices."""
-    depth = [0] * len(parents)
-    for joint in range(1, len(parents)):
-        depth[joint] = depth[parents[joint]] + 1
-    levels = []
-    for level in range(1, max(depth) + 1):
-        joints = [j for j in range(1, len(parents)) if depth[j] == level]
-        levels.append((joints, [parents[j] for j in joints]))
-    return levels
-
-
 class SMPLLayer(nn.Module):
     """SMPL with smplpytorch's ``SMPL_Layer`` semantics: ``(pose, betas, trans) -> (verts, joints)``.
 
@@ -283,7 +273,6 @@ class SMPLLayer(nn.Module):
         self.kintree_parents = [int(p) for p in model['kintree_table'][0]]
         self.num_joints = NUM_JOINTS
         self.center_idx = None
-        self._levels = _depth_levels(self.kintree_parents)
 
     def forward(self, pose_axisang, betas=None, trans=None):
         """pose_axisang (B,72) axis-angle, betas (B,10), trans (B,3) metres.
@@ -314,8 +303,7 @@ class SMPLLayer(nn.Module):
 
         global_rot, global_pos = self._forward_kinematics(rotmats, joints_rest)
         # Skinning transforms map rest-pose points: x -> R_g x + (t_g - R_g J_rest).
-        skin_trans = global_pos - torch.einsum('bkij,bkj->bki', global_rot, joints_rest)
-        skin = torch.cat([global_rot.reshape(batch, NUM_JOINTS, 9), skin_trans], dim=-1)
+        skin = skinning_transforms(global_rot, global_pos, joints_rest)
         per_vertex = torch.matmul(weights, skin)  # (B,6890,12): blended [R | t] per vertex
         verts = torch.einsum('bvij,bvj->bvi', per_vertex[..., :9].reshape(batch, -1, 3, 3), v_posed)
         verts = verts + per_vertex[..., 9:]
@@ -325,15 +313,4 @@ class SMPLLayer(nn.Module):
 
     def _forward_kinematics(self, rotmats, joints_rest):
         """Global rotations (B,24,3,3) and joint positions (B,24,3), composed per tree depth."""
-        rot = [None] * NUM_JOINTS
-        pos = [None] * NUM_JOINTS
-        rot[0], pos[0] = rotmats[:, 0], joints_rest[:, 0]
-        for joints, parents in self._levels:
-            parent_rot = torch.stack([rot[p] for p in parents], dim=1)
-            parent_pos = torch.stack([pos[p] for p in parents], dim=1)
-            offset = joints_rest[:, joints] - joints_rest[:, parents]
-            level_rot = torch.matmul(parent_rot, rotmats[:, joints])
-            level_pos = torch.einsum('bkij,bkj->bki', parent_rot, offset) + parent_pos
-            for i, joint in enumerate(joints):
-                rot[joint], pos[joint] = level_rot[:, i], level_pos[:, i]
-        return torch.stack(rot, dim=1), torch.stack(pos, dim=1)
+        return forward_kinematics(rotmats, joints_rest, self.kintree_parents)
