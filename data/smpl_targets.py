@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from common.utils.kinematics import forward_kinematics, skinning_transforms
 from common.utils.joints import SMPL_POSE_FLIP_PAIRS, SMPL_POSE_JOINT_NUM, flip_rows
 from common.utils.preprocessing import apply_affine, in_bounds_mask, normalise_depth, to_heatmap_xy
 from common.utils.smpl_layer import quat_axis_angle_to_rotmat
@@ -152,15 +153,8 @@ class NeutralSmplEvaluator:
 
     def _global_transforms(self, rotmats, joints_rest):
         """Per-joint skinning transforms (24, 12): global rotation (9) and translation (3)."""
-        global_rot = np.empty_like(rotmats)
-        global_pos = np.empty_like(joints_rest)
-        global_rot[0], global_pos[0] = rotmats[0], joints_rest[0]
-        for joint in range(1, len(self.parents)):
-            parent = self.parents[joint]
-            global_rot[joint] = global_rot[parent] @ rotmats[joint]
-            global_pos[joint] = global_rot[parent] @ (joints_rest[joint] - joints_rest[parent]) + global_pos[parent]
-        skin_trans = global_pos - np.einsum('kij,kj->ki', global_rot, joints_rest)
-        return np.concatenate([global_rot.reshape(-1, 9), skin_trans], axis=1)
+        global_rot, global_pos = forward_kinematics(rotmats, joints_rest, self.parents)
+        return skinning_transforms(global_rot, global_pos, joints_rest)
 
     def _skin(self, subset, rotmats, joints_rest, betas):
         """Posed vertices (len(subset.vertex_ids), 3) without translation."""
