@@ -1,4 +1,4 @@
-"""The synthetic data tree (tool/make_synthetic_data.py): DATA.md §1.9 constraints, determinism, helpers."""
+"""The synthetic data tree (tool/make_synthetic_data.py): format constraints, determinism, helpers."""
 import json
 import subprocess
 import sys
@@ -19,7 +19,7 @@ def read(path):
 
 
 def check_coco_style(path):
-    """§1: images/annotations lists, unique ids, valid image_id, category_id if categories exist."""
+    """COCO-style files: images/annotations lists, unique ids, valid image_id, category_id if categories exist."""
     content = read(path)
     assert isinstance(content['images'], list) and isinstance(content['annotations'], list), path
     image_ids = [img['id'] for img in content['images']]
@@ -46,14 +46,14 @@ def check_image(path, width, height):
 
 
 def sanitised_area(bbox, width, height):
-    """w * h of the box after DATA.md §4.2 step 1 (0 when it would be dropped)."""
+    """w * h of the box after sanitising (0 when it would be dropped)."""
     x, y, w, h = bbox
     x1, y1 = max(0, x), max(0, y)
     x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
     return (x2 - x1) * (y2 - y1) if w * h > 0 and x2 >= x1 and y2 >= y1 else 0.0
 
 
-# ----------------------------------------------------------------------------------- §1.9
+# ------------------------------------------------------------------ format constraints
 def test_regressors_copied_into_place(synthetic_data_root, synthetic_smpl_dir):
     for name, dest, rows in (('J_regressor_extra.npy', 'J_regressor_extra.npy', None),
                              ('J_regressor_h36m_correct.npy', 'Human36M/J_regressor_h36m_correct.npy', 17),
@@ -205,7 +205,7 @@ def test_pw3d_images_show_the_annotated_people(synthetic_data_root):
 
 # ---------------------------------------------------------------------------- determinism
 def test_same_seed_gives_byte_identical_files(synthetic_data_root, synthetic_smpl_dir, tmp_path):
-    """The CLI with the same seed reproduces the session tree's 3DPW files byte for byte."""
+    """The CLI with the same seed reproduces the shared fixture tree's 3DPW files byte for byte."""
     out = tmp_path / 'again'
     subprocess.run([sys.executable, str(ROOT_DIR / 'tool' / 'make_synthetic_data.py'), '--root', str(out),
                     '--smpl', str(synthetic_smpl_dir), '--seed', '0', '--datasets', 'PW3D'],

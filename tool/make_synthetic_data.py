@@ -1,4 +1,5 @@
-"""Write a small synthetic data tree in the real on-disk formats of DATA.md §1 (constraints §1.9).
+"""Write a small synthetic data tree in the real on-disk formats
+(docs/METHOD.md, "Data on disk").
 
     python tool/make_synthetic_data.py --root DIR --smpl DIR [--seed N] [--datasets PW3D,MSCOCO]
 

@@ -72,7 +72,7 @@ class PW3D(SeededDataset):
         self.pose_fallback_aids = []
         self.skipped_boxes = 0
         self.datalist = self.load_data()
-        self._report_load_issues()
+        self._warn_about_skipped_people()
 
     # ------------------------------------------------------------------------ loading
     def annotation_path(self):
@@ -197,7 +197,7 @@ class PW3D(SeededDataset):
             return None
         return bbox
 
-    def _report_load_issues(self):
+    def _warn_about_skipped_people(self):
         if self.pose_fallback_aids:
             warnings.warn(
                 f"PW3D ({self.data_split}): {len(self.pose_fallback_aids)} of {len(self.datalist)} persons have no "
