@@ -2,8 +2,8 @@
 
 The reader (``load_smpl_model``) parses ``basicModel_*_lbs_10_207_0_v1.0.0.pkl`` without
 chumpy or a Python-2 runtime and caches the arrays per file.  ``SMPLLayer`` reproduces the
-forward pass of smplpytorch's ``SMPL_Layer`` (MODEL.md §3) with the same buffer names, so the
-released SGRE checkpoints load into it.
+forward pass of smplpytorch's ``SMPL_Layer`` (docs/METHOD.md, "Body model") with the same
+buffer names, so the released SGRE checkpoints load into it.
 """
 import os
 import pickle
@@ -16,8 +16,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.utils.kinematics import forward_kinematics, skinning_transforms
-
-from main.config import cfg
 
 GENDERS = ('neutral', 'male', 'female')
 SMPL_MODEL_FILES = {
@@ -40,7 +38,8 @@ SMPL_FIELD_SHAPES = {
 }
 SYNTHETIC_HINT = ('For tests and a quick start without the real files, '
                   '`python tool/make_synthetic_smpl.py --out DIR` writes a synthetic stand-in '
-                  'body model (set cfg.smpl_model_dir and cfg.data_dir to DIR).')
+                  'body model (use DIR as the body-model folder and the data root: cfg.smpl_model_dir '
+                  'and cfg.data_dir).')
 
 
 class SMPLFileError(FileNotFoundError):
@@ -51,11 +50,11 @@ class SMPLFormatError(ValueError):
     """A body-model file has a missing field or a field of the wrong shape."""
 
 
-def smpl_model_path(gender='neutral', model_dir=None):
-    """Path of the official pkl of ``gender`` inside ``model_dir`` (default ``cfg.smpl_model_dir``)."""
+def smpl_model_path(gender, model_dir):
+    """Path of the official pkl of ``gender`` inside the body-model folder ``model_dir``."""
     if gender not in SMPL_MODEL_FILES:
         raise ValueError(f"Unknown SMPL gender '{gender}'; expected one of {GENDERS}.")
-    return Path(model_dir if model_dir is not None else cfg.smpl_model_dir) / SMPL_MODEL_FILES[gender]
+    return Path(model_dir) / SMPL_MODEL_FILES[gender]
 
 
 def missing_model_message(path):
@@ -254,7 +253,7 @@ class SMPLLayer(nn.Module):
     ``kintree_parents`` is the first row of ``kintree_table`` (root entry 4294967295, unused).
     """
 
-    def __init__(self, gender='neutral', model_dir=None):
+    def __init__(self, gender, model_dir):
         super().__init__()
         self.gender = gender
         self.model_path = smpl_model_path(gender, model_dir)
