@@ -6,7 +6,6 @@ pictures) reads only that record, so a DataLoader worker gets its options with t
 dataset it unpickles.  ``resolve_data_options`` is the one place where a dataset
 constructor falls back to the run configuration.
 """
-import inspect
 import zlib
 
 import numpy as np
@@ -25,8 +24,6 @@ def resolve_data_options(options=None):
 
 def body_model(options):
     """The shared ``common.utils.smpl.SMPL`` wrapper of ``options.body_model``."""
-    if not inspect.signature(get_smpl).parameters:   # TEMPORARY until get_smpl takes BodyModelPaths
-        return get_smpl()
     return get_smpl(options.body_model)
 
 

@@ -169,7 +169,7 @@ def test_mpii_files_follow_the_real_format(data_cfg):
 @pytest.mark.parametrize('dataset', ['MSCOCO', 'MPII'])
 def test_keypoints_are_projected_fit_joints_on_the_rendered_mannequin(data_cfg, dataset):
     from common.utils.smpl import get_smpl
-    smpl = get_smpl()
+    smpl = get_smpl(data_cfg.body_model_paths())
     root = Path(data_cfg.data_dir)
     train, fits = coco_files(root)[:2] if dataset == 'MSCOCO' else mpii_files(root)
     for im in train['images']:
@@ -340,7 +340,7 @@ def _flip_state(sample, entry, img_width):
 def test_crops_flips_and_gt_joints_land_on_the_mannequin(seeded, name):
     """Crop maps, flips, and GT joints on the rendered person; fit joints agree with GT keypoints."""
     from common.utils.smpl import get_smpl
-    smpl = get_smpl()
+    smpl = get_smpl(seeded.body_model_paths())
     seeded.color_factor = 0.0     # exact crops to compare with
     cls, src_names, src_to_smpl = ((MSCOCO, COCO18, COCO18_TO_SMPL) if name == 'MSCOCO'
                                    else (MPII, MPII16, MPII_TO_SMPL))

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from main.config import ROOT_DIR
+from main.config import ROOT_DIR, cfg
 
 H36M_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
 CROWD = ('courtyard_hug_00', 'courtyard_dancing_00')
@@ -242,7 +242,7 @@ def test_common_helpers_pose_camera_and_placement(smpl_cfg):
     from common.utils.transforms import cam2pixel
     from tool.synthetic import common
     rng = np.random.default_rng(3)
-    smpl = get_smpl()
+    smpl = get_smpl(cfg.body_model_paths())
     pose, betas = common.random_pose(rng), common.random_betas(rng)
     assert pose.shape == (72,) and betas.shape == (10,) and np.abs(betas).max() <= 1
     verts, joints = common.smpl_forward(smpl, pose[None], betas[None], gender='female')
@@ -263,7 +263,7 @@ def test_common_helpers_pose_camera_and_placement(smpl_cfg):
 def test_render_people_and_io(smpl_cfg, tmp_path):
     from common.utils.smpl import get_smpl
     from tool.synthetic import common
-    smpl = get_smpl()
+    smpl = get_smpl(cfg.body_model_paths())
     rng = np.random.default_rng(0)
     verts, _ = common.smpl_forward(smpl, common.random_pose(rng)[None], np.zeros((1, 10)))
     focal, princpt = np.array([300.0, 300.0]), np.array([80.0, 60.0])
