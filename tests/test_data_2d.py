@@ -440,6 +440,7 @@ def test_seeded_samples_repeat_and_change_with_the_epoch(seeded):
     assert any(not np.array_equal(a, b) for a, b in zip(flat(first[idx]), flat(second[idx])))
 
 
+@pytest.mark.slow
 def test_seeded_batches_do_not_depend_on_workers(seeded):
     ds = MPII(ToTensor(), 'train')
     batches = []

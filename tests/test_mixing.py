@@ -128,6 +128,7 @@ def _collect(dataset, workers):
             torch.cat([b['draw'] for b in batches]))
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples_for_0_and_2_workers():
     cfg.seed = 5
     mix = MultipleDatasets([Numbered(3, 0), Numbered(7, 1)], make_same_len=True)

@@ -85,6 +85,7 @@ def classify(out, joints, near, levels, j):
     return 'inversion' if nearest == 'I' else 'swap'
 
 
+@pytest.mark.slow
 def test_error_type_frequencies():
     joints, near = spread_pose()
     tight_bbox = [0, 0, 40, 40]         # A = 1600 px²: d10 <= 18.4 px << 50 px spacing

@@ -204,6 +204,7 @@ def test_pw3d_images_show_the_annotated_people(synthetic_data_root):
 
 
 # ---------------------------------------------------------------------------- determinism
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files(synthetic_data_root, synthetic_smpl_dir, tmp_path):
     """The CLI with the same seed reproduces the shared fixture tree's 3DPW files byte for byte."""
     out = tmp_path / 'again'
@@ -217,6 +218,7 @@ def test_same_seed_gives_byte_identical_files(synthetic_data_root, synthetic_smp
         assert (out / rel).read_bytes() == (synthetic_data_root / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 def test_other_seed_gives_other_annotations(synthetic_data_root, synthetic_smpl_dir, tmp_path, monkeypatch):
     """A different seed changes the annotations (images skipped to stay fast)."""
     from tool.make_synthetic_data import make_synthetic_data
