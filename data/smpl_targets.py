@@ -108,7 +108,7 @@ class NeutralSmplEvaluator:
     joints), which read only the few hundred vertices in the regressors' support, so
     only those vertices are skinned unless the full mesh is asked for.  Same numbers
     as ``Reg30 @ layer(pose, shape, trans)`` up to float rounding (checked in
-    tests/test_train_pipeline.py against smplpytorch and against the full mesh).
+    tests/test_sample_steps.py against smplpytorch and against the full mesh).
 
     The vertex-sized products use ``np.einsum`` (single-threaded C loops), not BLAS:
     OpenBLAS threads products of this size, and in a data-loader process on a busy

@@ -107,7 +107,7 @@ def smplpytorch_mesh(layers, param):
 
 
 # --------------------------------------------------------------------------------- loading
-def test_sample_layout_matches_section_3_8(pw3d, synthetic_data_root):
+def test_sample_layout_and_input_pose_crop(pw3d, synthetic_data_root):
     import torchvision
     dataset = pw3d(transform=torchvision.transforms.ToTensor())
     db = load_json(synthetic_data_root, '3DPW_latest_test.json')
