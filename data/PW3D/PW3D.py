@@ -32,6 +32,7 @@ from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, 
 from common.utils.transforms import cam2pixel, denorm_joints
 from data.annotations import load_h36m_regressor, read_coco, read_json
 from data.dataset import SeededDataset, body_model, resolve_data_options
+from data.sample_steps import input_image
 
 CROWD_SEQUENCES = ('courtyard_hug_00', 'courtyard_dancing_00')
 POSE_SCORE_THR = 0.05
@@ -245,11 +246,8 @@ class PW3D(SeededDataset):
         return inputs, targets, meta_info
 
     def _to_tensor(self, patch):
-        """(H,W,3) float32 0..255 -> (3,H,W) float32 tensor in [0,1]."""
-        patch = patch.astype(np.float32)
-        if self.transform is None:
-            return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))) / 255.
-        return self.transform(patch) / 255.
+        """(H,W,3) float32 0..255 -> (3,H,W) float32 tensor in [0,1] (a tensor even without a transform)."""
+        return torch.as_tensor(input_image(patch, self.transform))
 
     # ----------------------------------------------------------------------- evaluation
     def evaluate(self, outs, cur_sample_idx):
