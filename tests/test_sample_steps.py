@@ -19,7 +19,6 @@ from data import annotations, sample_steps, smpl_targets
 from data.dataset import body_model
 from data.sample_steps import CropState, Neighbours, SynthesisSpec
 from data.smpl_targets import SmplFit
-from main.config import cfg
 
 GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2.0,
                            camera_3d_size=2.5, focal=(5000.0, 5000.0), sigma=2.5)

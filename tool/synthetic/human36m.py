@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from tool.synthetic.common import (load_h36m_regressor, random_betas, random_camera, random_pose, render_people,
+from data.annotations import load_h36m_regressor
+from tool.synthetic.common import (random_betas, random_camera, random_pose, render_people,
                                    smpl_forward, tight_bbox, write_jpeg, write_json, wrong_fit)
 
 IMG_WIDTH, IMG_HEIGHT = 320, 288

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from common.utils.joints import H36M17, MUCO21
-from tool.synthetic.common import (load_h36m_regressor, project, random_betas, random_camera, random_pose,
+from data.annotations import load_h36m_regressor
+from tool.synthetic.common import (project, random_betas, random_camera, random_pose,
                                    render_people, smpl_forward, tight_bbox, write_jpeg, write_json, wrong_fit)
 
 # MuCo joints that are not H36M joints of the same name: (source set, joint name there)
