@@ -220,7 +220,8 @@ def _propose_miss(rng, cands, d50, d10):
     for index, survivors in enumerate(kept[1:], start=1):
         if len(survivors) // 4 > 0:
             pool.append((rings, index, survivors[rng.integers(len(survivors), size=len(survivors) // 4)]))
-    # A pool of only subsampled-away survivors is empty: treated as unavailable (a fix; docs/METHOD.md, "Differences from the original").
+    # A pool of only subsampled-away survivors is empty: treated as unavailable (a fix;
+    # docs/METHOD.md, "Differences from the original").
     return _pick(rng, pool)
 
 

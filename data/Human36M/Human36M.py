@@ -20,7 +20,8 @@ import numpy as np
 
 from common.utils.joints import COCO17, H36M17, H36M_EVAL_JOINTS, SMPL30, transfer_joints
 from common.utils.metrics import joint_error, regress_joints
-from common.utils.preprocessing import crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img, process_bbox
+from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
+                                        process_bbox)
 from common.utils.transforms import cam2pixel, world2cam
 from data.annotations import coco_index, parse_smpl_param, read_json
 from data.dataset import resolve_data_options

@@ -11,8 +11,8 @@ Several gendered people per image, rendered with the gendered meshes.  Detection
 projected SMPL-30 joints with pixel noise, low-confidence and undetected joints.  Special
 cases exercise the loader:
 
-* test split: one person whose only confident OpenPose joints coincide (docs/METHOD.md, "Differences from the original": the
-  loader falls back to the annotation box);
+* test split: one person whose only confident OpenPose joints coincide (the loader falls back
+  to the annotation box; docs/METHOD.md, "Differences from the original");
 * validation (crowd) split: kept sequences ``courtyard_hug_00``/``courtyard_dancing_00`` plus
   sequences the crowd filter must drop; one kept annotation without a HigherHRNet entry
   (OpenPose fallback).
@@ -109,7 +109,8 @@ def _write_split(root, smpl, rng, split, ann_id_start=0):
                                                   conf_threshold=SCORE_THRESHOLD)
                     hhrnet[str(ann_id)] = {'coco_joints': coco, 'img_id': image_id}
                 if split == 'test':
-                    rootnet.append({'ann_id': ann_id, 'bbox': process_bbox(bbox, width, height, is_3dpw_test=True, aspect_ratio=1.0).astype(np.float64),
+                    box = process_bbox(bbox, width, height, is_3dpw_test=True, aspect_ratio=1.0)
+                    rootnet.append({'ann_id': ann_id, 'bbox': box.astype(np.float64),
                                     'root_cam': joints30[0] * 1000 + rng.normal(0, 30, size=3)})
                 ann_id += 1
             img = common.render_people(width, height, meshes, smpl.face, focal, princpt, rng)
