@@ -75,10 +75,6 @@ class TrainDataset(SeededDataset):
         return self.joint_set.names
 
     @property
-    def flip_pairs(self):
-        return self.joint_set.flip_pairs
-
-    @property
     def synthesis(self):
         """This dataset's ``SynthesisSpec``."""
         return SynthesisSpec(self.joint_set.names, self.synth_joints_name, self.synth_shared_idx,
