@@ -113,19 +113,6 @@ def wrong_fit(pose, rng, joints=(1, 2, 4, 5, 16, 17, 18, 19), bend=0.7):
     return bad.reshape(72)
 
 
-# ----------------------------------------------------------------------------- regressors
-H36M_REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
-
-
-def load_h36m_regressor(root):
-    """(17, 6890) float64 H36M joint regressor from ``root/Human36M`` (placed there by the orchestrator)."""
-    path = Path(root) / 'Human36M' / H36M_REGRESSOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; tool/make_synthetic_data.py copies it from the "
-                                "synthetic body-model folder before calling this writer.")
-    return np.load(path).astype(np.float64)
-
-
 # ----------------------------------------------------------------------------- camera and placement
 def random_camera(rng, width, height, focal_range=(0.9, 1.3)):
     """Pinhole camera for a ``width`` x ``height`` image.
