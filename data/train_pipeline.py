@@ -334,7 +334,8 @@ def load_crop(img_path, bbox, data_split, rng, transform=None):
     bb2img (2, 3) float32, rot (degrees), do_flip (bool)).
     """
     image = load_img(img_path)
-    patch, img2bb, bb2img, rot, do_flip = augmentation(image, bbox, data_split, rng)
+    augment = cfg.augment_options() if data_split == 'train' else None
+    patch, img2bb, bb2img, rot, do_flip = augmentation(image, bbox, cfg.input_img_shape, augment, rng)
     patch = np.ascontiguousarray(patch, dtype=np.float32)
     if transform is not None:
         img = transform(patch) / 255.0
@@ -380,7 +381,7 @@ def process_gt_joints(joint_img, joint_valid, joints_name, flip_pairs, img2bb, d
     joint_hm = to_heatmap_xy(crop_joints)
     if is_3d:
         joint_hm[:, 2] = normalise_depth(joint_img[:, 2] - joint_img[root_joint_idx, 2], 1000)
-    joint_trunc = joint_valid * in_bounds_mask(joint_hm, check_depth=is_3d)
+    joint_trunc = joint_valid * in_bounds_mask(joint_hm, cfg.output_hm_shape, check_depth=is_3d)
 
     if is_3d:
         cam_rotated = joint_cam @ rotation_z(rot).T
@@ -690,7 +691,7 @@ def smpl_fit_targets(smpl_param, cam_param, variant, do_flip, img_width, img2bb,
     joint_img[:, :2] = apply_affine(joint_img[:, :2], img2bb)
     joint_img = to_heatmap_xy(joint_img)
     joint_img[:, 2] = normalise_depth(joints[:, 2] - joints[root_idx, 2], unit_scale)
-    joint_trunc = in_bounds_mask(joint_img, check_depth=True)
+    joint_trunc = in_bounds_mask(joint_img, cfg.output_hm_shape, check_depth=True)
 
     joint_cam = (joints - joints[root_idx]) @ rotation_z(rot).T.astype(np.float64) / unit_scale
     return {

@@ -1,4 +1,5 @@
-"""Image loading, boxes, crops, augmentation parameters, IoU and occlusion (DATA.md §4, §10)."""
+"""Image loading, boxes, crops, augmentation parameters, IoU and occlusion (docs/METHOD.md,
+"Images, boxes and crops")."""
 import math
 import xml.etree.ElementTree as ET
 
@@ -8,9 +9,14 @@ import pytest
 
 from common.utils import occlusion
 from common.utils.preprocessing import (
-    apply_affine, augmentation, compute_iou, flip_img_joints, flip_x, gen_trans_from_patch_cv,
-    generate_patch_image, get_aug_config, get_bbox, in_bounds_mask, load_img, process_bbox, sanitize_bbox)
-from main.config import cfg
+    TestCrop, apply_affine, augmentation, compute_iou, crop_for_test, flip_img_joints, flip_x,
+    gen_trans_from_patch_cv, generate_patch_image, get_aug_config, get_bbox, in_bounds_mask, input_aspect_ratio,
+    load_img, process_bbox, sanitize_bbox)
+from common.options import AugmentOptions, GeometryOptions
+
+GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2.0,
+                           camera_3d_size=2.5, focal=(5000.0, 5000.0), sigma=2.5)
+SGRE_AUGMENT = AugmentOptions(scale_factor=0.0, rot_factor=0.0, color_factor=0.2, use_occlusion=False, voc_dir=None)
 
 
 def to3x3(affine):
@@ -84,8 +90,9 @@ def test_process_bbox_shift_quirk_and_tall_box():
     centre = (100 + 20 / 2, 100 + 80 / 2)
     np.testing.assert_allclose(box, [centre[0] - 50, centre[1] - 50, 100, 100], atol=1e-5)
     # Other input aspect ratio (W/H = 0.75): a square box becomes taller.
-    cfg.input_img_shape = (256, 192)
-    box = process_bbox([0, 0, 61, 61], 640, 480)
+    portrait = GeometryOptions((256, 192), (64, 64, 48), 2.0, 2.5, (5000.0, 5000.0), 2.5)
+    assert input_aspect_ratio(portrait) == 0.75
+    box = process_bbox([0, 0, 61, 61], 640, 480, aspect_ratio=input_aspect_ratio(portrait))
     np.testing.assert_allclose(box[2:], [60 * 1.25, 80 * 1.25], atol=1e-5)
     np.testing.assert_allclose(box[:2] + box[2:] / 2, [30, 30], atol=1e-5)
 
@@ -115,7 +122,7 @@ def test_compute_iou_hand_cases():
 
 # ------------------------------------------------------------------------ crop maps
 def closed_form_img2bb(bbox, scale, rot_deg, out_hw, centre_x=None):
-    """T(p) = diag(Wo/ws, Ho/hs) Rot(-phi) (p - c) + (Wo/2, Ho/2), as 3x3 (DATA.md §4.4)."""
+    """T(p) = diag(Wo/ws, Ho/hs) Rot(-phi) (p - c) + (Wo/2, Ho/2), as 3x3 (the crop's defining map)."""
     x, y, w, h = bbox
     c = np.array([x + w / 2 if centre_x is None else centre_x, y + h / 2])
     phi = math.radians(rot_deg)
@@ -178,8 +185,11 @@ def test_flip_helpers():
 
 def test_in_bounds_mask():
     pts = np.array([[0, 0, 0], [63.9, 63.9, 63.9], [64, 10, 10], [-0.1, 5, 5], [5, 5, 64]], np.float32)
-    assert in_bounds_mask(pts).ravel().tolist() == [1, 1, 0, 0, 1]
-    assert in_bounds_mask(pts, check_depth=True).ravel().tolist() == [1, 1, 0, 0, 0]
+    assert in_bounds_mask(pts, (64, 64, 64)).ravel().tolist() == [1, 1, 0, 0, 1]
+    assert in_bounds_mask(pts, (64, 64, 64), check_depth=True).ravel().tolist() == [1, 1, 0, 0, 0]
+    # The shape is (D, H, W): x is checked against W, y against H.
+    assert in_bounds_mask(np.array([[40.0, 20.0]]), (64, 32, 48)).ravel().tolist() == [1]
+    assert in_bounds_mask(np.array([[20.0, 40.0]]), (64, 32, 48)).ravel().tolist() == [0]
 
 
 # --------------------------------------------------------------------- augmentation
@@ -187,7 +197,8 @@ def test_get_aug_config_draw_order_and_formula():
     seed = 123
     for _ in range(20):
         seed += 1
-        scale, rot, color, flip = get_aug_config(np.random.default_rng(seed), 0.25, 30, 0.2)
+        scale, rot, color, flip = get_aug_config(np.random.default_rng(seed),
+                                                   AugmentOptions(0.25, 30, 0.2, False, None))
         ref = np.random.default_rng(seed)
         exp_scale = 1 + 0.25 * min(max(ref.standard_normal(), -1), 1)
         exp_rot = 30 * min(max(ref.standard_normal(), -2), 2) if ref.random() <= 0.6 else 0.0
@@ -200,7 +211,7 @@ def test_get_aug_config_draw_order_and_formula():
 
 def test_get_aug_config_sgre_defaults():
     rng = np.random.default_rng(0)
-    draws = [get_aug_config(rng) for _ in range(2000)]
+    draws = [get_aug_config(rng, SGRE_AUGMENT) for _ in range(2000)]
     assert all(d[0] == 1.0 and d[1] == 0.0 for d in draws)
     colors = np.array([d[2] for d in draws])
     assert colors.min() >= 0.8 and colors.max() < 1.2
@@ -211,20 +222,20 @@ def test_augmentation_train_and_test_split():
     rng = np.random.default_rng(5)
     img = rng.uniform(0, 255, (40, 50, 3)).astype(np.float32)
     bbox = process_bbox([5, 5, 30, 30], 50, 40)
-    patch, img2bb, bb2img, rot, flip = augmentation(img, bbox, 'test', None)
+    patch, img2bb, bb2img, rot, flip = augmentation(img, bbox, (256, 256))
     ref_patch, ref_img2bb, _ = generate_patch_image(img, bbox, 1.0, 0.0, False, (256, 256))
     assert rot == 0 and flip is False
     np.testing.assert_array_equal(patch, ref_patch)
     np.testing.assert_array_equal(img2bb, ref_img2bb)
-    out1 = augmentation(img, bbox, 'train', np.random.default_rng(9))
-    out2 = augmentation(img, bbox, 'train', np.random.default_rng(9))
+    out1 = augmentation(img, bbox, (256, 256), SGRE_AUGMENT, np.random.default_rng(9))
+    out2 = augmentation(img, bbox, (256, 256), SGRE_AUGMENT, np.random.default_rng(9))
     np.testing.assert_array_equal(out1[0], out2[0])
-    _, _, color, do_flip = get_aug_config(np.random.default_rng(9))
+    _, _, color, do_flip = get_aug_config(np.random.default_rng(9), SGRE_AUGMENT)
     crop = generate_patch_image(img, bbox, 1.0, 0.0, do_flip, (256, 256))[0]
     np.testing.assert_allclose(out1[0], np.clip(crop * color, 0, 255), rtol=1e-6)
     assert out1[4] == do_flip
     with pytest.raises(ValueError, match='rng'):
-        augmentation(img, bbox, 'train', None)
+        augmentation(img, bbox, (256, 256), SGRE_AUGMENT, None)
 
 
 # ------------------------------------------------------------------------ occlusion
@@ -237,15 +248,14 @@ def test_voc_palette_known_colours():
 def test_occlusion_needs_voc_dir(tmp_path):
     img = np.zeros((40, 40, 3), np.float32)
     bbox = np.array([0, 0, 40, 40], np.float32)
-    cfg.use_occlusion = True
-    cfg.voc_dir = None
+    unset = AugmentOptions(0.0, 0.0, 0.2, use_occlusion=True, voc_dir=None)
     with pytest.raises(ValueError, match='voc_dir'):
-        augmentation(img, bbox, 'train', np.random.default_rng(0))
-    cfg.voc_dir = str(tmp_path / 'VOC2012')
+        augmentation(img, bbox, (256, 256), unset, np.random.default_rng(0))
+    missing = AugmentOptions(0.0, 0.0, 0.2, use_occlusion=True, voc_dir=str(tmp_path / 'VOC2012'))
     with pytest.raises(FileNotFoundError, match='Annotations'):
-        augmentation(img, bbox, 'train', np.random.default_rng(0))
-    # The test split never occludes, so it needs no VOC folder.
-    augmentation(img, bbox, 'test', None)
+        augmentation(img, bbox, (256, 256), missing, np.random.default_rng(0))
+    # An un-augmented crop never occludes, so it needs no VOC folder.
+    augmentation(img, bbox, (256, 256))
 
 
 def write_tiny_voc(root):
@@ -299,9 +309,40 @@ def test_voc_occluders_extracted_and_pasted(tmp_path):
     ys, xs = np.nonzero(out1[..., 1] > 0)
     assert xs.min() >= 8 - 17 and xs.max() <= 56 + 17
 
-    cfg.use_occlusion, cfg.voc_dir = True, str(root)
     bbox = np.array([0, 0, 64, 64], np.float32)
-    patch = augmentation(img, bbox, 'train', np.random.default_rng(1))[0]
+    occluding = AugmentOptions(0.0, 0.0, 0.2, use_occlusion=True, voc_dir=str(root))
+    patch = augmentation(img, bbox, (64, 64), occluding, np.random.default_rng(1))[0]
     assert patch[..., 1].max() > 100
-    cfg.use_occlusion = False
-    assert augmentation(img, bbox, 'train', np.random.default_rng(1))[0].max() == 0
+    assert augmentation(img, bbox, (64, 64), SGRE_AUGMENT, np.random.default_rng(1))[0].max() == 0
+
+
+# -------------------------------------------------------------------- test-time crop
+def test_crop_for_test_maps_box_onto_the_input_and_joints_to_heatmap_units():
+    """A square box is scaled onto the 256x256 crop; joints follow (crop px / 4), extra columns kept."""
+    rng = np.random.default_rng(2)
+    img = rng.uniform(0, 255, (120, 160, 3)).astype(np.float32)
+    bbox = np.array([20.0, 10.0, 100.0, 100.0], np.float32)       # centre (70, 60), 2.56 crop px per px
+    joints = np.array([[70, 60, 0.9, 7], [20, 10, 0.5, 8], [120, 110, 0.1, 9]], np.float32)
+    crop = crop_for_test(img, bbox, joints, GEOMETRY)
+    assert isinstance(crop, TestCrop)
+    assert crop.patch.shape == (256, 256, 3) and crop.patch.dtype == np.float32
+    assert crop.joints_hm.dtype == np.float32 and crop.joints_hm.shape == (3, 4)
+    expected_xy = ((joints[:, :2] - [70, 60]) * 2.56 + 128) / 4
+    np.testing.assert_allclose(crop.joints_hm[:, :2], expected_xy, atol=1e-3)
+    np.testing.assert_array_equal(crop.joints_hm[:, 2:], joints[:, 2:])
+    np.testing.assert_allclose(to3x3(crop.bb2img) @ to3x3(crop.img2bb), np.eye(3), atol=1e-4)
+    # Crop pixel (128, 128) samples the box centre; a pixel one crop pixel off samples 1/2.56 px away.
+    np.testing.assert_allclose(crop.patch[128, 128], img[60, 70], atol=1e-3)
+    # The same crop as the un-augmented path of the training code.
+    patch, img2bb, _, _, _ = augmentation(img, bbox, (256, 256))
+    np.testing.assert_array_equal(crop.patch, patch)
+    np.testing.assert_array_equal(crop.img2bb, img2bb)
+
+
+def test_crop_for_test_heatmap_units_follow_the_geometry():
+    img = np.zeros((50, 50, 3), np.float32)
+    geometry = GeometryOptions((128, 64), (8, 32, 16), 2.0, 2.5, (5000.0, 5000.0), 2.5)
+    bbox = np.array([0.0, 0.0, 20.0, 40.0], np.float32)
+    crop = crop_for_test(img, bbox, np.array([[10.0, 20.0], [0.0, 0.0]]), geometry)
+    assert crop.patch.shape == (128, 64, 3)
+    np.testing.assert_allclose(crop.joints_hm, [[8, 16], [0, 0]], atol=1e-4)   # 64/16 and 128/32 px per cell

@@ -1,7 +1,8 @@
-"""Opt-in synthetic occlusion with Pascal VOC 2012 objects (DATA.md §4.8).
+"""Opt-in synthetic occlusion with Pascal VOC 2012 objects.
 
-Off by default (``cfg.use_occlusion = False``), as in SGRE, whose loaders never call
-it.  When on, ``cfg.voc_dir`` must point to a VOC 2012 root holding ``Annotations/``
+See docs/METHOD.md, "Augmentation and pose synthesis".  Off by default
+(``AugmentOptions.use_occlusion = False``), as in SGRE, whose loaders never call it.
+When on, ``AugmentOptions.voc_dir`` must point to a VOC 2012 root holding ``Annotations/``
 (XML), ``JPEGImages/`` and ``SegmentationObject/`` (instance PNGs).  Occluders are
 extracted once per process and directory (cached; call ``get_voc_occluders()`` in the
 main process before starting DataLoader workers so forked workers share them).
@@ -12,8 +13,6 @@ import xml.etree.ElementTree as ET
 
 import cv2
 import numpy as np
-
-from main.config import cfg
 
 MIN_OCCLUDER_PIXELS = 500
 OCCLUDER_DOWNSCALE = 0.5
@@ -121,20 +120,19 @@ def load_voc_occluders(voc_dir):
 def check_voc_dir(voc_dir):
     """Raise a clear error when the VOC root is unset or lacks one of its folders."""
     if not voc_dir:
-        raise ValueError("cfg.use_occlusion is True but cfg.voc_dir is not set: point it to the "
+        raise ValueError("use_occlusion is True but voc_dir is not set: point it to the "
                          "Pascal VOC 2012 root (VOCdevkit/VOC2012, with Annotations/, JPEGImages/, "
                          f"SegmentationObject/); get it from {VOC_URL}.")
     for sub in ('Annotations', 'JPEGImages', 'SegmentationObject'):
         if not osp.isdir(osp.join(voc_dir, sub)):
             raise FileNotFoundError(
-                f"Pascal VOC folder {osp.join(voc_dir, sub)} not found (cfg.voc_dir = {voc_dir!r}). "
-                "cfg.voc_dir must be the VOC 2012 root (VOCdevkit/VOC2012) with Annotations/, "
+                f"Pascal VOC folder {osp.join(voc_dir, sub)} not found (voc_dir = {voc_dir!r}). "
+                "voc_dir must be the VOC 2012 root (VOCdevkit/VOC2012) with Annotations/, "
                 f"JPEGImages/ and SegmentationObject/; get it from {VOC_URL}.")
 
 
-def get_voc_occluders(voc_dir=None):
-    """The occluders of ``voc_dir`` (default ``cfg.voc_dir``), extracted once per process."""
-    voc_dir = cfg.voc_dir if voc_dir is None else voc_dir
+def get_voc_occluders(voc_dir):
+    """The occluders of the VOC 2012 root ``voc_dir``, extracted once per process."""
     check_voc_dir(voc_dir)
     key = osp.abspath(voc_dir)
     if key not in _OCCLUDER_CACHE:
@@ -169,7 +167,7 @@ def paste_over(occluder, img, center):
 
 
 def occlude_with_objects(img, occluders, rng):
-    """Paste k ~ U{1..4} random occluders into a copy of img (H, W, 3) (DATA.md §4.8).
+    """Paste k ~ U{1..4} random occluders into a copy of img (H, W, 3).
 
     Draws from ``rng``: ``k = rng.integers(1, 5)``; then per occluder
     ``rng.integers(len(occluders))``, ``rng.uniform(0.2, 0.5)`` (longer side as a
@@ -187,9 +185,9 @@ def occlude_with_objects(img, occluders, rng):
     return result
 
 
-def occlude_with_voc(img, rng, voc_dir=None):
+def occlude_with_voc(img, rng, voc_dir):
     """Paste 1-4 random VOC occluders into img (H, W, 3) float32 0..255; returns a new array.
 
-    voc_dir defaults to cfg.voc_dir; raises a clear error when unset or missing.
+    voc_dir: the VOC 2012 root; raises a clear error when it is unset or missing.
     """
     return occlude_with_objects(img, get_voc_occluders(voc_dir), rng)

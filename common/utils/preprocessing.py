@@ -1,17 +1,18 @@
-"""Image loading, bounding boxes, augmentation parameters and the affine crop (DATA.md §4).
+"""Image loading, bounding boxes, augmentation parameters and the affine crop.
 
-Conventions: boxes are ``[x, y, w, h]`` (top-left corner, width, height) in pixels;
-image coordinates ``(u, v)`` have pixel ``(u, v)``'s centre at integer coordinates;
-horizontal mirroring maps ``u -> W - 1 - u``.  Every random draw takes an explicit
-``rng: np.random.Generator``.
+See docs/METHOD.md, "Images, boxes and crops".  Conventions: boxes are ``[x, y, w, h]``
+(top-left corner, width, height) in pixels; image coordinates ``(u, v)`` have pixel
+``(u, v)``'s centre at integer coordinates; horizontal mirroring maps ``u -> W - 1 - u``.
+Every random draw takes an explicit ``rng: np.random.Generator``; crop and heatmap sizes
+come from a ``common.options.GeometryOptions`` (``geometry``), augmentation ranges from an
+``AugmentOptions`` (``augment``).
 """
 import math
 import os.path as osp
+from typing import NamedTuple
 
 import cv2
 import numpy as np
-
-from main.config import cfg
 
 BBOX_JOINT_EXTEND = 1.2      # get_bbox: enlargement of the joints' extent
 BBOX_CONTEXT_SCALE = 1.25    # process_bbox: enlargement after the aspect extension
@@ -21,7 +22,7 @@ FLIP_PROBABILITY = 0.5
 
 # ----------------------------------------------------------------------------- images
 def load_img(path, order='RGB'):
-    """Read an image as a float32 array ``(H, W, 3)`` with values 0..255 (DATA.md §4.1).
+    """Read an image as a float32 array ``(H, W, 3)`` with values 0..255.
 
     OpenCV colour read, EXIF orientation ignored (as the original); greyscale files come
     out as 3 identical channels.  ``order`` is 'RGB' (default) or 'BGR'.
@@ -63,7 +64,7 @@ def _is_truncated_jpeg(path, tail_bytes=1024):
 
 # ------------------------------------------------------------------------------ boxes
 def get_bbox(joint_img, joint_valid, extend_ratio=BBOX_JOINT_EXTEND):
-    """Box around the valid joints, enlarged about its centre (DATA.md §4.2).
+    """Box around the valid joints, enlarged about its centre.
 
     joint_img (J, >=2) pixels; joint_valid (J,) or (J, 1), joints with ``valid == 1``
     count.  Returns float32 ``[x, y, w, h]``; width and height are the joints' extent
@@ -87,7 +88,8 @@ def get_bbox(joint_img, joint_valid, extend_ratio=BBOX_JOINT_EXTEND):
 def sanitize_bbox(bbox, img_width, img_height, is_3dpw_test=False):
     """Step 1-2 of ``process_bbox``: clamp into the image; None for an unusable box.
 
-    Keeps the original's quirk (§9.4): the right/bottom edge starts from the clamped
+    Keeps the original's quirk (docs/METHOD.md, "Differences from the original"): the
+    right/bottom edge starts from the clamped
     left/top corner, so a box sticking out on the left/top is shifted, not cut.
     ``is_3dpw_test=True`` accepts any box (never None).  Returns float32 (4,) or None.
     """
@@ -100,12 +102,18 @@ def sanitize_bbox(bbox, img_width, img_height, is_3dpw_test=False):
     return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float32)
 
 
-def process_bbox(bbox, img_width, img_height, is_3dpw_test=False, aspect_ratio=None,
-                 scale=BBOX_CONTEXT_SCALE):
-    """Sanitise, extend to the input aspect ratio and enlarge 1.25x (DATA.md §4.2).
+def input_aspect_ratio(geometry):
+    """Width / height of the network's input crop (``GeometryOptions.input_img_shape``)."""
+    height, width = geometry.input_img_shape
+    return width / height
 
-    bbox ``[x, y, w, h]`` pixels of an image ``img_width x img_height``.  The aspect
-    ratio defaults to ``cfg.input_img_shape`` W/H (1 for 256x256).  Returns the
+
+def process_bbox(bbox, img_width, img_height, is_3dpw_test=False, aspect_ratio=1.0,
+                 scale=BBOX_CONTEXT_SCALE):
+    """Sanitise, extend to the input aspect ratio and enlarge 1.25x.
+
+    bbox ``[x, y, w, h]`` pixels of an image ``img_width x img_height``.  aspect_ratio:
+    W/H of the input crop (``input_aspect_ratio(geometry)``; 1 for 256x256).  Returns the
     processed float32 ``[x, y, w, h]`` (same centre), or None in default mode when the
     box is unusable (``w*h <= 0`` or empty after clamping).
     Worked example: ``[10, 20, 100, 50]`` in 640x480 -> ``[-2.375, -17.375, 123.75, 123.75]``.
@@ -113,8 +121,6 @@ def process_bbox(bbox, img_width, img_height, is_3dpw_test=False, aspect_ratio=N
     box = sanitize_bbox(bbox, img_width, img_height, is_3dpw_test)
     if box is None:
         return None
-    if aspect_ratio is None:
-        aspect_ratio = cfg.input_img_shape[1] / cfg.input_img_shape[0]
     w, h = float(box[2]), float(box[3])
     c_x, c_y = float(box[0]) + w / 2.0, float(box[1]) + h / 2.0
     if w > aspect_ratio * h:
@@ -130,7 +136,7 @@ def process_bbox(bbox, img_width, img_height, is_3dpw_test=False, aspect_ratio=N
 
 
 def compute_iou(box_a, box_b):
-    """IoU of ``[x, y, w, h]`` boxes with the original's ``+1e-5`` (DATA.md §4.6).
+    """IoU of ``[x, y, w, h]`` boxes with the original's ``+1e-5`` in the denominator.
 
     Broadcasts: box_a (..., 4), box_b (..., 4) -> (...) float64 (a Python float for two
     single boxes).  For all pairs use ``compute_iou(a[:, None], b[None])``.
@@ -148,7 +154,7 @@ def compute_iou(box_a, box_b):
 
 # ----------------------------------------------------------------- affine transforms
 def apply_affine(points, trans):
-    """Apply a (2, 3) affine to points (..., >=2) -> (..., 2) float32 (DATA.md §7.3)."""
+    """Apply a (2, 3) affine to points (..., >=2) -> (..., 2) float32 (``A @ [x, y, 1]``)."""
     pts = np.asarray(points, dtype=np.float32)[..., :2]
     trans = np.asarray(trans, dtype=np.float32)
     return (pts @ trans[:, :2].T + trans[:, 2]).astype(np.float32)
@@ -161,7 +167,7 @@ def rotate_2d(point, rot_rad):
 
 
 def gen_trans_from_patch_cv(c_x, c_y, src_width, src_height, dst_width, dst_height, scale, rot, inv=False):
-    """(2, 3) float32 affine mapping a rotated source box onto a ``dst`` patch (DATA.md §4.4).
+    """(2, 3) float32 affine mapping a rotated source box onto a ``dst`` patch.
 
     The box of size ``scale * (src_width, src_height)`` centred at ``(c_x, c_y)`` and
     rotated by ``rot`` degrees maps to the whole ``dst_width x dst_height`` patch:
@@ -184,7 +190,7 @@ def gen_trans_from_patch_cv(c_x, c_y, src_width, src_height, dst_width, dst_heig
 
 
 def generate_patch_image(cvimg, bbox, scale, rot, do_flip, out_shape):
-    """Cut the (optionally mirrored) box out of an image (DATA.md §4.4 steps 1-3).
+    """Cut the (optionally mirrored) box out of an image.
 
     cvimg (H, W, C); bbox processed ``[x, y, w, h]``; scale, rot (degrees), do_flip;
     out_shape (H_o, W_o).  Returns ``(patch (H_o, W_o, C) float32, img2bb (2, 3),
@@ -210,8 +216,8 @@ def generate_patch_image(cvimg, bbox, scale, rot, do_flip, out_shape):
 
 
 # --------------------------------------------------------------------- augmentation
-def get_aug_config(rng, scale_factor=None, rot_factor=None, color_factor=None):
-    """Draw augmentation parameters (DATA.md §4.3); factors default to cfg's.
+def get_aug_config(rng, augment):
+    """Draw augmentation parameters with the ranges of ``augment`` (an ``AugmentOptions``).
 
     Returns ``(scale, rot, color_scale (3,) float64, do_flip)``.  Draws from ``rng``,
     in this order:
@@ -222,9 +228,7 @@ def get_aug_config(rng, scale_factor=None, rot_factor=None, color_factor=None):
       4. ``do_flip = rng.random() <= 0.5``.
     SGRE's defaults (0, 0, 0.2) make scale 1 and rot 0 but still consume the draws.
     """
-    scale_factor = cfg.scale_factor if scale_factor is None else scale_factor
-    rot_factor = cfg.rot_factor if rot_factor is None else rot_factor
-    color_factor = cfg.color_factor if color_factor is None else color_factor
+    scale_factor, rot_factor, color_factor = augment.scale_factor, augment.rot_factor, augment.color_factor
     scale = 1.0 + scale_factor * float(np.clip(rng.standard_normal(), -1.0, 1.0))
     rot = 0.0
     if rng.random() <= ROT_PROBABILITY:
@@ -234,38 +238,92 @@ def get_aug_config(rng, scale_factor=None, rot_factor=None, color_factor=None):
     return scale, rot, color_scale, do_flip
 
 
-def augmentation(img, bbox, data_split, rng=None, out_shape=None):
-    """Augmented 256x256 crop of one person (DATA.md §3.2 step 1, §4.3, §4.4).
+def augmentation(img, bbox, out_shape, augment=None, rng=None):
+    """Crop of one person, augmented when ``augment`` is given.
 
     img (H, W, 3) float32 RGB 0..255 (``load_img``); bbox processed ``[x, y, w, h]``;
-    data_split 'train' draws parameters with ``get_aug_config(rng)`` (rng required),
-    any other split uses scale 1, rot 0, colour 1, no flip and draws nothing.
-    With ``cfg.use_occlusion`` (train only) Pascal VOC occluders are pasted into the
-    patch before colour scaling (further draws from ``rng`` after get_aug_config's).
+    out_shape (H_o, W_o), e.g. ``geometry.input_img_shape``.  With ``augment`` (an
+    ``AugmentOptions``; training) the parameters are drawn with ``get_aug_config(rng,
+    augment)`` (rng required) and, with ``augment.use_occlusion``, Pascal VOC occluders
+    are pasted into the patch before colour scaling (further draws from ``rng``).
+    Without it: scale 1, rot 0, colour 1, no flip, nothing drawn.
     Returns ``(patch (H_o, W_o, 3) float32 0..255, img2bb (2, 3) float32,
-    bb2img (2, 3) float32, rot (degrees), do_flip)``; out_shape defaults to
-    ``cfg.input_img_shape``.
+    bb2img (2, 3) float32, rot (degrees), do_flip)``.
     """
-    if out_shape is None:
-        out_shape = cfg.input_img_shape
-    is_train = data_split == 'train'
-    if is_train:
+    if augment is not None:
         if rng is None:
-            raise ValueError("augmentation: the 'train' split needs an rng (np.random.Generator)")
-        scale, rot, color_scale, do_flip = get_aug_config(rng)
+            raise ValueError("augmentation: an augmented crop needs an rng (np.random.Generator)")
+        scale, rot, color_scale, do_flip = get_aug_config(rng, augment)
     else:
         scale, rot, color_scale, do_flip = 1.0, 0.0, np.ones(3), False
     patch, img2bb, bb2img = generate_patch_image(img, bbox, scale, rot, do_flip, out_shape)
-    if is_train and cfg.use_occlusion:
+    if augment is not None and augment.use_occlusion:
         from common.utils.occlusion import occlude_with_voc  # opt-in; keeps VOC code off the default path
-        patch = occlude_with_voc(patch, rng)
+        patch = occlude_with_voc(patch, rng, augment.voc_dir)
     patch = np.clip(patch * np.asarray(color_scale)[None, None, :], 0, 255).astype(np.float32)
     return patch, img2bb, bb2img, rot, do_flip
 
 
+class TestCrop(NamedTuple):
+    """A test-time crop of one person (``crop_for_test``).
+
+    patch (H_in, W_in, 3) float32 RGB 0..255; joints_hm (J, C) float32 with x, y in
+    heatmap units (other columns as given); img2bb / bb2img (2, 3) float32 affines
+    between original-image pixels and crop pixels.
+    """
+    __test__ = False   # not a pytest test class despite its name
+
+    patch: np.ndarray
+    joints_hm: np.ndarray
+    img2bb: np.ndarray
+    bb2img: np.ndarray
+
+
+def crop_for_test(img, bbox, joints, geometry):
+    """The un-augmented network input of one person and its 2D joints in heatmap units.
+
+    img (H, W, 3) float32 RGB 0..255; bbox (4,) processed ``[x, y, w, h]`` pixels;
+    joints (J, C >= 2) image pixels (columns after x, y are copied unchanged);
+    geometry: a ``GeometryOptions`` (crop and heatmap sizes).  The crop has scale 1,
+    no rotation and no flip.  Returns a ``TestCrop``.
+    """
+    patch, img2bb, bb2img = generate_patch_image(img, bbox, 1.0, 0.0, False, geometry.input_img_shape)
+    joints_hm = np.array(joints, dtype=np.float32, copy=True)
+    joints_hm[:, :2] = apply_affine(joints_hm[:, :2], img2bb)
+    joints_hm = to_heatmap_xy(joints_hm, geometry)
+    return TestCrop(np.asarray(patch, dtype=np.float32), joints_hm,
+                    np.asarray(img2bb, dtype=np.float32), np.asarray(bb2img, dtype=np.float32))
+
+
+# ------------------------------------------------------------------- heatmap units
+def heatmap_scale(geometry):
+    """(sx, sy) turning crop pixels into heatmap cells (64/256 for both by default)."""
+    height, width = geometry.input_img_shape
+    return geometry.output_hm_shape[2] / width, geometry.output_hm_shape[1] / height
+
+
+def to_heatmap_xy(xy, geometry):
+    """Crop pixels -> heatmap cells (x * sx, y * sy). xy: (N, >=2); returns a float32 copy."""
+    out = np.array(xy, dtype=np.float32, copy=True)
+    sx, sy = heatmap_scale(geometry)
+    out[:, 0] = out[:, 0] * sx
+    out[:, 1] = out[:, 1] * sy
+    return out
+
+
+def normalise_depth(depth_rel, unit_scale, geometry):
+    """Root-relative depth -> heatmap depth cells: +-bbox_3d_size/2 maps onto [0, D_hm).
+
+    depth_rel: (N,) in mm (unit_scale=1000) or metres (unit_scale=1).  Returns float32 (N,).
+    """
+    half_range = geometry.bbox_3d_size * unit_scale / 2
+    return ((np.asarray(depth_rel, dtype=np.float32) / half_range + 1) / 2
+            * geometry.output_hm_shape[0]).astype(np.float32)
+
+
 # ----------------------------------------------------------------------- flipping
 def flip_x(u, img_width):
-    """Mirror horizontal pixel coordinates: ``u -> W - 1 - u`` (DATA.md §0.1)."""
+    """Mirror horizontal pixel coordinates: ``u -> W - 1 - u``."""
     return img_width - 1 - np.asarray(u)
 
 
@@ -279,13 +337,13 @@ def flip_img_joints(joints, img_width, flip_pairs):
     return out
 
 
-def in_bounds_mask(joint_hm, hm_shape=None, check_depth=False):
-    """(N, 1) float32 truncation mask: 0 <= x < W_hm, 0 <= y < H_hm (and z) (DATA.md §4.7).
+def in_bounds_mask(joint_hm, hm_shape, check_depth=False):
+    """(N, 1) float32 truncation mask: 0 <= x < W_hm, 0 <= y < H_hm (and 0 <= z < D_hm).
 
-    joint_hm (N, >=2 or 3) heatmap coordinates; hm_shape (D, H, W), default
-    ``cfg.output_hm_shape``.  Multiply by validity where one exists.
+    joint_hm (N, >=2 or 3) heatmap coordinates; hm_shape (D, H, W), e.g.
+    ``geometry.output_hm_shape``.  Multiply by validity where one exists.
     """
-    depth_n, height_n, width_n = cfg.output_hm_shape if hm_shape is None else hm_shape
+    depth_n, height_n, width_n = hm_shape
     joint_hm = np.asarray(joint_hm)
     x, y = joint_hm[:, 0], joint_hm[:, 1]
     inside = (x >= 0) & (x < width_n) & (y >= 0) & (y < height_n)

@@ -247,7 +247,7 @@ class Human36M(MocapTrainDataset):
         joints = joint_img.copy()
         joints[:, :2] = apply_affine(joint_img[:, :2], img2bb)
         joints = to_heatmap_xy(joints)
-        joints_mask = data['joint_valid'] * in_bounds_mask(joints, check_depth=False)
+        joints_mask = data['joint_valid'] * in_bounds_mask(joints, cfg.output_hm_shape)
         smpl_names = self.smpl.joints_name
         fit = smpl_fit_targets(data['smpl_param'], data['cam_param'], 'H36M', False, img_width, img2bb,
                                smpl=self.smpl)

@@ -114,7 +114,7 @@ class MSCOCO(TrainDataset):
         joints = data['joint_img'].copy()
         joints[:, :2] = apply_affine(joints[:, :2], img2bb)
         joints = to_heatmap_xy(joints)
-        joints_mask = data['joint_valid'] * in_bounds_mask(joints, check_depth=False)
+        joints_mask = data['joint_valid'] * in_bounds_mask(joints, cfg.output_hm_shape)
         smpl_names = self.smpl.joints_name
         inputs = {
             'img': img,

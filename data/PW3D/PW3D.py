@@ -24,7 +24,8 @@ import warnings
 import numpy as np
 import torch
 
-from common.utils.preprocessing import augmentation, gen_trans_from_patch_cv, get_bbox, load_img, process_bbox
+from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask, load_img,
+                                        process_bbox)
 from common.utils.smpl import get_smpl, load_regressor
 from common.utils.transforms import cam2pixel, denorm_joints, rigid_align_batch, transform_joint_to_other_db
 from data.dataset import SeededDataset
@@ -260,17 +261,10 @@ class PW3D(SeededDataset):
         joints = data['input_joints'].copy()
         joint_valid = (joints[:, 2:] > POSE_SCORE_THR).astype(np.float32)
 
-        img = load_img(data['img_path'])
-        img, img2bb_trans, bb2img_trans, _, _ = augmentation(img, data['input_bbox'], self.data_split)
-        img = self._to_tensor(img)
-
-        xy1 = np.concatenate([joints[:, :2], np.ones_like(joints[:, :1])], axis=1)
-        joints[:, :2] = np.dot(img2bb_trans, xy1.T).T
-        joints[:, 0] = joints[:, 0] / cfg.input_img_shape[1] * cfg.output_hm_shape[2]
-        joints[:, 1] = joints[:, 1] / cfg.input_img_shape[0] * cfg.output_hm_shape[1]
-        inside = ((joints[:, 0] >= 0) & (joints[:, 0] < cfg.output_hm_shape[2])
-                  & (joints[:, 1] >= 0) & (joints[:, 1] < cfg.output_hm_shape[1]))
-        joints_mask = joint_valid * inside.astype(np.float32)[:, None]
+        crop = crop_for_test(load_img(data['img_path']), data['input_bbox'], joints, cfg.geometry_options())
+        img = self._to_tensor(crop.patch)
+        joints, img2bb_trans, bb2img_trans = crop.joints_hm, crop.img2bb, crop.bb2img
+        joints_mask = joint_valid * in_bounds_mask(joints, cfg.output_hm_shape)
 
         inputs = {'img': img, 'joints': joints.astype(np.float32), 'joints_mask': joints_mask}
         targets = {'smpl_mesh_cam': mesh_cam}
