@@ -209,7 +209,7 @@ def _constructed_output(dataset, idx, render):
     bbox = meta['bbox'].astype(np.float64)
     depth = 5000 * 1.7 / 120  # about 120 crop pixels tall
     if render:
-        depth = depth * 256 / np.sqrt(bbox[2] * bbox[3])  # MODEL.md §5.6 render depth
+        depth = depth * 256 / np.sqrt(bbox[2] * bbox[3])  # render mode: camera depth scaled to the box
     mesh = centred + [0.0, 0.0, depth]
     joint_img = np.concatenate([inputs['joints'][:, :2], np.full((30, 1), 32.0)], 1)
     return {'joint_img': joint_img, 'joint_proj': inputs['joints'][:, :2],
@@ -265,6 +265,7 @@ def test_overlay_lands_where_the_camera_projects(pw3d_dataset, render, tmp_path,
     np.testing.assert_allclose(chroma(rendered[inside]).mean(0), chroma(vis.person_colors(1)[0]), atol=0.03)
 
 
+@pytest.mark.slow
 def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, synthetic_smpl_dir, tmp_path,
                                           monkeypatch):
     """``test.py`` with ``vis`` on the trained snapshot: every sample's files, valid images and OBJs."""
@@ -305,7 +306,7 @@ def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, 
             verts, obj_faces = parse_obj(vis_dir / (prefix + kind))
             assert verts.shape == (6890, 3)
             np.testing.assert_array_equal(obj_faces, faces)
-        # The GT mesh: smplpytorch's gendered mesh, centred at its SMPL-30 pelvis (§6.2 step 2).
+        # The GT mesh: smplpytorch's gendered mesh, centred at its SMPL-30 pelvis.
         p = ann['smpl_param']
         with torch.no_grad():
             gt, _ = layers[p['gender']](torch.tensor([p['pose']], dtype=torch.float32),
