@@ -1,30 +1,35 @@
-"""The SGRE model (MODEL.md §5): backbone, Pose2Feat, PositionNet, sequential RotationNet, SMPL.
+"""The SGRE model (docs/METHOD.md, "Network"): backbone, Pose2Feat, PositionNet, sequential
+RotationNet, SMPL.
 
-    model = get_model(vertex_num, joint_num=30, mode='train')
+    model = get_model(vertex_num, joint_num=30, mode='train')      # options from cfg
     losses = model(inputs, targets, meta_info, 'train')   # dict of 7 unreduced loss tensors
-    out = model(inputs, targets, meta_info, 'test')       # dict of outputs (§5.8)
+    out = model(inputs, targets, meta_info, 'test')       # dict of test outputs
+    out = model(inputs, targets, meta_info, 'test', render=True)   # camera for full-image rendering
+
+``get_model`` is the one place that reads the global configuration (``cfg.model_options()``
+when no ``ModelOptions`` is given); ``Model`` itself takes every geometry and camera value
+from the ``GeometryOptions`` it is built with.
 
 Units: joints in and out of the heads are in heatmap space (0..64) or feature space (0..8);
-meshes in metres in the virtual camera of ``cfg.focal`` / ``cfg.princpt``.
+meshes in metres in the virtual crop camera of ``geometry.focal`` / ``geometry.princpt``.
 """
 import math
 
 import torch
 from torch import nn
 
-from main.config import cfg
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
 from common.nets.module import Pose2Feat, PositionNet, RotationNet
 from common.nets.resnet import ResNetBackbone
 from common.utils.smpl import SMPL
 from common.utils.transforms import global_to_relative, rot6d_to_rotmat, rotmat_to_axis_angle
 
-# keys of meta_info copied into the test outputs, in this order (§5.8)
+# keys of meta_info copied into the test outputs, in this order
 META_PASSTHROUGH_KEYS = ('bb2img_trans', 'img2bb_trans', 'bbox', 'tight_bbox', 'aid')
 
 
 def make_gaussian_heatmaps(joints, mask, hm_size, sigma):
-    """Input heatmaps (§5.3), without gradient.
+    """Input 2D-pose heatmaps of the network, without gradient.
 
     joints: (B, J, >=2) heatmap-space (x, y); mask: (B, J, 1); hm_size: (H, W).
     Returns (B, J, H, W) = exp(-((x-u)/s)^2/2 - ((y-v)/s)^2/2) * mask.
@@ -41,20 +46,29 @@ def make_gaussian_heatmaps(joints, mask, hm_size, sigma):
         return heatmap * mask[:, :, :, None]
 
 
-def camera_depth_scale(device):
-    """k = sqrt(fx*fy*c^2 / (H*W)) of §5.6, computed in float64, returned float32 of shape (1,)."""
-    fx, fy = cfg.focal
-    height, width = cfg.input_img_shape
-    k = math.sqrt(fx * fy * cfg.camera_3d_size * cfg.camera_3d_size / (height * width))
+def camera_depth_scale(geometry, device):
+    """Depth prior k = sqrt(fx*fy*c^2 / (H*W)) of the crop camera.
+
+    geometry: ``GeometryOptions`` (focal (fx, fy) pixels, input_img_shape (H, W) pixels,
+    camera_3d_size c metres). Computed in float64, returned as float32 of shape (1,), metres.
+    """
+    fx, fy = geometry.focal
+    height, width = geometry.input_img_shape
+    size = geometry.camera_3d_size
+    k = math.sqrt(fx * fy * size * size / (height * width))
     return torch.tensor([k], dtype=torch.float32, device=device)
 
 
 class Model(nn.Module):
-    """SGRE network with its losses.  Submodule order and names follow the released checkpoints."""
+    """SGRE network with its losses.  Submodule order and names follow the released checkpoints.
 
-    def __init__(self, backbone, pose2feat, position_net, rotation_net, human_model=None):
+    human_model: the ``SMPL`` wrapper (its neutral layer becomes ``human_model_layer``);
+    geometry: ``GeometryOptions`` of the input crop, heatmaps and virtual camera.
+    """
+
+    def __init__(self, backbone, pose2feat, position_net, rotation_net, human_model, geometry):
         super().__init__()
-        human_model = human_model if human_model is not None else SMPL()
+        self.geometry = geometry
         self.backbone = backbone
         self.pose2feat = pose2feat
         self.position_net = position_net
@@ -72,38 +86,44 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def extract_features(self, inputs):
-        """Image + input 2D pose -> pose-guided feature (B, 2048, 8, 8) (§5.3, §5.4 steps 1-3)."""
+        """Image + input 2D pose -> pose-guided feature (B, 2048, 8, 8)."""
         early_feat = self.backbone(inputs['img'])
         heatmaps = make_gaussian_heatmaps(inputs['joints'], inputs['joints_mask'],
-                                          cfg.output_hm_shape[1:], cfg.sigma)
+                                          self.geometry.output_hm_shape[1:], self.geometry.sigma)
         pose_feat = self.pose2feat(early_feat, heatmaps)
         return self.backbone(pose_feat, skip_early=True)
 
-    def camera_translation(self, cam_param, meta_info, mode):
-        """Raw camera (B,3) -> translation (B,3) in metres (§5.6, including the render variant)."""
-        k = camera_depth_scale(cam_param.device)
-        if cfg.render and mode == 'test':
-            height, width = cfg.input_img_shape
+    def camera_translation(self, cam_param, meta_info=None, render=False):
+        """Raw camera (B,3) -> translation (B,3) in metres: (c_x, c_y, k * sigmoid(c_z)).
+
+        With ``render`` the depth prior is rescaled by sqrt(H*W / (w_bbox*h_bbox)) of
+        ``meta_info['bbox']`` (B,4) [x, y, w, h] pixels, so the mesh can be rendered into the
+        full image rather than the crop.
+        """
+        k = camera_depth_scale(self.geometry, cam_param.device)
+        if render:
+            height, width = self.geometry.input_img_shape
             bbox = meta_info['bbox']
             k = k * math.sqrt(height * width) / torch.sqrt(bbox[:, 2] * bbox[:, 3])
         t_z = k * torch.sigmoid(cam_param[:, 2])
         return torch.stack((cam_param[:, 0], cam_param[:, 1], t_z), dim=1)
 
     def get_coord(self, smpl_pose, smpl_shape, smpl_trans):
-        """SMPL mesh, regressed joints and their projection (§5.7).
+        """SMPL mesh, regressed joints and their projection into the heatmap.
 
         Returns joint_proj (B,30,2) heatmap space, root-relative joint_cam (B,30,3) and
         mesh_cam (B,6890,3), and mesh_cam_render (B,6890,3) with the translation.
         """
         mesh_cam, _ = self.human_model_layer(smpl_pose, smpl_shape, smpl_trans)
         joint_cam = torch.matmul(self.joint_regressor.to(mesh_cam.dtype), mesh_cam)
-        fx, fy = cfg.focal
-        cx, cy = cfg.princpt
-        height, width = cfg.input_img_shape
+        fx, fy = self.geometry.focal
+        cx, cy = self.geometry.princpt
+        height, width = self.geometry.input_img_shape
+        hm_shape = self.geometry.output_hm_shape
         x = joint_cam[:, :, 0] / (joint_cam[:, :, 2] + 1e-4) * fx + cx
         y = joint_cam[:, :, 1] / (joint_cam[:, :, 2] + 1e-4) * fy + cy
-        x = x / width * cfg.output_hm_shape[2]
-        y = y / height * cfg.output_hm_shape[1]
+        x = x / width * hm_shape[2]
+        y = y / height * hm_shape[1]
         joint_proj = torch.stack((x, y), dim=2)
 
         mesh_cam_render = mesh_cam.clone()
@@ -118,29 +138,35 @@ class Model(nn.Module):
         pose_aa = rotmat_to_axis_angle(rot_rel.reshape(-1, 3, 3)).reshape(batch, -1)
         return rot_global, pose_aa
 
-    def heads(self, feat, inputs, targets, meta_info, mode):
-        """Everything after the backbone (§5.4 steps 4-5 to §5.8), from the feature (B,2048,8,8)."""
+    def heads(self, feat, inputs, targets, meta_info, mode, render=False):
+        """Everything after the backbone, from the feature (B,2048,8,8); see ``forward``."""
         joint_img, joint_score = self.position_net(feat)
         pose6d, shape, cam_param = self.rotation_net(feat, joint_img.detach(), joint_score.detach(),
                                                      self.parents)
         rot_global, pose_aa = self.rotations(pose6d)
-        cam_trans = self.camera_translation(cam_param, meta_info, mode)
+        cam_trans = self.camera_translation(cam_param, meta_info, render and mode == 'test')
         joint_proj, joint_cam, mesh_cam, mesh_cam_render = self.get_coord(pose_aa, shape, cam_trans)
         if mode == 'train':
             return self.losses(joint_img, joint_proj, joint_cam, rot_global, shape, targets, meta_info)
         return self.test_outputs(cam_param, joint_img, joint_proj, joint_score, mesh_cam, pose_aa,
                                  shape, mesh_cam_render, targets, meta_info)
 
-    def forward(self, inputs, targets, meta_info, mode):
-        """``mode='train'``: dict of the 7 unreduced loss terms; ``'test'``: dict of outputs (§5.8)."""
+    def forward(self, inputs, targets, meta_info, mode, render=False):
+        """``mode='train'``: dict of the 7 unreduced loss terms; ``'test'``: dict of outputs.
+
+        inputs: 'img' (B,3,H,W) normalised crop, 'joints' (B,30,>=2) heatmap-space input pose,
+        'joints_mask' (B,30,1). ``render`` (test mode only) gives the mesh the camera
+        translation for rendering into the full image (``camera_translation``); the other
+        outputs do not change.
+        """
         if mode not in ('train', 'test'):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         feat = self.extract_features(inputs)
-        return self.heads(feat, inputs, targets, meta_info, mode)
+        return self.heads(feat, inputs, targets, meta_info, mode, render)
 
     # ---------------------------------------------------------------- outputs
     def losses(self, joint_img, joint_proj, joint_cam, rot_global, shape, targets, meta_info):
-        """The seven loss terms of §6.2, unreduced, in the original's order."""
+        """The seven loss terms (docs/METHOD.md, "Losses"), unreduced, in the original's order."""
         is_3d = meta_info['is_3D']
         is_valid_fit = meta_info['is_valid_fit']
         loss = {}
@@ -162,7 +188,7 @@ class Model(nn.Module):
 
     def test_outputs(self, cam_param, joint_img, joint_proj, joint_score, mesh_cam, pose_aa, shape,
                      mesh_cam_render, targets, meta_info):
-        """The test-mode output dict, keys in the original's order (§5.8)."""
+        """The test-mode output dict, keys in the original's order."""
         out = {
             'cam_param': cam_param,
             'joint_img': joint_img * 8,
@@ -183,7 +209,8 @@ class Model(nn.Module):
 
 
 def init_weights(module):
-    """The original's head initialisation; matches the *exact* module type (§5.9)."""
+    """The original's head initialisation; matches the *exact* module type (subclasses keep
+    PyTorch's defaults, as in the original)."""
     kind = type(module)
     if kind is nn.ConvTranspose2d:
         nn.init.normal_(module.weight, std=0.001)
@@ -198,24 +225,30 @@ def init_weights(module):
         nn.init.constant_(module.bias, 0)
 
 
-def get_model(vertex_num, joint_num, mode, human_model=None):
-    """Build the SGRE ``Model`` (§5.9).  ``vertex_num`` is unused, as in the original.
+def get_model(vertex_num, joint_num, mode, human_model=None, options=None):
+    """Build the SGRE ``Model``.  ``vertex_num`` is unused, as in the original.
 
-    In ``'train'`` mode the backbone loads ``cfg.imagenet_weights`` (if set) and the heads get
-    the original's initialisation; in ``'test'`` mode PyTorch defaults stay (a checkpoint
-    follows).  ``human_model`` (an ``SMPL`` wrapper) defaults to one built from ``cfg``.
+    options: ``common.options.ModelOptions`` (None: ``cfg.model_options()``, the only read of
+    the global configuration). human_model: an ``SMPL`` wrapper (None: the one of
+    ``options.body_model``). In ``'train'`` mode the backbone loads ``options.imagenet_weights``
+    (if set) and the heads get the original's initialisation; in ``'test'`` mode PyTorch
+    defaults stay (a checkpoint follows). The graph layers start on their fast path; whoever
+    wraps the model for SyncBatchNorm switches them (``common.nets.layer.set_graph_vectorized``).
     """
-    human_model = human_model if human_model is not None else SMPL()
+    if options is None:
+        from main.config import cfg
+        options = cfg.model_options()
+    human_model = human_model if human_model is not None else SMPL(options.body_model)
     graph_joint_idx = [human_model.joints_name.index(name) for name in human_model.graph_joints_name]
-    vectorized = not cfg.sync_bn
-    backbone = ResNetBackbone(cfg.resnet_type)
+    backbone = ResNetBackbone(options.resnet_type)
     pose2feat = Pose2Feat(joint_num)
-    position_net = PositionNet(joint_num)
+    feature_hm_shape = tuple(size // 8 for size in options.geometry.output_hm_shape)
+    position_net = PositionNet(joint_num, hm_shape=feature_hm_shape)
     rotation_net = RotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents,
-                               joint_num=joint_num, vectorized=vectorized)
+                               joint_num=joint_num)
     if mode == 'train':
-        backbone.init_weights()
+        backbone.init_weights(options.imagenet_weights)
         pose2feat.apply(init_weights)
         position_net.apply(init_weights)
         rotation_net.apply(init_weights)
-    return Model(backbone, pose2feat, position_net, rotation_net, human_model)
+    return Model(backbone, pose2feat, position_net, rotation_net, human_model, options.geometry)

@@ -1,5 +1,6 @@
-"""The SGRE model end to end: checkpoint layout, a float64 straight-line reference of
-MODEL.md §3-§6, rotation consistency, losses on hand-made cases, devices and an overfit run."""
+"""The SGRE model end to end: checkpoint layout, a float64 straight-line reference of the
+network, body model and losses (docs/METHOD.md, "Body model", "Network", "Losses"), rotation
+consistency, losses on hand-made cases, devices and an overfit run."""
 import math
 import re
 from pathlib import Path
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from main.config import cfg
 from main.model import get_model
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
+from common.options import BodyModelPaths, GeometryOptions, ModelOptions
 from common.utils.smpl import SMPL
 
 KEY_FILE = Path(__file__).parent / 'data' / 'state_dict_keys.txt'
@@ -27,12 +28,15 @@ TEST_KEYS = ['cam_param', 'joint_img', 'joint_proj', 'joint_score', 'smpl_mesh_c
              'smpl_shape', 'mesh_cam_render']
 LOSS_KEYS = ['body_joint_img', 'smpl_joint_img', 'smpl_pose', 'smpl_shape', 'body_joint_proj',
              'body_joint_cam', 'smpl_joint_cam']
-# terms multiplied by a mask derived from is_valid_fit / is_3D (MODEL.md §6.1)
 # The model run in float64 must equal the reference to rounding; in float32 it carries float32
 # rounding amplified through ~60 layers (measured up to ~1.5e-5 norm-relative, on smpl_pose).
 FLOAT64_TOL = 1e-10
 FLOAT32_TOL = 5e-5
+# terms multiplied by a mask derived from is_valid_fit / is_3D (float64 under default collation)
 FLOAT64_TERMS = {'smpl_joint_img', 'smpl_pose', 'smpl_shape', 'body_joint_cam', 'smpl_joint_cam'}
+# The geometry the float64 reference below writes out as numbers.
+GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2,
+                           camera_3d_size=2.5, focal=(5000, 5000), sigma=2.5)
 
 
 def rel_err(a, b):
@@ -49,13 +53,19 @@ def read_key_file():
 
 
 @pytest.fixture(scope='module')
-def human_model(synthetic_smpl_dir):
-    return SMPL(synthetic_smpl_dir, synthetic_smpl_dir)
+def options(synthetic_smpl_dir):
+    return ModelOptions(geometry=GEOMETRY, body_model=BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir),
+                        resnet_type=50, imagenet_weights=None)
+
+
+@pytest.fixture(scope='module')
+def human_model(options):
+    return SMPL(options.body_model)
 
 
 # ============================================================================= checkpoint layout
-def test_state_dict_matches_released_checkpoint_layout(human_model):
-    model = get_model(6890, 30, 'test', human_model)
+def test_state_dict_matches_released_checkpoint_layout(human_model, options):
+    model = get_model(6890, 30, 'test', human_model, options)
     state = {'module.' + k: v for k, v in model.state_dict().items()}
     expected = read_key_file()
     assert len(expected) == 1423
@@ -68,7 +78,7 @@ def test_state_dict_matches_released_checkpoint_layout(human_model):
     assert not any(re.search(r'adj|joint_regressor|graph_joint_idx', k) for k in state)
 
 
-def test_released_format_file_loads_strict(human_model, tmp_path):
+def test_released_format_file_loads_strict(human_model, options, tmp_path):
     gen = torch.Generator().manual_seed(0)
     network = {}
     for name, shape in read_key_file():
@@ -81,7 +91,7 @@ def test_released_format_file_loads_strict(human_model, tmp_path):
     path = tmp_path / 'snapshot_10.pth.tar'
     torch.save({'epoch': 10, 'network': network, 'optimizer': {'state': {}, 'param_groups': []}}, path)
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    model = get_model(6890, 30, 'test', human_model)
+    model = get_model(6890, 30, 'test', human_model, options)
     result = model.load_state_dict({k[len('module.'):]: v for k, v in ckpt['network'].items()},
                                    strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -92,9 +102,9 @@ def test_released_format_file_loads_strict(human_model, tmp_path):
     assert bn.num_batches_tracked.item() == 7
 
 
-def test_train_mode_initialisation(human_model):
+def test_train_mode_initialisation(human_model, options):
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'train', human_model)
+    model = get_model(6890, 30, 'train', human_model, options)
     branch = model.rotation_net.pose_branch[0][0]
     assert abs(branch.weight.std().item() - 0.01) < 1e-3 and torch.all(branch.bias == 0)
     conv = model.position_net.conv[0]
@@ -165,7 +175,7 @@ def _ref_adjacency():
     for i, j in GRAPH_SKELETON + GRAPH_FLIP_PAIRS:
         adj[i, j] = adj[j, i] = 1
     degree = adj.sum(0)
-    # the network holds the adjacency in float32 (MODEL.md §2.4 step 4)
+    # the network holds the adjacency in float32
     return (adj / torch.sqrt(degree[:, None] * degree[None, :])).float().double()
 
 
@@ -181,7 +191,7 @@ def _ref_6d_to_rotmat(c):
 
 
 def _ref_rotmat_to_axis_angle(R):
-    """torchgeometry-0.1.2 route (MODEL.md §5.5) on one 3x3 matrix, in Python floats."""
+    """torchgeometry-0.1.2 route (matrix -> quaternion -> axis-angle) on one 3x3 matrix, in Python floats."""
     r = [[float(R[i, j]) for j in range(3)] for i in range(3)]
     t0 = 1 + r[0][0] - r[1][1] - r[2][2]
     t1 = 1 - r[0][0] + r[1][1] - r[2][2]
@@ -204,7 +214,7 @@ def _ref_rotmat_to_axis_angle(R):
 
 
 def _ref_axis_angle_tgm(r):
-    """torchgeometry angle_axis_to_rotation_matrix (MODEL.md §6.2 step 1) for one vector."""
+    """torchgeometry angle_axis_to_rotation_matrix (Rodrigues, first order near 0) for one vector."""
     rx, ry, rz = (float(v) for v in r)
     theta2 = rx * rx + ry * ry + rz * rz
     if theta2 > 1e-6:
@@ -231,7 +241,7 @@ def _ref_quat_rodrigues(r):
 
 
 def _ref_smpl(sd, pose, betas, trans):
-    """SMPL vertices (MODEL.md §3.2) for one sample, joint loops and 4x4 transforms, float64."""
+    """SMPL vertices for one sample, joint loops and 4x4 transforms, float64."""
     p = 'human_model_layer.'
     v_template, shapedirs = sd[p + 'th_v_template'][0], sd[p + 'th_shapedirs']
     posedirs, j_regressor, weights = sd[p + 'th_posedirs'], sd[p + 'th_J_regressor'], sd[p + 'th_weights']
@@ -263,7 +273,7 @@ def _ref_smpl(sd, pose, betas, trans):
 
 
 def reference_features(sd, img, heatmaps, train):
-    """§4.2 stem, §4.3 Pose2Feat, §4.2 stages: (B,3,256,256), (B,30,64,64) -> (B,2048,8,8)."""
+    """ResNet stem, Pose2Feat, ResNet stages: (B,3,256,256), (B,30,64,64) -> (B,2048,8,8)."""
     x = torch.relu(_ref_bn(F.conv2d(img, sd['backbone.conv1.weight'], stride=2, padding=3), sd,
                            'backbone.bn1', train))
     x = F.max_pool2d(x, 3, stride=2, padding=1)
@@ -274,10 +284,10 @@ def reference_features(sd, img, heatmaps, train):
 
 
 def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
-    """Straight-line float64 SGRE forward of MODEL.md §4-§6 from a state dict (all float64)."""
+    """Straight-line float64 SGRE forward (network, body model, losses) from a state dict."""
     img, joints, mask = inputs['img'].double(), inputs['joints'].double(), inputs['joints_mask'].double()
     batch = img.shape[0]
-    # §5.3 input heatmaps
+    # input heatmaps
     heatmaps = torch.zeros(batch, 30, 64, 64, dtype=torch.float64)
     grid_y, grid_x = torch.meshgrid(*(torch.arange(64, dtype=torch.float64),) * 2, indexing='ij')
     for b in range(batch):
@@ -286,7 +296,7 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
             gauss = torch.exp(-((grid_x - u) / 2.5) ** 2 / 2 - ((grid_y - v) / 2.5) ** 2 / 2)
             heatmaps[b, j] = gauss * mask[b, j, 0]
     feat = reference_features(sd, img, heatmaps, train)  # (B, 2048, 8, 8)
-    # §4.4 PositionNet
+    # PositionNet
     logits = F.conv2d(feat, sd['position_net.conv.0.weight'], sd['position_net.conv.0.bias'])
     logits = logits.reshape(batch, 30, 8, 8, 8)
     joint_img = torch.zeros(batch, 30, 3, dtype=torch.float64)
@@ -300,7 +310,7 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
                    (prob * idx[:, None, None]).sum()]
             joint_img[b, j] = torch.stack(xyz)
             joint_score[b, j, 0] = _ref_trilinear(prob, *(float(c) for c in xyz))
-    # §4.6 RotationNet
+    # RotationNet
     joint_feat = torch.zeros(batch, 30, 2048, dtype=torch.float64)
     for b in range(batch):
         for j in range(30):
@@ -336,7 +346,7 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
         h = torch.relu(linear(h, p + '.0'))
         h = torch.relu(linear(h, p + '.2'))
         rot6d.append(linear(h, p + '.4') + parent6d)
-    # §5.5 rotations
+    # rotations
     rot_global = torch.stack([torch.stack([_ref_6d_to_rotmat(rot6d[j][b]) for j in range(24)])
                               for b in range(batch)])
     pose_aa = torch.zeros(batch, 72, dtype=torch.float64)
@@ -344,10 +354,10 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
         for j in range(24):
             rel = rot_global[b, j] if j == 0 else rot_global[b, SMPL_PARENTS[j]].T @ rot_global[b, j]
             pose_aa[b, 3 * j:3 * j + 3] = torch.tensor(_ref_rotmat_to_axis_angle(rel), dtype=torch.float64)
-    # §5.6 camera (no render variant)
+    # camera (no render variant)
     k = math.sqrt(5000 * 5000 * 2.5 * 2.5 / (256 * 256))
     cam_trans = torch.stack([cam[:, 0], cam[:, 1], k / (1 + torch.exp(-cam[:, 2]))], dim=1)
-    # §5.7
+    # mesh, joints and projection
     mesh = torch.stack([_ref_smpl(sd, pose_aa[b], shape[b], cam_trans[b]) for b in range(batch)])
     joint_cam = torch.stack([joint_regressor @ mesh[b] for b in range(batch)])
     px = joint_cam[:, :, 0] / (joint_cam[:, :, 2] + 1e-4) * 5000 + 128
@@ -359,7 +369,7 @@ def reference_forward(sd, joint_regressor, inputs, targets, meta_info, train):
                 'joint_score': joint_score, 'smpl_mesh_cam': mesh - root, 'smpl_pose': pose_aa,
                 'smpl_shape': shape, 'mesh_cam_render': mesh}
     joint_cam = joint_cam - root
-    # §6.2 losses
+    # losses
     t, m = targets, meta_info
     is_3d, fit = m['is_3D'].double(), m['is_valid_fit'].double()
     body_img = (joint_img * 8 - t['orig_joint_img']).abs() * m['orig_joint_trunc'] / 8
@@ -465,10 +475,10 @@ def make_batch(seed, batch=BATCH, mask_dtype=torch.float64):
 
 
 @pytest.fixture(scope='module')
-def reference_case(human_model):
+def reference_case(human_model, options):
     """A randomised model (float32), one batch, and the float64 reference outputs for it."""
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'test', human_model)
+    model = get_model(6890, 30, 'test', human_model, options)
     _randomise(model, seed=1)
     inputs, targets, meta_info = make_batch(seed=2)
     _calibrate_bn(model, inputs)
@@ -521,7 +531,7 @@ def test_train_mode_losses_match_float64_reference(reference_case):
     model = case['model']
     model.train()
     try:
-        # float64 is_valid_fit / is_3D as default collation makes them (§6.1)
+        # float64 is_valid_fit / is_3D as the default collation makes them
         loss64_masks = model(case['inputs'], case['targets'], case['meta_info'], 'train')
         assert list(loss64_masks) == LOSS_KEYS
         for key in LOSS_KEYS:
@@ -567,18 +577,40 @@ def test_test_outputs_keys_shapes_and_passthrough(reference_case):
     assert torch.allclose(out['smpl_mesh_cam'], out['mesh_cam_render'] - pelvis[:, None], atol=1e-5)
 
 
-def test_render_variant_scales_depth_by_bbox(reference_case, restore_cfg):
+def test_render_variant_scales_depth_by_bbox(reference_case):
     model = reference_case['model']
     cam = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -1.0]])
     bbox = torch.tensor([[0., 0., 100., 64.], [5., 5., 512., 512.]])
-    plain = model.camera_translation(cam, {'bbox': bbox}, 'test')
+    plain = model.camera_translation(cam, {'bbox': bbox})
     k = 5000 * 2.5 / 256
     assert torch.allclose(plain[:, 2], k * torch.sigmoid(cam[:, 2]))
-    restore_cfg.render = True
-    assert torch.equal(model.camera_translation(cam, {'bbox': bbox}, 'train'), plain)
-    rendered = model.camera_translation(cam, {'bbox': bbox}, 'test')
+    assert torch.equal(plain[:, :2], cam[:, :2])
+    rendered = model.camera_translation(cam, {'bbox': bbox}, render=True)
     assert torch.allclose(rendered[:, 2], plain[:, 2] * 256 / torch.sqrt(bbox[:, 2] * bbox[:, 3]))
     assert torch.equal(rendered[:, :2], cam[:, :2])
+
+
+def test_render_is_a_forward_argument(reference_case, restore_cfg):
+    """``render=True`` moves only the translated mesh (and its projection) in test mode; the
+    global configuration's ``render`` flag is not read."""
+    case = reference_case
+    model = case['model'].eval()
+    bbox = torch.tensor([[10., 20., 100., 150.], [0., 0., 300., 200.], [5., 5., 64., 64.],
+                         [0., 0., 256., 256.]])[:BATCH]
+    meta = {'bbox': bbox}
+    with torch.no_grad():
+        plain = model(case['inputs'], {}, meta, 'test')
+        restore_cfg.render = True
+        assert torch.equal(model(case['inputs'], {}, meta, 'test')['mesh_cam_render'], plain['mesh_cam_render'])
+        rendered = model(case['inputs'], {}, meta, 'test', render=True)
+    for key in ('cam_param', 'joint_img', 'joint_score', 'smpl_pose', 'smpl_shape'):
+        assert torch.equal(rendered[key], plain[key]), key
+    trans = model.camera_translation(plain['cam_param'], meta, render=True)
+    expected_mesh, _ = model.human_model_layer(plain['smpl_pose'], plain['smpl_shape'], trans)
+    assert torch.allclose(rendered['mesh_cam_render'], expected_mesh, atol=1e-5)
+    assert not torch.allclose(rendered['mesh_cam_render'], plain['mesh_cam_render'], atol=1e-3)
+    # root-relative mesh: the translation cancels
+    assert torch.allclose(rendered['smpl_mesh_cam'], plain['smpl_mesh_cam'], atol=1e-4)
 
 
 # ============================================================================= rotations
@@ -610,7 +642,7 @@ def test_relative_pose_composes_to_predicted_global_rotations(reference_case):
 def test_identity_relative_rotations_have_finite_gradients(reference_case):
     """With every branch output zero each child's global 6D equals its parent's, so all relative
     rotations are exactly the identity.  The original's axis-angle gives NaN gradients there
-    (MODEL.md §10.15); this implementation must not."""
+    (0 * inf in the quaternion route); this implementation must not."""
     case = reference_case
     model = case['model']
     model.train()
@@ -731,7 +763,7 @@ def test_cuda_fp16_autocast(reference_case):
 
 # ============================================================================= overfit
 def _synthetic_training_batch(model, num=4, seed=0):
-    """Random images; joints from random poses of the synthetic body model, projected as §5.7."""
+    """Random images; joints from random poses of the synthetic body model, projected as the model does."""
     gen = torch.Generator().manual_seed(seed)
     pose = torch.randn(num, 72, generator=gen) * 0.25
     pose[:, :3] = torch.tensor([math.pi, 0.0, 0.0]) + torch.randn(num, 3, generator=gen) * 0.1
@@ -739,7 +771,7 @@ def _synthetic_training_batch(model, num=4, seed=0):
     trans = torch.cat([torch.randn(num, 2, generator=gen) * 0.1, torch.full((num, 1), 40.0)], dim=1)
     with torch.no_grad():
         joint_proj, joint_cam, _, _ = model.get_coord(pose, shape, trans)
-    depth = (joint_cam[:, :, 2:] / (cfg.bbox_3d_size / 2) + 1) / 2 * cfg.output_hm_shape[0]
+    depth = (joint_cam[:, :, 2:] / (GEOMETRY.bbox_3d_size / 2) + 1) / 2 * GEOMETRY.output_hm_shape[0]
     joint_img = torch.cat([joint_proj, depth], dim=2)
     inside = ((joint_img >= 0) & (joint_img < 64)).all(dim=2, keepdim=True).float()
     ones = torch.ones(num, 30, 1)
@@ -753,9 +785,9 @@ def _synthetic_training_batch(model, num=4, seed=0):
     return inputs, targets, meta_info
 
 
-def test_overfit_four_samples(human_model):
+def test_overfit_four_samples(human_model, options):
     torch.manual_seed(0)
-    model = get_model(6890, 30, 'train', human_model)
+    model = get_model(6890, 30, 'train', human_model, options)
     inputs, targets, meta_info = _synthetic_training_batch(model)
     assert meta_info['orig_joint_trunc'].mean() > 0.9  # the synthetic people are in view
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -1,4 +1,4 @@
-"""Element-wise (unreduced) losses of SGRE (MODEL.md §6.2).
+"""Element-wise (unreduced) losses of SGRE (docs/METHOD.md, "Losses").
 
 Masks are multiplied in by ordinary type promotion, so a float64 mask (the default
 collation of the loaders' Python-float ``is_valid_fit`` / ``is_3D``) gives a float64
@@ -31,7 +31,7 @@ class ParamLoss(nn.Module):
 def gt_global_rotations(pose_param, parents):
     """GT relative axis-angle pose (B, 24*3) -> global rotation matrices (B, 24, 3, 3).
 
-    Uses torchgeometry's Rodrigues (§6.2 step 1) and G_j = G_parent(j) · R_j.
+    Uses torchgeometry's Rodrigues (first-order form near zero) and G_j = G_parent(j) · R_j.
     """
     batch = pose_param.shape[0]
     rel = axis_angle_to_rotmat(pose_param.reshape(-1, 3)).reshape(batch, -1, 3, 3)

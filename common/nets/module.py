@@ -1,4 +1,4 @@
-"""SGRE heads: Pose2Feat, PositionNet and the sequential RotationNet (MODEL.md §4.3–4.6).
+"""SGRE heads: Pose2Feat, PositionNet and the sequential RotationNet (docs/METHOD.md, "Network").
 
 Coordinates inside the heads are in *feature space*: cell indices 0..7 of the 8x8(x8)
 grid, sampled with ``align_corners=True`` (cell i sits at normalised -1 + 2i/7).
@@ -73,17 +73,15 @@ class Pose2Feat(nn.Module):
 
 
 class PositionNet(nn.Module):
-    """3D joint positions and confidences from the deep feature (MODEL.md §4.4).
+    """3D joint positions and confidences from the deep feature.
 
-    ``hm_shape`` (D, H, W) defaults to ``cfg.output_hm_shape // 8`` = (8, 8, 8).
+    ``hm_shape`` (D, H, W): cells of the per-joint volume, the output heatmap shape divided by
+    the backbone stride 8, i.e. (8, 8, 8) for the usual (64, 64, 64).
     Forward: (B, 2048, H, W) -> joint_coord (B, J, 3) cell indices (x, y, z), joint_score (B, J, 1).
     """
 
-    def __init__(self, joint_num=30, feat_dim=2048, hm_shape=None):
+    def __init__(self, joint_num, hm_shape, feat_dim=2048):
         super().__init__()
-        if hm_shape is None:
-            from main.config import cfg
-            hm_shape = tuple(s // 8 for s in cfg.output_hm_shape)
         self.joint_num = joint_num
         self.hm_shape = tuple(int(s) for s in hm_shape)
         self.conv = make_conv_layers([feat_dim, joint_num * self.hm_shape[0]], kernel=1, stride=1,

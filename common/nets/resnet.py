@@ -1,4 +1,4 @@
-"""Split ResNet backbone of SGRE (MODEL.md §4.2).
+"""Split ResNet backbone of SGRE (docs/METHOD.md, "Network").
 
 The stem (conv1, bn1, relu, maxpool) and the four residual stages are run in two
 calls so that Pose2Feat can fuse the joint heatmaps into the stem feature:
@@ -39,8 +39,8 @@ _warned_no_imagenet = False
 def _warn_no_imagenet_once():
     global _warned_no_imagenet
     if not _warned_no_imagenet:
-        logger.warning("cfg.imagenet_weights is None: the backbone keeps its N(0, 0.001^2) "
-                       "initialisation (no ImageNet weights are used).")
+        logger.warning("No ImageNet weights file (cfg.imagenet_weights is None): the backbone keeps "
+                       "its N(0, 0.001^2) initialisation.")
         _warned_no_imagenet = True
 
 
@@ -103,17 +103,13 @@ class ResNetBackbone(nn.Module):
         x = self.layer3(x)
         return self.layer4(x)
 
-    def init_weights(self, weights_path=None):
+    def init_weights(self, weights_path):
         """Load ImageNet weights from a local torchvision-format file (never downloads).
 
-        ``weights_path`` defaults to ``cfg.imagenet_weights``.  With neither, one warning is
-        logged per process and the constructor's initialisation is kept.  The file's
-        ``fc.*`` entries are dropped and the rest must match exactly (strict load).
-        Returns True when weights were loaded.
+        ``weights_path`` None: one warning is logged per process and the constructor's
+        initialisation is kept.  The file's ``fc.*`` entries are dropped and the rest must
+        match exactly (strict load).  Returns True when weights were loaded.
         """
-        if weights_path is None:
-            from main.config import cfg
-            weights_path = cfg.imagenet_weights
         if weights_path is None:
             _warn_no_imagenet_once()
             return False

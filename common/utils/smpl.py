@@ -1,17 +1,17 @@
-"""The SMPL wrapper of SGRE (MODEL.md §2): three gendered layers, the 30-joint set and the graph set.
+"""The SMPL wrapper of SGRE (docs/METHOD.md, "Body model"): three gendered layers, the
+30-joint set and the 15-joint graph set.
 
-``get_smpl()`` gives the datasets one shared CPU instance; the network builds its own layer
-with ``SMPL.make_layer('neutral')`` (it is moved to the GPU and overwritten by checkpoints).
-Files are read from ``cfg.smpl_model_dir`` (pkl files) and ``cfg.data_dir``
-(``J_regressor_extra.npy``), each parsed once per process.
+``get_smpl(paths)`` gives the datasets one shared CPU instance per ``BodyModelPaths``; the
+network builds its own layer with ``smpl.make_layer('neutral')`` (it is moved to the GPU and
+overwritten by checkpoints). Files are read from ``paths.smpl_model_dir`` (pkl files) and
+``paths.regressor_dir`` (``J_regressor_extra.npy``, the data root), each parsed once per process.
 """
-import functools
 import os
 from pathlib import Path
 
 import numpy as np
 
-from main.config import cfg
+from common.options import BodyModelPaths
 from common.utils.transforms import build_adj, normalize_adj
 from common.utils.smpl_layer import (  # noqa: F401  (load_smpl_model is part of this module's API)
     GENDERS, NUM_VERTICES, SMPL_MODEL_FILES, SYNTHETIC_HINT, SMPLFileError, SMPLFormatError, SMPLLayer,
@@ -90,30 +90,23 @@ def build_joint_regressor(smpl_j_regressor, extra_regressor):
 
 
 def graph_adjacency(joint_num, skeleton, flip_pairs):
-    """Normalised graph adjacency (joint_num, joint_num) float64 of MODEL.md §2.4."""
+    """Normalised graph adjacency D^-1/2 (A + I) D^-1/2 (joint_num, joint_num) float64 over
+    the bones and the flip pairs."""
     return normalize_adj(build_adj(joint_num, skeleton, flip_pairs))
 
 
-class _InstanceOrClassMethod:
-    """Binds to the instance when there is one, else to the class (``SMPL.make_layer(...)``)."""
-
-    def __init__(self, func):
-        self.func = func
-        functools.update_wrapper(self, func)
-
-    def __get__(self, obj, owner):
-        return functools.partial(self.func, obj if obj is not None else owner)
-
-
 class SMPL:
-    """SGRE's SMPL wrapper (plain object, not an ``nn.Module``; MODEL.md §2).
+    """SGRE's SMPL wrapper (plain object, not an ``nn.Module``).
 
-    ``model_dir``/``data_dir`` default to ``cfg.smpl_model_dir``/``cfg.data_dir``.
+    paths: ``BodyModelPaths``; ``model_dir`` and ``data_dir`` keep its two folders as strings.
     """
 
-    def __init__(self, model_dir=None, data_dir=None):
-        self.model_dir = str(model_dir if model_dir is not None else cfg.smpl_model_dir)
-        self.data_dir = str(data_dir if data_dir is not None else cfg.data_dir)
+    def __init__(self, paths):
+        if not isinstance(paths, BodyModelPaths):
+            raise TypeError(f'SMPL needs a common.options.BodyModelPaths, got {type(paths).__name__}')
+        self.paths = paths
+        self.model_dir = str(paths.smpl_model_dir)
+        self.data_dir = str(paths.regressor_dir)
         self.layer = {gender: self.make_layer(gender) for gender in GENDERS}
         neutral = load_smpl_model(smpl_model_path('neutral', self.model_dir))
 
@@ -140,14 +133,9 @@ class SMPL:
         self.graph_joint_idx = [JOINTS_NAME.index(name) for name in GRAPH_JOINTS_NAME]
         self.graph_adj = graph_adjacency(self.graph_joint_num, GRAPH_SKELETON, GRAPH_FLIP_PAIRS)
 
-    @_InstanceOrClassMethod
-    def make_layer(self_or_cls, gender='neutral'):
-        """A fresh ``SMPLLayer`` of ``gender`` (own buffers; the pkl is parsed only once per process).
-
-        Called on an instance it uses that instance's ``model_dir``, on the class ``cfg.smpl_model_dir``.
-        """
-        model_dir = self_or_cls.model_dir if isinstance(self_or_cls, SMPL) else None
-        return SMPLLayer(gender, model_dir=model_dir)
+    def make_layer(self, gender='neutral'):
+        """A fresh ``SMPLLayer`` of ``gender`` (own buffers; the pkl is parsed only once per process)."""
+        return SMPLLayer(gender, model_dir=self.model_dir)
 
     def reduce_joint_set(self, joint):
         """(B, 30, C) -> (B, 15, C): the graph joints in ``graph_joints_name`` order (array or tensor)."""
@@ -157,9 +145,15 @@ class SMPL:
 _SMPL_CACHE = {}
 
 
-def get_smpl():
-    """The shared CPU ``SMPL`` instance for ``(cfg.smpl_model_dir, cfg.data_dir)``; treat it as read-only."""
-    key = (str(Path(cfg.smpl_model_dir).expanduser().resolve()), str(Path(cfg.data_dir).expanduser().resolve()))
+def get_smpl(paths):
+    """The shared CPU ``SMPL`` instance of ``paths`` (a ``BodyModelPaths``); treat it as read-only.
+
+    Cached per pair of resolved folders, so equal paths spelled differently share one instance.
+    """
+    if not isinstance(paths, BodyModelPaths):
+        raise TypeError(f'get_smpl needs a common.options.BodyModelPaths, got {type(paths).__name__}')
+    key = BodyModelPaths(smpl_model_dir=str(Path(paths.smpl_model_dir).expanduser().resolve()),
+                         regressor_dir=str(Path(paths.regressor_dir).expanduser().resolve()))
     if key not in _SMPL_CACHE:
-        _SMPL_CACHE[key] = SMPL(*key)
+        _SMPL_CACHE[key] = SMPL(key)
     return _SMPL_CACHE[key]

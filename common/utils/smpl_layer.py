@@ -2,8 +2,8 @@
 
 The reader (``load_smpl_model``) parses ``basicModel_*_lbs_10_207_0_v1.0.0.pkl`` without
 chumpy or a Python-2 runtime and caches the arrays per file.  ``SMPLLayer`` reproduces the
-forward pass of smplpytorch's ``SMPL_Layer`` (MODEL.md §3) with the same buffer names, so the
-released SGRE checkpoints load into it.
+forward pass of smplpytorch's ``SMPL_Layer`` (docs/METHOD.md, "Body model") with the same
+buffer names, so the released SGRE checkpoints load into it.
 """
 import os
 import pickle
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from main.config import cfg
+from common.utils.kinematics import forward_kinematics, skinning_transforms
 
 GENDERS = ('neutral', 'male', 'female')
 SMPL_MODEL_FILES = {
@@ -38,7 +38,8 @@ SMPL_FIELD_SHAPES = {
 }
 SYNTHETIC_HINT = ('For tests and a quick start without the real files, '
                   '`python tool/make_synthetic_smpl.py --out DIR` writes a synthetic stand-in '
-                  'body model (set cfg.smpl_model_dir and cfg.data_dir to DIR).')
+                  'body model (use DIR as the body-model folder and the data root: cfg.smpl_model_dir '
+                  'and cfg.data_dir).')
 
 
 class SMPLFileError(FileNotFoundError):
@@ -49,11 +50,11 @@ class SMPLFormatError(ValueError):
     """A body-model file has a missing field or a field of the wrong shape."""
 
 
-def smpl_model_path(gender='neutral', model_dir=None):
-    """Path of the official pkl of ``gender`` inside ``model_dir`` (default ``cfg.smpl_model_dir``)."""
+def smpl_model_path(gender, model_dir):
+    """Path of the official pkl of ``gender`` inside the body-model folder ``model_dir``."""
     if gender not in SMPL_MODEL_FILES:
         raise ValueError(f"Unknown SMPL gender '{gender}'; expected one of {GENDERS}.")
-    return Path(model_dir if model_dir is not None else cfg.smpl_model_dir) / SMPL_MODEL_FILES[gender]
+    return Path(model_dir) / SMPL_MODEL_FILES[gender]
 
 
 def missing_model_message(path):
@@ -243,18 +244,6 @@ def quat_axis_angle_to_rotmat(axis_angle):
     return torch.stack(rows, dim=-1).reshape(axis_angle.shape[:-1] + (3, 3))
 
 
-def _depth_levels(parents):
-    """Joints grouped by tree depth (root excluded), each group with its parents' indices."""
-    depth = [0] * len(parents)
-    for joint in range(1, len(parents)):
-        depth[joint] = depth[parents[joint]] + 1
-    levels = []
-    for level in range(1, max(depth) + 1):
-        joints = [j for j in range(1, len(parents)) if depth[j] == level]
-        levels.append((joints, [parents[j] for j in joints]))
-    return levels
-
-
 class SMPLLayer(nn.Module):
     """SMPL with smplpytorch's ``SMPL_Layer`` semantics: ``(pose, betas, trans) -> (verts, joints)``.
 
@@ -264,7 +253,7 @@ class SMPLLayer(nn.Module):
     ``kintree_parents`` is the first row of ``kintree_table`` (root entry 4294967295, unused).
     """
 
-    def __init__(self, gender='neutral', model_dir=None):
+    def __init__(self, gender, model_dir):
         super().__init__()
         self.gender = gender
         self.model_path = smpl_model_path(gender, model_dir)
@@ -283,7 +272,6 @@ class SMPLLayer(nn.Module):
         self.kintree_parents = [int(p) for p in model['kintree_table'][0]]
         self.num_joints = NUM_JOINTS
         self.center_idx = None
-        self._levels = _depth_levels(self.kintree_parents)
 
     def forward(self, pose_axisang, betas=None, trans=None):
         """pose_axisang (B,72) axis-angle, betas (B,10), trans (B,3) metres.
@@ -314,8 +302,7 @@ class SMPLLayer(nn.Module):
 
         global_rot, global_pos = self._forward_kinematics(rotmats, joints_rest)
         # Skinning transforms map rest-pose points: x -> R_g x + (t_g - R_g J_rest).
-        skin_trans = global_pos - torch.einsum('bkij,bkj->bki', global_rot, joints_rest)
-        skin = torch.cat([global_rot.reshape(batch, NUM_JOINTS, 9), skin_trans], dim=-1)
+        skin = skinning_transforms(global_rot, global_pos, joints_rest)
         per_vertex = torch.matmul(weights, skin)  # (B,6890,12): blended [R | t] per vertex
         verts = torch.einsum('bvij,bvj->bvi', per_vertex[..., :9].reshape(batch, -1, 3, 3), v_posed)
         verts = verts + per_vertex[..., 9:]
@@ -325,15 +312,4 @@ class SMPLLayer(nn.Module):
 
     def _forward_kinematics(self, rotmats, joints_rest):
         """Global rotations (B,24,3,3) and joint positions (B,24,3), composed per tree depth."""
-        rot = [None] * NUM_JOINTS
-        pos = [None] * NUM_JOINTS
-        rot[0], pos[0] = rotmats[:, 0], joints_rest[:, 0]
-        for joints, parents in self._levels:
-            parent_rot = torch.stack([rot[p] for p in parents], dim=1)
-            parent_pos = torch.stack([pos[p] for p in parents], dim=1)
-            offset = joints_rest[:, joints] - joints_rest[:, parents]
-            level_rot = torch.matmul(parent_rot, rotmats[:, joints])
-            level_pos = torch.einsum('bkij,bkj->bki', parent_rot, offset) + parent_pos
-            for i, joint in enumerate(joints):
-                rot[joint], pos[joint] = level_rot[:, i], level_pos[:, i]
-        return torch.stack(rot, dim=1), torch.stack(pos, dim=1)
+        return forward_kinematics(rotmats, joints_rest, self.kintree_parents)

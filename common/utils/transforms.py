@@ -11,11 +11,11 @@ are no NaN gradients (MODEL.md §10.15). Low-precision inputs (float16/bfloat16,
 e.g. under autocast) are converted in float32; float64 stays float64. The tree
 compositions (global <-> relative) are plain matmuls and follow autocast.
 """
-from functools import lru_cache
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from common.utils.kinematics import global_rotations, relative_rotations, tree_plan
 
 from main.config import cfg
 
@@ -316,83 +316,14 @@ def axis_angle_to_rotmat(aa):
     return R.reshape(*lead, 3, 3)
 
 
-@lru_cache(maxsize=16)
-def _tree_plan(parents):
-    """Schedule for composing rotations down a kinematic tree rooted at joint 0.
-
-    Returns (order, levels, inverse): ``order`` lists the joints by depth (root first);
-    ``levels`` holds, per depth >= 1, (start, end, parent_sel), the depth's joints being
-    order[start:end] and parent_sel selecting their parents inside the previous depth's
-    block, either ('slice', a, b) (a contiguous run, or one shared parent that broadcasts)
-    or ('index', positions); ``inverse`` undoes ``order`` (None when order is 0..J-1).
-    """
-    num = len(parents)
-    depth = [None] * num
-    depth[0] = 0
-
-    def resolve(j, seen):
-        if depth[j] is not None:
-            return depth[j]
-        p = parents[j]
-        if not 0 <= p < num or p == j or j in seen:
-            raise ValueError(f'invalid kinematic tree: joint {j} has parent {p} '
-                             f'(parents={list(parents)})')
-        seen.add(j)
-        depth[j] = resolve(p, seen) + 1
-        return depth[j]
-
-    for j in range(1, num):
-        resolve(j, set())
-    order = [0]
-    levels = []
-    prev = [0]
-    for d in range(1, max(depth) + 1):
-        joints = [j for j in range(num) if depth[j] == d]
-        where_prev = {j: i for i, j in enumerate(prev)}
-        pos = [where_prev[parents[j]] for j in joints]
-        if len(set(pos)) == 1:
-            sel = ('slice', pos[0], pos[0] + 1)
-        elif pos == list(range(pos[0], pos[0] + len(pos))):
-            sel = ('slice', pos[0], pos[0] + len(pos))
-        else:
-            sel = ('index', tuple(pos))
-        levels.append((len(order), len(order) + len(joints), sel))
-        order.extend(joints)
-        prev = joints
-    inverse = None
-    if order != list(range(num)):
-        inverse = [0] * num
-        for position, joint in enumerate(order):
-            inverse[joint] = position
-        inverse = tuple(inverse)
-    return tuple(order), tuple(levels), inverse
-
-
-@lru_cache(maxsize=64)
-def _index(values, device):
-    """Cached int64 index tensor on ``device`` (no host-to-device copy per call)."""
-    return torch.tensor(values, dtype=torch.long, device=device)
-
-
-def _parents_tuple(parents, num_joints):
-    parents = tuple(int(p) for p in parents)
-    if len(parents) != num_joints:
-        raise ValueError(f'parents has {len(parents)} entries for {num_joints} joints')
-    return parents
-
-
 def global_to_relative(R_global, parents):
-    """Global -> parent-relative rotations (MODEL.md §5.5).
+    """Global -> parent-relative rotations (docs/METHOD.md, "Network").
 
     R_global (..., J, 3, 3), parents: J ints (entry 0, the root, is ignored).
     R_rel_0 = R_g_0, R_rel_j = R_g_parent(j)^T R_g_j. One batched matmul over all children;
-    under autocast it runs in half precision, as the original's products do (MODEL.md §10.14).
+    under autocast it runs in half precision, as the original's products do.
     """
-    parents = _parents_tuple(parents, R_global.shape[-3])
-    _tree_plan(parents)  # validates the tree
-    parent_rot = R_global.index_select(-3, _index(parents[1:], R_global.device))
-    rel_children = parent_rot.transpose(-1, -2) @ R_global[..., 1:, :, :]
-    return torch.cat((R_global[..., :1, :, :], rel_children), dim=-3)
+    return relative_rotations(R_global, parents)
 
 
 def relative_to_global(R_rel, parents):
@@ -401,22 +332,16 @@ def relative_to_global(R_rel, parents):
     R_rel (..., J, 3, 3), parents: J ints (entry 0 ignored). One batched matmul per tree
     depth (8 for SMPL), each product G_parent @ R_j associated as in the per-joint loop;
     no in-place writes, so autograd is safe. Under autocast the products run in half
-    precision, as in the original's GT accumulation (MODEL.md §10.14).
+    precision, as in the original's ground-truth accumulation.
     """
-    parents = _parents_tuple(parents, R_rel.shape[-3])
-    order, levels, inverse = _tree_plan(parents)
-    device = R_rel.device
-    R = R_rel if inverse is None else R_rel.index_select(-3, _index(order, device))
-    blocks = [R[..., :1, :, :]]
-    for start, end, sel in levels:
-        prev = blocks[-1]
-        if sel[0] == 'slice':
-            parent_rot = prev[..., sel[1]:sel[2], :, :]  # a single parent broadcasts
-        else:
-            parent_rot = prev.index_select(-3, _index(sel[1], device))
-        blocks.append(parent_rot @ R[..., start:end, :, :])
-    out = torch.cat(blocks, dim=-3)
-    return out if inverse is None else out.index_select(-3, _index(inverse, device))
+    return global_rotations(R_rel, parents)
+
+
+def _parents_tuple(parents, num_joints):
+    parents = tuple(int(p) for p in parents)
+    if len(parents) != num_joints:
+        raise ValueError(f'parents has {len(parents)} entries for {num_joints} joints')
+    return parents
 
 
 def global_to_relative_loop(R_global, parents):
@@ -431,8 +356,7 @@ def global_to_relative_loop(R_global, parents):
 def relative_to_global_loop(R_rel, parents):
     """Per-joint reference implementation of ``relative_to_global`` (for tests)."""
     parents = _parents_tuple(parents, R_rel.shape[-3])
-    order, _, _ = _tree_plan(parents)
     out = {0: R_rel[..., 0, :, :]}
-    for j in order[1:]:
+    for j in tree_plan(parents).order[1:]:
         out[j] = out[parents[j]] @ R_rel[..., j, :, :]
     return torch.stack([out[j] for j in range(len(parents))], dim=-3)
