@@ -308,7 +308,7 @@ def predict(model, samples, device):
     meta_info = {'bbox': stack('bbox')}
     with torch.no_grad():
         out = model(inputs, {}, meta_info, 'test', render=True)
-        out['cam_trans'] = model.camera_translation(out['cam_param'], meta_info, 'test', render=True)
+        out['cam_trans'] = model.camera_translation(out['cam_param'], meta_info, render=True)
     return {k: v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in out.items()}
 
 

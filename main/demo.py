@@ -89,8 +89,8 @@ def configure(args, checkpoint):
 
 def build_model(checkpoint, device, source):
     """The test-mode network with the checkpoint loaded strictly, on ``device``, in eval mode."""
-    smpl = SMPL(cfg.smpl_model_dir, cfg.data_dir)
-    model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl)
+    smpl = SMPL(cfg.body_model_paths())
+    model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl, options=cfg.model_options())
     return restore_network(model, checkpoint, device, source=source)
 
 

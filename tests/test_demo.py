@@ -223,8 +223,8 @@ class RecordingModel(torch.nn.Module):
         batch = inputs['img'].shape[0]
         return {'cam_param': torch.full((batch, 3), 0.5), 'mesh_cam_render': torch.ones(batch, 4, 3)}
 
-    def camera_translation(self, cam_param, meta_info, mode, render=False):
-        self.calls.append(('camera_translation', mode, render, cfg.render))
+    def camera_translation(self, cam_param, meta_info=None, render=False):
+        self.calls.append(('camera_translation', render, cfg.render))
         return cam_param * meta_info['bbox'][:, :3]
 
 
@@ -235,7 +235,7 @@ def test_predict_asks_for_render_mode_without_touching_the_configuration():
                 'joints_mask': np.ones((30, 1), np.float32), 'bbox': np.float32([2, 4, 6, 8])}]
     cfg.render = False
     out = predict(model, samples, torch.device('cpu'))
-    assert model.calls == [('forward', 'test', True, False), ('camera_translation', 'test', True, False)]
+    assert model.calls == [('forward', 'test', True, False), ('camera_translation', True, False)]
     np.testing.assert_array_equal(out['cam_trans'], [[1.0, 2.0, 3.0]])
     assert isinstance(out['mesh_cam_render'], np.ndarray) and out['mesh_cam_render'].shape == (1, 4, 3)
 

@@ -200,9 +200,9 @@ def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_
         cfg.vis = False
         device = pick_device(gpu_ids)
         checkpoint = load_checkpoint_file(checkpoint_path)
-        smpl = SMPL(cfg.smpl_model_dir, cfg.data_dir)
-        model = restore_network(get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl),
-                                checkpoint, device, source=str(checkpoint_path))
+        smpl = SMPL(cfg.body_model_paths())
+        model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl, options=cfg.model_options())
+        model = restore_network(model, checkpoint, device, source=str(checkpoint_path))
         dataset = PW3D(None, 'test')
         first = dataset.datalist[0]
         img_path = first['img_path']
