@@ -191,13 +191,19 @@ def test_triangles_crossing_the_image_border_cover_only_their_pixels():
 
 # ------------------------------------------------------------------------------ 3DPW vis hook
 @pytest.fixture
-def pw3d_dataset(data_cfg, tmp_path):
+def make_pw3d(data_cfg, tmp_path):
+    """Builds the synthetic 3DPW test set with the given ``vis`` / ``render`` switches (a
+    dataset takes its options when it is built)."""
     import warnings
     from data.PW3D.PW3D import PW3D
-    cfg.output_dir = str(tmp_path / 'exp')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return PW3D(None, 'test')
+
+    def make(vis_on, render_on):
+        cfg.output_dir = str(tmp_path / 'exp')
+        cfg.vis, cfg.render = vis_on, render_on
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return PW3D(None, 'test')
+    return make
 
 
 def _constructed_output(dataset, idx, render):
@@ -219,10 +225,10 @@ def _constructed_output(dataset, idx, render):
 
 
 @pytest.mark.parametrize('render', [False, True])
-def test_overlay_lands_where_the_camera_projects(pw3d_dataset, render, tmp_path, monkeypatch):
+def test_overlay_lands_where_the_camera_projects(make_pw3d, render, tmp_path, monkeypatch):
     from common.utils.preprocessing import load_img
     monkeypatch.chdir(tmp_path)
-    cfg.vis, cfg.render = not render, render
+    pw3d_dataset = make_pw3d(not render, render)
     idx = 1
     out = _constructed_output(pw3d_dataset, idx, render)
     annot = pw3d_dataset.datalist[idx]
@@ -284,9 +290,9 @@ def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, 
     monkeypatch.chdir(tmp_path)
     run_in_process(main, ['--gpu', '0', '--exp_dir', str(exp), '--test_epoch', '0', '--cfg', str(config)])
 
-    cfg.smpl_model_dir, cfg.data_dir = values['smpl_model_dir'], values['data_dir']
+    from common.options import BodyModelPaths
     from common.utils.smpl import get_smpl
-    smpl = get_smpl()
+    smpl = get_smpl(BodyModelPaths(values['smpl_model_dir'], values['data_dir']))
     with open(os.path.join(values['data_dir'], 'PW3D', 'data', '3DPW_latest_test.json')) as f:
         db = json.load(f)
     images = {img['id']: img for img in db['images']}
