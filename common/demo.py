@@ -31,7 +31,8 @@ from common.utils import checkpoint as ckpt_io
 from common.utils import vis
 from common.utils.device import select_device
 from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, transfer_joints
-from common.utils.preprocessing import crop_for_test, get_bbox, in_bounds_mask, load_img, process_bbox
+from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
+                                        process_bbox)
 
 SCORE_THR = 0.1          # a joint is confident above this score
 MIN_SCORE_SUM = 1.0      # a person needs at least this sum of joint scores
@@ -230,7 +231,7 @@ def select_people(detections, img_width, img_height, geometry):
     detections: :func:`read_pose_file`'s list; geometry: ``GeometryOptions`` (its input
     aspect ratio shapes the boxes).  Returns ``(accepted [Person], skipped [dict(index, reason)])``.
     """
-    aspect_ratio = geometry.input_img_shape[1] / geometry.input_img_shape[0]
+    aspect_ratio = input_aspect_ratio(geometry)
     accepted, skipped, reference = [], [], []
     for det in detections:
         joints = to_smpl30(det)

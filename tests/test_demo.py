@@ -153,7 +153,7 @@ def test_selection_rules():
     assert sorted(reasons) == [1, 2, 5]
     assert 'duplicate of input person 0 (mean joint difference 8.0 px' in reasons[1]
     assert 'too few confident joints' in reasons[2]
-    # The rule as specified: sharing no confident joint with an accepted person counts as a duplicate.
+    # 3DCrowdNet's rule: sharing no confident joint with an accepted person counts as a duplicate.
     assert 'duplicate of input person 4 (no confident joint in common)' in reasons[5]
     for p in accepted:
         ref = ref_smpl30(poses[p.index], COCO17_TO_SMPL30, False)
@@ -389,6 +389,65 @@ def test_demo_cli_with_coco_results(trained_snapshot, demo_case, synthetic_smpl_
         hits = [changed[int(round(y)), int(round(x))] for x, y in conf
                 if 0 <= round(x) < original.shape[1] and 0 <= round(y) < original.shape[0]]
         assert np.mean(hits) > 0.8
+
+
+class SquareNetwork(torch.nn.Module):
+    """A stand-in network whose "mesh" is a 0.1 m square 10 m in front of the render camera
+    (50 px wide through focal 5000, centred on the person's box), with fixed parameters."""
+
+    mesh_face = np.array([[0, 1, 2], [0, 2, 3]])
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs, targets, meta_info, mode, render=False):
+        assert render and mode == 'test'
+        batch = inputs['img'].shape[0]
+        square = torch.tensor([[-0.05, -0.05, 10.0], [0.05, -0.05, 10.0], [0.05, 0.05, 10.0], [-0.05, 0.05, 10.0]])
+        index = torch.arange(batch, dtype=torch.float32)[:, None]
+        return {'cam_param': torch.cat([index, -index, torch.ones(batch, 1)], 1),
+                'smpl_pose': index * 0.01 + torch.zeros(batch, 72), 'smpl_shape': index + torch.zeros(batch, 10),
+                'mesh_cam_render': square.expand(batch, 4, 3).clone()}
+
+    def camera_translation(self, cam_param, meta_info=None, render=False):
+        return cam_param * 2
+
+
+def test_run_demo_writes_each_persons_mesh_parameters_and_overlay(tmp_path):
+    from common.demo import run_demo
+    from common.utils import vis
+    img_path = str(tmp_path / 'street.png')
+    cv2.imwrite(img_path, np.full((200, 320, 3), 40, np.uint8))
+    rng = np.random.default_rng(7)
+    poses = [person((90, 100), 150, rng), person((230, 100), 150, rng)]
+    pose_path = write_json(tmp_path / 'street.json', [
+        {'image_id': 1, 'keypoints': p.reshape(-1).tolist(), 'score': 0.9} for p in poses])
+    paths = run_demo(img_path, pose_path, tmp_path / 'out', SquareNetwork(), GEOMETRY, log=lambda *a: None)
+    assert paths['people'] == 2 and paths['skipped'] == []
+    assert [os.path.basename(p) for p in paths['obj']] == ['street_person0.obj', 'street_person1.obj']
+    summary = json.load(open(paths['json']))
+    assert summary['pose_layouts'] == ['coco-results'] and summary['checkpoint'] is None
+    rendered = cv2.cvtColor(cv2.imread(paths['render']), cv2.COLOR_BGR2RGB).astype(float)
+    colors = vis.person_colors(2)
+    for k, entry in enumerate(summary['people']):
+        assert entry['input_index'] == k and entry['obj'] == f'street_person{k}.obj'
+        np.testing.assert_allclose(entry['smpl_pose'], np.full(72, 0.01 * k), atol=1e-7)
+        np.testing.assert_allclose(entry['smpl_shape'], np.full(10, k))
+        np.testing.assert_allclose(entry['cam_trans'], [2 * k, -2 * k, 2])
+        bbox = ref_bbox(ref_smpl30(poses[k], COCO17_TO_SMPL30, False), 320, 200)
+        np.testing.assert_allclose(entry['bbox'], bbox, atol=1e-3)
+        centre = bbox[:2] + bbox[2:] / 2
+        assert entry['render_camera'] == {'focal': [5000.0, 5000.0], 'princpt': list(np.round(centre, 4))}
+        verts, faces = parse_obj(paths['obj'][k])
+        np.testing.assert_allclose(verts, [[-0.05, -0.05, 10], [0.05, -0.05, 10], [0.05, 0.05, 10], [-0.05, 0.05, 10]])
+        np.testing.assert_array_equal(faces, SquareNetwork.mesh_face)
+        # The 50 px square at the box centre shows the person's colour (shaded), the corners the image.
+        x, y = np.rint(centre).astype(int)
+        patch = rendered[y - 20:y + 20, x - 20:x + 20].reshape(-1, 3)
+        np.testing.assert_allclose(patch / patch.sum(1, keepdims=True),
+                                   np.broadcast_to(colors[k] / colors[k].sum(), patch.shape), atol=0.02)
+    assert np.all(rendered[:5, :5] == 40)
 
 
 def test_all_people_skipped_needs_no_model(tmp_path, capsys):
