@@ -29,7 +29,6 @@ import torch
 
 from common.utils import checkpoint as ckpt_io
 from common.utils import vis
-from common.utils.device import select_device
 from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, transfer_joints
 from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
                                         process_bbox)
@@ -286,14 +285,6 @@ def restore_network(model, checkpoint, device, source='checkpoint'):
     """Load a checkpoint dict's network into ``model`` strictly; returns it on ``device`` in eval mode."""
     ckpt_io.load_network_strict(model, ckpt_io.network_state_of(checkpoint, source), source=source)
     return model.to(device).eval()
-
-
-def pick_device(gpu_ids, warn=warn_stderr):
-    """The demo's device from a ``--gpu`` string (the CPU, with one warning, without CUDA)."""
-    setup = select_device(gpu_ids)
-    for message in setup.warnings:
-        warn(message)
-    return setup.device
 
 
 def predict(model, samples, device):

@@ -31,9 +31,10 @@ import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
 from main.model import get_model  # noqa: E402
-from common.demo import pick_device, read_pose_file, restore_network, run_demo  # noqa: E402
+from common.demo import read_pose_file, restore_network, run_demo, warn_stderr  # noqa: E402
 from common.utils import checkpoint as ckpt_io  # noqa: E402
 from common.utils.cli import gpu_ids_arg  # noqa: E402
+from common.utils.device import select_device  # noqa: E402
 from common.utils.preprocessing import load_img  # noqa: E402
 from common.utils.smpl import SMPL, SMPLFileError  # noqa: E402
 
@@ -85,6 +86,14 @@ def configure(args, checkpoint):
         cfg.smpl_model_dir = args.smpl_dir
     if args.data_dir:
         cfg.data_dir = args.data_dir
+
+
+def pick_device(gpu_ids):
+    """The demo's device from ``--gpu`` (the CPU, with one warning, without CUDA)."""
+    setup = select_device(gpu_ids)
+    for message in setup.warnings:
+        warn_stderr(message)
+    return setup.device
 
 
 def build_model(checkpoint, device, source):
