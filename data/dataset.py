@@ -1,22 +1,44 @@
-"""Dataset plumbing shared by every loader: per-sample seeding and dataset mixing."""
+"""Dataset plumbing shared by every loader: options, per-sample seeding and dataset mixing.
+
+Datasets receive a ``common.options.DataOptions`` (``options``) in their constructor and
+keep it as ``self.options``; everything after construction (samples, evaluation,
+pictures) reads only that record, so a DataLoader worker gets its options with the
+dataset it unpickles.  ``resolve_data_options`` is the one place where a dataset
+constructor falls back to the run configuration.
+"""
 import zlib
 
 import numpy as np
 import torch
 
-from main.config import cfg
+from common.utils.smpl import get_smpl
+
+
+def resolve_data_options(options=None):
+    """``options``, or the run configuration's ``cfg.data_options()`` when None (constructors only)."""
+    if options is not None:
+        return options
+    from main.config import cfg  # the configuration edge: only dataset constructors come here
+    return cfg.data_options()
+
+
+def body_model(options):
+    """The shared ``common.utils.smpl.SMPL`` wrapper of ``options.body_model``."""
+    return get_smpl(options.body_model)
 
 
 class SeededDataset(torch.utils.data.Dataset):
     """Base class giving each sample its own random generator.
 
-    With ``cfg.seed`` set, the generator of sample ``index`` in epoch ``epoch`` is
+    Subclasses set ``self.options`` (a ``DataOptions``) in their constructor.  With
+    ``options.seed`` set, the generator of sample ``index`` in epoch ``epoch`` is
     seeded by (seed, dataset name, epoch, index), so a batch does not depend on the
     number of workers or processes, nor on an interruption and resume.  With
-    ``cfg.seed = None`` every call draws fresh OS entropy, as the original did.
+    ``seed = None`` every call draws fresh OS entropy, as the original did.
     """
 
     epoch = 0
+    options = None
 
     def set_epoch(self, epoch):
         """Select the epoch whose random draws ``__getitem__`` reproduces."""
@@ -24,24 +46,26 @@ class SeededDataset(torch.utils.data.Dataset):
 
     def sample_rng(self, index, stream=0):
         """``np.random.Generator`` for one sample (``stream`` separates independent uses)."""
-        if cfg.seed is None:
+        seed = self.options.seed
+        if seed is None:
             return np.random.default_rng()
         name_key = zlib.crc32(type(self).__name__.encode())
-        return np.random.default_rng([int(cfg.seed), name_key, self.epoch, int(index), int(stream)])
+        return np.random.default_rng([int(seed), name_key, self.epoch, int(index), int(stream)])
 
 
 class MultipleDatasets(SeededDataset):
-    """Mixes datasets (DATA.md §5); members may themselves be ``MultipleDatasets``.
+    """Mixes datasets (docs/METHOD.md, "Training samples"); members may themselves be ``MultipleDatasets``.
 
     ``make_same_len=False`` concatenates: length = sum of lengths.  ``make_same_len=True``
     balances: with ``L`` the longest member's length and ``n`` members the length is ``n * L``;
     index ``i`` goes to member ``i // L`` at local index ``k = i % L``, cycling through the
     member (``k % len``) except in its last incomplete cycle, where the local index is a
-    uniform random pick.  That pick comes from ``sample_rng`` (seeded by cfg.seed, epoch and
-    index when cfg.seed is set).
+    uniform random pick.  That pick comes from ``sample_rng`` (seeded by ``options.seed``,
+    epoch and index when the seed is set; ``options`` None: the run configuration's).
     """
 
-    def __init__(self, dbs, make_same_len=True):
+    def __init__(self, dbs, make_same_len=True, options=None):
+        self.options = resolve_data_options(options)
         self.dbs = list(dbs)
         if not self.dbs:
             raise ValueError('MultipleDatasets needs at least one dataset.')
@@ -68,7 +92,7 @@ class MultipleDatasets(SeededDataset):
                 db.set_epoch(epoch)
 
     def locate(self, index):
-        """Global ``index`` -> (member index, local index) under the mixing rule of §5."""
+        """Global ``index`` -> (member index, local index) under the mixing rule above."""
         if not 0 <= index < len(self):
             raise IndexError(f'index {index} out of range for MultipleDatasets of length {len(self)}')
         if not self.make_same_len:

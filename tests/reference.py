@@ -1,9 +1,9 @@
-"""Independent re-derivations from the spec shared by several test modules."""
+"""Independent re-derivations of documented behaviour (docs/METHOD.md) shared by several test modules."""
 import numpy as np
 
 
 def ref_square_box(box, width, height):
-    """DATA.md §4.2 for a usable box: clip to the image, square (aspect 1) and enlarge 1.25x."""
+    """Box processing for a usable box: clip to the image, square (aspect 1) and enlarge 1.25x."""
     x, y, w, h = box
     x1, y1 = max(0, x), max(0, y)
     x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))

@@ -1,7 +1,7 @@
 """MSCOCO and MPII loaders and their synthetic writers on the synthetic data tree.
 
 Independent references: the JSON files and images read directly, the bbox / crop
-formulas of DATA.md §4.2 / §4.4 re-derived here, the shared SMPL layer for meshes,
+box and crop formulas (docs/METHOD.md, "Images, boxes and crops") re-derived here, the shared SMPL layer for meshes,
 and the renderer's per-pixel mesh index for silhouettes.
 """
 import json
@@ -28,7 +28,7 @@ COCO18 = ('Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear', 'L_Shoulder', 'R_Shoulder'
           'L_Wrist', 'R_Wrist', 'L_Hip', 'R_Hip', 'L_Knee', 'R_Knee', 'L_Ankle', 'R_Ankle', 'Pelvis')
 MPII16 = ('R_Ankle', 'R_Knee', 'R_Hip', 'L_Hip', 'L_Knee', 'L_Ankle', 'Pelvis', 'Thorax', 'Neck', 'Head_top',
           'R_Wrist', 'R_Elbow', 'R_Shoulder', 'L_Shoulder', 'L_Elbow', 'L_Wrist')
-# DATA.md §2.9: where each source joint lands in SMPL-30.
+# Where each source joint lands in SMPL-30 (docs/METHOD.md, "Joint conventions").
 COCO18_TO_SMPL = (24, 25, 26, 27, 28, 16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8, 0)
 MPII_TO_SMPL = (8, 5, 2, 1, 4, 7, 0, None, 12, 29, 21, 19, 17, 16, 18, 20)
 COCO_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
@@ -61,7 +61,7 @@ def mpii_files(root):
 
 
 def processed_bbox(bbox, width, height):
-    """DATA.md §4.2 written out: sanitise, square, x1.25 (None when unusable)."""
+    """The box processing written out: sanitise, square, x1.25 (None when unusable)."""
     x, y, w, h = bbox
     x1, y1 = max(0, x), max(0, y)
     x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
@@ -74,7 +74,7 @@ def processed_bbox(bbox, width, height):
 
 
 def crop_affine(bbox, width, do_flip):
-    """DATA.md §4.4 closed form for scale 1, rot 0: T(p) = 256/w (p - c) + 128 (flipped-image coordinates)."""
+    """The crop map in closed form for scale 1, rot 0: T(p) = 256/w (p - c) + 128 (flipped-image coordinates)."""
     x, y, w, h = bbox
     cx, cy = x + w / 2, y + h / 2
     if do_flip:
@@ -121,7 +121,7 @@ def seeded(data_cfg):
     return data_cfg
 
 
-# ------------------------------------------------------------------- the written tree (§1.5, §1.6, §1.9)
+# ------------------------------------------------------------------- the written tree
 def test_mscoco_files_follow_the_real_format(data_cfg):
     root = Path(data_cfg.data_dir)
     train, fits, val = coco_files(root)
@@ -169,7 +169,7 @@ def test_mpii_files_follow_the_real_format(data_cfg):
 @pytest.mark.parametrize('dataset', ['MSCOCO', 'MPII'])
 def test_keypoints_are_projected_fit_joints_on_the_rendered_mannequin(data_cfg, dataset):
     from common.utils.smpl import get_smpl
-    smpl = get_smpl()
+    smpl = get_smpl(data_cfg.body_model_paths())
     root = Path(data_cfg.data_dir)
     train, fits = coco_files(root)[:2] if dataset == 'MSCOCO' else mpii_files(root)
     for im in train['images']:
@@ -195,7 +195,7 @@ def test_keypoints_are_projected_fit_joints_on_the_rendered_mannequin(data_cfg, 
             assert silhouette[rows, cols].all()
 
 
-# ------------------------------------------------------------------------------- load_data (§3.6)
+# ------------------------------------------------------------------------------- load_data
 def test_mscoco_datalist_filters_and_neighbours(data_cfg, caplog):
     train, fits, _ = coco_files(data_cfg.data_dir)
     images = {im['id']: im for im in train['images']}
@@ -272,7 +272,7 @@ def _neighbour_ids(ds, entry):
     return out
 
 
-# ----------------------------------------------------------------------------- samples (§3.2, §3.3)
+# ----------------------------------------------------------------------------- samples
 def check_contract(sample, smpl_rows, has_fit):
     for part, (name, expected) in zip(sample, EXPECTED_KEYS.items()):
         assert set(part) == set(expected), name
@@ -340,7 +340,7 @@ def _flip_state(sample, entry, img_width):
 def test_crops_flips_and_gt_joints_land_on_the_mannequin(seeded, name):
     """Crop maps, flips, and GT joints on the rendered person; fit joints agree with GT keypoints."""
     from common.utils.smpl import get_smpl
-    smpl = get_smpl()
+    smpl = get_smpl(seeded.body_model_paths())
     seeded.color_factor = 0.0     # exact crops to compare with
     cls, src_names, src_to_smpl = ((MSCOCO, COCO18, COCO18_TO_SMPL) if name == 'MSCOCO'
                                    else (MPII, MPII16, MPII_TO_SMPL))
@@ -393,7 +393,7 @@ def test_crops_flips_and_gt_joints_land_on_the_mannequin(seeded, name):
     assert seen_flips == {False, True}
     print('largest fit-vs-GT joint gap (heatmap px):', worst)
     assert worst[False] < 0.01
-    # Mirroring a body in camera space matches the mirrored image only up to perspective (DATA.md §3.7.5).
+    # Mirroring a body in camera space matches the mirrored image only up to perspective.
     assert worst[True] < 0.5
 
 
@@ -440,6 +440,7 @@ def test_seeded_samples_repeat_and_change_with_the_epoch(seeded):
     assert any(not np.array_equal(a, b) for a, b in zip(flat(first[idx]), flat(second[idx])))
 
 
+@pytest.mark.slow
 def test_seeded_batches_do_not_depend_on_workers(seeded):
     ds = MPII(ToTensor(), 'train')
     batches = []

@@ -1,6 +1,7 @@
-"""Human36M and MuCo loaders on the synthetic tree (DATA.md §1.3-1.4, §1.9, §3.3-3.5, §3.7, §6.3, §10).
+"""Human36M and MuCo loaders on the synthetic tree (docs/METHOD.md, "Data on disk",
+"Training samples", "Evaluation").
 
-Expected values are re-derived here from the JSON files, the spec's formulas and the SMPL
+Expected values are re-derived here from the JSON files, the documented formulas and the SMPL
 layer; nothing is compared with the loaders' own helpers.
 """
 import json
@@ -18,7 +19,7 @@ from main.config import cfg
 
 H36M_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
 H36M_KINDS = ('data', 'camera', 'joint_3d', 'smpl_param')
-# DATA.md §2.9: H36M-17 / MuCo-21 index -> SMPL-30 index (None = dropped).
+# Joint conventions: H36M-17 / MuCo-21 index -> SMPL-30 index (None = dropped).
 H36M_TO_SMPL30 = (0, 2, 5, 8, 1, 4, 7, 3, 12, 24, 29, 16, 18, 20, 17, 19, 21)
 MUCO_TO_SMPL30 = (29, None, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 0, 6, 15, 23, 22, 11, 10)
 H36M_FLIP = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))
@@ -57,7 +58,7 @@ def h36m_ann(root, subject, kind):
 
 
 def expected_h36m_frames(root, split):
-    """Straight re-derivation of the kept (image id) list from the JSON files (DATA.md §1.9)."""
+    """Straight re-derivation of the kept (image id) list from the JSON files."""
     kept = []
     for subject in H36M_SUBJECTS[split]:
         data = h36m_ann(root, subject, 'data')
@@ -98,7 +99,7 @@ def smpl_mesh(smpl, pose, shape, trans):
 
 
 def crop_map(bbox, img_width, do_flip):
-    """Straight-line crop transform of DATA.md §4.4 (scale 1, rot 0): pixel (N,2) -> crop (N,2)."""
+    """Straight-line crop transform (scale 1, rot 0): pixel (N,2) -> crop (N,2)."""
     x, y, w, h = (float(v) for v in bbox)
     cx, cy = x + w / 2, y + h / 2
     if do_flip:
@@ -123,7 +124,7 @@ def find_flips(dataset, idx, max_epochs=24):
     """{do_flip: sample} for both flip states of one entry, found by varying the epoch (cfg.seed set).
 
     The flip state of a sample is recognised by its GT joints matching the straight-line
-    crop map (DATA.md §4.4) of the unflipped or of the mirrored image.
+    crop map of the unflipped or of the mirrored image.
     """
     data = dataset.datalist[idx]
     rows, smpl_rows = mapped_rows(dataset_map(dataset))
@@ -154,7 +155,7 @@ def mapped_rows(table):
 
 
 def check_train_sample(sample):
-    """Keys, shapes, dtypes and value ranges of a §3.3 training sample."""
+    """Keys, shapes, dtypes and value ranges of a training sample."""
     for part, (dict_name, keys) in zip(sample, TRAIN_KEYS.items()):
         assert set(part) == set(keys), dict_name
         for key, shape in keys.items():
@@ -176,7 +177,7 @@ def check_train_sample(sample):
 
 
 def processed_test_box(uv, width, height):
-    """Straight-line DATA.md §4.2: get_bbox (1.2x) then the non-rejecting sanitiser, square, 1.25x."""
+    """Straight-line box processing: get_bbox (1.2x) then the non-rejecting sanitiser, square, 1.25x."""
     lo, hi = uv.min(0), uv.max(0)
     center, size = (lo + hi) / 2, (hi - lo) * 1.2
     x, y = center - size / 2
@@ -264,7 +265,7 @@ def copy_tree(src_root, dst_root, datasets=('Human36M',)):
     return dst_root
 
 
-# ----------------------------------------------------------------------------- §1.9 constraints
+# ------------------------------------------------------------------- constraints of the written tree
 def test_h36m_tree_meets_format_constraints(tree_root):
     ann_dir = tree_root / 'Human36M' / 'annotations'
     keys_seen, image_ids = set(), []
@@ -478,7 +479,7 @@ def test_h36m_test_split_samples(h36m_test, tree_root):
         bb2img = as_numpy(meta['bb2img_trans'])
         back = np.concatenate([crop, np.ones((17, 1))], axis=1) @ bb2img.T
         np.testing.assert_allclose(back, uv, atol=0.2)
-        # target mesh: world fit moved into the camera with DATA.md §3.7.2 (root via R, translation compensation)
+        # target mesh: world fit moved into the camera frame (root via R, translation compensation)
         mesh = as_numpy(targets['smpl_mesh_cam'])
         assert mesh.shape == (6890, 3) and mesh.dtype == np.float32
         rot = np.array(camera['R'])

@@ -1,4 +1,4 @@
-"""3DPW loader and evaluation (DATA.md §1.7, §3.8, §6.2, §9.4) on the synthetic data tree."""
+"""3DPW loader and evaluation (docs/METHOD.md, "Evaluation") on the synthetic data tree."""
 import json
 import os
 import shutil
@@ -13,7 +13,7 @@ from main.config import cfg
 from tests.reference import ref_square_box
 
 THR = 0.05
-# DATA.md §2.9: OpenPose-19 and COCO-19 index k -> SMPL-30 index.
+# Joint conventions: OpenPose-19 and COCO-19 index k -> SMPL-30 index.
 OPENPOSE19_TO_SMPL30 = (24, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 26, 25, 28, 27, 0)
 COCO19_TO_SMPL30 = (24, 25, 26, 27, 28, 16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8, 0, 12)
 H36M_EVAL = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)
@@ -22,7 +22,7 @@ CROWD = ('courtyard_hug_00', 'courtyard_dancing_00')
 
 # ------------------------------------------------------------------ independent re-derivations
 def ref_input(pose19, to_smpl, width, height):
-    """§3.8 steps 2-5 written out: (joints (30,3) heatmap + score, mask (30,), bbox)."""
+    """The test input steps written out: (joints (30,3) heatmap + score, mask (30,), bbox)."""
     joints = np.zeros((30, 3))
     joints[list(to_smpl)] = pose19
     valid = joints[:, 2] > THR
@@ -54,7 +54,7 @@ def coco19(entry):
 
 
 def has_usable_pose(pose19):
-    """True when confident joints exist and span more than a pixel (DATA.md §1.9)."""
+    """True when confident joints exist and span more than a pixel."""
     valid = pose19[:, 2] > THR
     if not valid.any():
         return False
@@ -207,7 +207,7 @@ def _link_tree(src_root, dst_root):
 
 
 def test_unusable_input_pose_falls_back_to_annotation_box(data_cfg, synthetic_data_root, tmp_path):
-    """§9.4: all scores <= 0.05 (the original crashes) or coinciding confident joints -> processed tight box."""
+    """All scores <= 0.05 (the original crashes) or coinciding confident joints -> processed tight box."""
     from data.PW3D.PW3D import PW3D
     data = _link_tree(synthetic_data_root, tmp_path)
     db = load_json(synthetic_data_root, '3DPW_latest_test.json')
@@ -229,7 +229,7 @@ def test_unusable_input_pose_falls_back_to_annotation_box(data_cfg, synthetic_da
         index = next(i for i, d in enumerate(dataset.datalist) if d['ann_id'] == aid)
         ann, img = entries[index]
         inputs, _, meta = dataset[index]
-        # processed tight box in default mode (§4.2): the box is inside the image, so no clipping shift
+        # processed tight box in default mode: the box is inside the image, so no clipping shift
         x, y, w, h = ann['bbox']
         x1, y1 = max(0, x), max(0, y)
         w2, h2 = min(img['width'] - 1, x1 + w - 1) - x1, min(img['height'] - 1, y1 + h - 1) - y1

@@ -1,16 +1,20 @@
-"""MultipleDatasets (DATA.md §5, §10): indexing of both modes, seeded fill-in picks, workers."""
+"""MultipleDatasets (docs/METHOD.md, "Training samples"): indexing of both modes, seeded
+fill-in picks, workers."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from data.dataset import MultipleDatasets, SeededDataset
+from data.dataset import MultipleDatasets, SeededDataset, resolve_data_options
 from main.config import cfg
 
 
 class Numbered(SeededDataset):
     """``n`` samples; sample i is (tag, i, a random draw from its per-sample generator)."""
 
-    def __init__(self, n, tag):
+    def __init__(self, n, tag, options=None):
+        self.options = resolve_data_options(options)
         self.n, self.tag = n, tag
 
     def __len__(self):
@@ -24,7 +28,7 @@ class Numbered(SeededDataset):
 
 
 def expected_balanced(lengths, index):
-    """Straight-line re-derivation of DATA.md §5 balanced mode: (dataset, local or None=random)."""
+    """Straight-line re-derivation of the balanced mode: (dataset, local or None=random)."""
     longest = max(lengths)
     dataset, local = index // longest, index % longest
     full_cycles = longest // lengths[dataset]
@@ -33,7 +37,7 @@ def expected_balanced(lengths, index):
     return dataset, local % lengths[dataset]
 
 
-def test_balanced_worked_example_of_section_10():
+def test_balanced_worked_example():
     mix = MultipleDatasets([Numbered(3, 'a'), Numbered(7, 'b')], make_same_len=True)
     assert len(mix) == 14
     assert [mix[i]['index'] for i in range(6)] == [0, 1, 2, 0, 1, 2]
@@ -124,6 +128,7 @@ def _collect(dataset, workers):
             torch.cat([b['draw'] for b in batches]))
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples_for_0_and_2_workers():
     cfg.seed = 5
     mix = MultipleDatasets([Numbered(3, 0), Numbered(7, 1)], make_same_len=True)
@@ -135,3 +140,17 @@ def test_same_seed_same_samples_for_0_and_2_workers():
     mix.set_epoch(3)
     other_epoch = _collect(mix, 0)
     assert not torch.equal(serial[2], other_epoch[2])
+
+
+def test_seed_comes_from_the_options_not_the_global_configuration():
+    """A dataset keeps the seed of its options: changing ``cfg`` afterwards changes nothing."""
+    seeded = dataclasses.replace(cfg.data_options(), seed=7)
+    dataset = Numbered(5, 'a', options=seeded)
+    mix = MultipleDatasets([Numbered(2, 'b', options=seeded), dataset], make_same_len=True, options=seeded)
+    draws = [dataset[i]['draw'] for i in range(5)]
+    picks = [mix[i]['index'] for i in range(5)]
+    cfg.seed = None
+    assert [dataset[i]['draw'] for i in range(5)] == draws
+    assert [mix[i]['index'] for i in range(5)] == picks
+    other = Numbered(5, 'a', options=dataclasses.replace(seeded, seed=8))
+    assert [other[i]['draw'] for i in range(5)] != draws

@@ -1,4 +1,4 @@
-"""PoseFix-style synthetic 2D-pose errors (DATA.md §3.9)."""
+"""PoseFix-style synthetic 2D-pose errors (docs/METHOD.md, "Augmentation and pose synthesis")."""
 import math
 
 import numpy as np
@@ -13,7 +13,7 @@ PARTNER = {1: 2, 2: 1, 3: 4, 4: 3, 5: 6, 6: 5, 7: 8, 8: 7, 9: 10, 10: 9, 11: 12,
 
 
 def nominal_table(n_valid, num_overlap):
-    """Straight transcription of the §3.9 probability table: rows jitter, miss, inv, swap."""
+    """Straight transcription of the error-type probability table: rows jitter, miss, inv, swap."""
     def by(groups):
         out = np.zeros(17)
         for members, value in groups:
@@ -85,6 +85,7 @@ def classify(out, joints, near, levels, j):
     return 'inversion' if nearest == 'I' else 'swap'
 
 
+@pytest.mark.slow
 def test_error_type_frequencies():
     joints, near = spread_pose()
     tight_bbox = [0, 0, 40, 40]         # A = 1600 px²: d10 <= 18.4 px << 50 px spacing
@@ -166,9 +167,9 @@ def test_close_candidates_respect_distance_rules():
             assert dist < levels[2][j] + 1e-4
 
 
-# ------------------------------------------------- straightforward re-derivation (§3.9)
+# ------------------------------------------------- straightforward re-derivation
 def reference_synthesis(joints, near, tight_bbox, num_overlap, img2bb, rng):
-    """Plain per-ring implementation of §3.9 following the documented draw order
+    """Plain per-ring implementation of the synthesiser following the documented draw order
     (no pruning, Euclidean norms, one candidate list per joint)."""
     d85s, d50s, d10s = keypoint_distance_levels(tight_bbox, img2bb)
     out = np.array(joints, np.float32, copy=True)

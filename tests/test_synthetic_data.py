@@ -1,4 +1,4 @@
-"""The synthetic data tree (tool/make_synthetic_data.py): DATA.md §1.9 constraints, determinism, helpers."""
+"""The synthetic data tree (tool/make_synthetic_data.py): format constraints, determinism, helpers."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from main.config import ROOT_DIR
+from main.config import ROOT_DIR, cfg
 
 H36M_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
 CROWD = ('courtyard_hug_00', 'courtyard_dancing_00')
@@ -19,7 +19,7 @@ def read(path):
 
 
 def check_coco_style(path):
-    """§1: images/annotations lists, unique ids, valid image_id, category_id if categories exist."""
+    """COCO-style files: images/annotations lists, unique ids, valid image_id, category_id if categories exist."""
     content = read(path)
     assert isinstance(content['images'], list) and isinstance(content['annotations'], list), path
     image_ids = [img['id'] for img in content['images']]
@@ -46,14 +46,14 @@ def check_image(path, width, height):
 
 
 def sanitised_area(bbox, width, height):
-    """w * h of the box after DATA.md §4.2 step 1 (0 when it would be dropped)."""
+    """w * h of the box after sanitising (0 when it would be dropped)."""
     x, y, w, h = bbox
     x1, y1 = max(0, x), max(0, y)
     x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
     return (x2 - x1) * (y2 - y1) if w * h > 0 and x2 >= x1 and y2 >= y1 else 0.0
 
 
-# ----------------------------------------------------------------------------------- §1.9
+# ------------------------------------------------------------------ format constraints
 def test_regressors_copied_into_place(synthetic_data_root, synthetic_smpl_dir):
     for name, dest, rows in (('J_regressor_extra.npy', 'J_regressor_extra.npy', None),
                              ('J_regressor_h36m_correct.npy', 'Human36M/J_regressor_h36m_correct.npy', 17),
@@ -204,8 +204,9 @@ def test_pw3d_images_show_the_annotated_people(synthetic_data_root):
 
 
 # ---------------------------------------------------------------------------- determinism
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files(synthetic_data_root, synthetic_smpl_dir, tmp_path):
-    """The CLI with the same seed reproduces the session tree's 3DPW files byte for byte."""
+    """The CLI with the same seed reproduces the shared fixture tree's 3DPW files byte for byte."""
     out = tmp_path / 'again'
     subprocess.run([sys.executable, str(ROOT_DIR / 'tool' / 'make_synthetic_data.py'), '--root', str(out),
                     '--smpl', str(synthetic_smpl_dir), '--seed', '0', '--datasets', 'PW3D'],
@@ -217,6 +218,7 @@ def test_same_seed_gives_byte_identical_files(synthetic_data_root, synthetic_smp
         assert (out / rel).read_bytes() == (synthetic_data_root / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 def test_other_seed_gives_other_annotations(synthetic_data_root, synthetic_smpl_dir, tmp_path, monkeypatch):
     """A different seed changes the annotations (images skipped to stay fast)."""
     from tool.make_synthetic_data import make_synthetic_data
@@ -242,7 +244,7 @@ def test_common_helpers_pose_camera_and_placement(smpl_cfg):
     from common.utils.transforms import cam2pixel
     from tool.synthetic import common
     rng = np.random.default_rng(3)
-    smpl = get_smpl()
+    smpl = get_smpl(cfg.body_model_paths())
     pose, betas = common.random_pose(rng), common.random_betas(rng)
     assert pose.shape == (72,) and betas.shape == (10,) and np.abs(betas).max() <= 1
     verts, joints = common.smpl_forward(smpl, pose[None], betas[None], gender='female')
@@ -263,7 +265,7 @@ def test_common_helpers_pose_camera_and_placement(smpl_cfg):
 def test_render_people_and_io(smpl_cfg, tmp_path):
     from common.utils.smpl import get_smpl
     from tool.synthetic import common
-    smpl = get_smpl()
+    smpl = get_smpl(cfg.body_model_paths())
     rng = np.random.default_rng(0)
     verts, _ = common.smpl_forward(smpl, common.random_pose(rng)[None], np.zeros((1, 10)))
     focal, princpt = np.array([300.0, 300.0]), np.array([80.0, 60.0])

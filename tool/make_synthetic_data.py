@@ -1,4 +1,5 @@
-"""Write a small synthetic data tree in the real on-disk formats of DATA.md §1 (constraints §1.9).
+"""Write a small synthetic data tree in the real on-disk formats
+(docs/METHOD.md, "Data on disk").
 
     python tool/make_synthetic_data.py --root DIR --smpl DIR [--seed N] [--datasets PW3D,MSCOCO]
 
@@ -54,6 +55,7 @@ def make_synthetic_data(root, smpl_dir, seed=0, datasets=ALL_DATASETS, verbose=F
     root: data root (becomes ``cfg.data_dir``); smpl_dir: synthetic body-model folder;
     seed: every random draw follows from it (same seed -> byte-identical files).
     """
+    from common.options import BodyModelPaths
     from common.utils.smpl import SMPL
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ def make_synthetic_data(root, smpl_dir, seed=0, datasets=ALL_DATASETS, verbose=F
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(ALL_DATASETS)}")
     copy_regressors(root, smpl_dir)
-    smpl = SMPL(model_dir=str(smpl_dir), data_dir=str(root))
+    smpl = SMPL(BodyModelPaths(smpl_model_dir=str(smpl_dir), regressor_dir=str(root)))
     for name in datasets:
         start = time.perf_counter()
         writer = importlib.import_module(f'tool.synthetic.{name.lower()}')

@@ -158,11 +158,14 @@ def append_midpoint(joints, names, first, second, new_name):
 
     joints: (J, 3) rows ``[x, y, score_or_visibility]`` named by ``names``.  The new row
     is ``[(x_a + x_b) / 2, (y_a + y_b) / 2, s_a * s_b]`` (a midpoint is only as reliable
-    as both ends).  Returns ``((J + 1, 3) float32, names + (new_name,))``.
+    as both ends), computed in the input's float precision.  Returns
+    ``((J + 1, 3) array of the input's float dtype (float32 for other inputs), names + (new_name,))``.
     """
-    joints = np.asarray(joints, dtype=np.float32)
+    joints = np.asarray(joints)
+    if not np.issubdtype(joints.dtype, np.floating):
+        joints = joints.astype(np.float32)
     a, b = joints[names.index(first)], joints[names.index(second)]
-    row = np.array([(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] * b[2]], dtype=np.float32)
+    row = np.array([(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] * b[2]], dtype=joints.dtype)
     return np.concatenate([joints, row[None]], axis=0), tuple(names) + (new_name,)
 
 

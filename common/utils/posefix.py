@@ -1,4 +1,6 @@
-"""PoseFix-style synthetic 2D-pose errors for training inputs (DATA.md §3.9).
+"""PoseFix-style synthetic 2D-pose errors for training inputs.
+
+See docs/METHOD.md, "Augmentation and pose synthesis".
 
 Emulates a bottom-up 2D pose estimator's mistakes on a COCO-17 pose in crop pixels:
 jitter, missed joints, left/right inversion, swaps with nearby people, or a "good"
@@ -11,15 +13,25 @@ import math
 
 import numpy as np
 
+from common.utils.joints import COCO17
 from common.utils.preprocessing import apply_affine
 
-NUM_COCO_JOINTS = 17
-# COCO OKS per-keypoint constants (DATA.md §3.9).
+NUM_COCO_JOINTS = len(COCO17)
+# COCO OKS per-keypoint constants.
 COCO_OKS_SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,
                             1.07, 1.07, 0.87, 0.87, 0.89, 0.89]) / 10.0
-COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+
+
+def _partners(num_joints, flip_pairs):
+    """(num_joints,) int array: the left/right partner of each joint (-1: none)."""
+    partner = np.full(num_joints, -1)
+    for left, right in flip_pairs:
+        partner[left], partner[right] = right, left
+    return partner
+
+
 # Symmetric partner of each COCO joint (-1: none).
-COCO_PARTNER = np.array([-1, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15])
+COCO_PARTNER = _partners(NUM_COCO_JOINTS, COCO17.flip_pairs)
 
 ERROR_TYPES = ('jitter', 'miss', 'inversion', 'swap', 'good')
 SIMILARITY_LEVELS = (0.85, 0.5, 0.1)
@@ -45,7 +57,7 @@ def error_probabilities(n_valid, num_overlap):
     """Nominal per-joint probabilities (17, 5) of [jitter, miss, inversion, swap, good].
 
     n_valid: number of valid input joints among the 17; num_overlap: number of
-    neighbours.  Table of DATA.md §3.9 step 4; ``good = 1 - sum(others)`` (>= 0.34).
+    neighbours.  Per-joint error-type table; ``good = 1 - sum(others)`` (>= 0.34).
     """
     jitter = _group_values(_JITTER_GROUPS, (0.15, 0.20, 0.25) if n_valid <= 10 else (0.10, 0.15, 0.20))
     if n_valid <= 5:
@@ -208,7 +220,7 @@ def _propose_miss(rng, cands, d50, d10):
     for index, survivors in enumerate(kept[1:], start=1):
         if len(survivors) // 4 > 0:
             pool.append((rings, index, survivors[rng.integers(len(survivors), size=len(survivors) // 4)]))
-    # A pool of only subsampled-away survivors is empty: treated as unavailable (§9.4 fix).
+    # A pool of only subsampled-away survivors is empty: treated as unavailable (a fix; docs/METHOD.md, "Differences from the original").
     return _pick(rng, pool)
 
 
@@ -255,7 +267,7 @@ def _candidates(j, synth, src_valid, near):
 
 
 def synthesize_joint(j, synth, src_valid, near, levels, probs, rng):
-    """Synthesised row ``[x, y, flag]`` (float64) for COCO joint j (one step of §3.9).
+    """Synthesised row ``[x, y, flag]`` (float64) for COCO joint j (one step of ``synthesize_pose``).
 
     synth (17, 3) output rows so far; src_valid (17,) input validity; near (K, 17, 3)
     neighbours; levels (d85, d50, d10) of (17,); probs (5,) nominal probabilities.
@@ -280,7 +292,7 @@ def synthesize_joint(j, synth, src_valid, near, levels, probs, rng):
 
 
 def synthesize_pose(joints, near_joints, tight_bbox, num_overlap, img2bb, rng, return_types=False):
-    """Corrupt the first 17 (COCO-17) rows of a crop-space pose (DATA.md §3.9).
+    """Corrupt the first 17 (COCO-17) rows of a crop-space pose.
 
     joints (J>=17, 3) ``[x, y, valid]`` crop pixels; near_joints (K, >=17, 3) neighbours
     in crop pixels (``zeros((1, J, 3))`` when none; rows with valid <= 0 are ignored);
@@ -293,7 +305,7 @@ def synthesize_pose(joints, near_joints, tight_bbox, num_overlap, img2bb, rng, r
 
     Joints are processed in order 0..16 (the inversion candidate of joint j is the
     partner's row as already synthesised).  Candidates C = [g] + S + I + SI as in
-    DATA.md §3.9.  Random draws from ``rng`` per joint, in this order, where
+    docs/METHOD.md, "Augmentation and pose synthesis".  Random draws from ``rng`` per joint, in this order, where
     ``rings(m centres, n, lo, hi)`` = ``rng.uniform(0, 2pi, (m, n))`` angles, then
     ``rng.uniform(lo, hi, (m, n))`` radii (row i for centre i):
       1. jitter: rings(g, 500, d85, d50); if survivors: ``rng.integers(m)``;

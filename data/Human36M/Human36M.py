@@ -1,12 +1,12 @@
-"""Human3.6M loader (DATA.md §1.3, §3.4, §3.7.2, §3.7.4, §6.3).
+"""Human3.6M loader (docs/METHOD.md, "Data on disk", "Training samples", "Evaluation").
 
 Train: subjects 1, 5, 6, 7, 8, every 5th frame, all cameras; samples follow the shared
-pipeline of ``data/train_pipeline.py`` with the world-frame ("H36M") fit variant.
+steps of ``data/train_dataset.py`` with the world-frame ("H36M") fit variant.
 Test: subjects 9 and 11, every 64th frame, camera 4, only frames with an SMPL fit;
 evaluated with MPJPE and PA-MPJPE (mm) on the 14 H36M evaluation joints regressed from
 the fit mesh (SGRE's protocol).
 
-Expected layout under ``cfg.data_dir``::
+Expected layout under ``options.data_dir``::
 
     Human36M/images/<file_name>
     Human36M/annotations/Human36M_subject{S}_{data,camera,joint_3d,smpl_param}.json
@@ -18,23 +18,18 @@ import os.path as osp
 
 import numpy as np
 
-from common.utils.preprocessing import get_bbox, process_bbox
-from common.utils.transforms import cam2pixel, rigid_align_batch, transform_joint_to_other_db, world2cam
-from data.train_pipeline import (COCO17_JOINTS_NAME, FITTING_ERROR_THRESHOLD_MM, MocapTrainDataset, apply_affine,
-                                 coco_index, fitting_error, in_bounds_mask, load_crop, parse_smpl_param, read_json,
-                                 smpl_fit_targets, to_heatmap_xy)
-from main.config import cfg
+from common.utils.joints import COCO17, H36M17, H36M_EVAL_JOINTS, SMPL30, transfer_joints
+from common.utils.metrics import joint_error, regress_joints
+from common.utils.preprocessing import crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img, process_bbox
+from common.utils.transforms import cam2pixel, world2cam
+from data.annotations import coco_index, parse_smpl_param, read_json
+from data.dataset import resolve_data_options
+from data.sample_steps import CropState, input_image
+from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, SmplFit, fitting_error, smpl_fit_targets
+from data.train_dataset import MocapTrainDataset
 
 logger = logging.getLogger(__name__)
 
-H36M_JOINTS_NAME = ('Pelvis', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Torso',
-                    'Neck', 'Nose', 'Head_top', 'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Shoulder',
-                    'R_Elbow', 'R_Wrist')
-H36M_FLIP_PAIRS = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))
-H36M_SKELETON = ((0, 7), (7, 8), (8, 9), (9, 10), (8, 11), (11, 12), (12, 13), (8, 14), (14, 15), (15, 16),
-                 (0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6))
-H36M_ROOT_IDX = 0
-H36M_EVAL_JOINTS = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)
 H36M_COCO_SHARED_IDX = (1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16)
 
 SPLIT_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
@@ -43,18 +38,18 @@ TEST_CAMERA = 4
 ANNOTATION_KINDS = ('data', 'camera', 'joint_3d', 'smpl_param')
 
 LAYOUT_HINT = (
-    "<cfg.data_dir>/Human36M/annotations/Human36M_subject{S}_{data,camera,joint_3d,smpl_param}.json for "
-    "every subject of the split (train: 1,5,6,7,8; test: 9,11), images under <cfg.data_dir>/Human36M/images/ "
-    "(DATA.md §1.1, §1.3; see the README's data section)")
+    "<data_dir>/Human36M/annotations/Human36M_subject{S}_{data,camera,joint_3d,smpl_param}.json for "
+    "every subject of the split (train: 1,5,6,7,8; test: 9,11), images under <data_dir>/Human36M/images/ "
+    "(docs/METHOD.md, \"Data on disk\"; see the README's data section)")
 
 
-def annotation_path(subject, kind):
+def annotation_path(data_dir, subject, kind):
     """Path of one per-subject annotation file (kind in ``ANNOTATION_KINDS``)."""
-    return osp.join(cfg.data_dir, 'Human36M', 'annotations', f'Human36M_subject{subject}_{kind}.json')
+    return osp.join(data_dir, 'Human36M', 'annotations', f'Human36M_subject{subject}_{kind}.json')
 
 
 def merge_subject_data(contents, paths):
-    """Concatenate the top-level lists of the per-subject data files key by key (§1.3).
+    """Concatenate the top-level lists of the per-subject data files key by key.
 
     The merge starts from the first file with any key; a later file with a key the
     first lacks, or a non-list value, raises naming the file.
@@ -84,7 +79,7 @@ def nested_lookup(table, keys, path, what):
     node = table
     for key in keys:
         if not isinstance(node, dict) or key not in node:
-            raise KeyError(f"{path}: no {what} entry for [{']['.join(repr(k) for k in keys)}] (DATA.md §1.3).")
+            raise KeyError(f"{path}: no {what} entry for [{']['.join(repr(k) for k in keys)}].")
         node = node[key]
     return node
 
@@ -100,56 +95,55 @@ def parse_camera(camera, path, cam_idx):
         raise ValueError(f"{path}: malformed camera {cam_idx!r} (needs R 3x3, t[3], f[2], c[2]): {err}") from err
 
 
-def regress_joints(regressor, meshes):
-    """(B, 6890, 3) meshes -> (B, J, 3) joints with a (J, 6890) regressor (float64)."""
-    return np.einsum('jv,bvc->bjc', np.asarray(regressor, dtype=np.float64), np.asarray(meshes, dtype=np.float64))
-
-
 class Human36M(MocapTrainDataset):
-    """``Human36M(transform, data_split)`` with ``data_split`` in {'train', 'test'}.
+    """``Human36M(transform, data_split, options=None)`` with ``data_split`` in {'train', 'test'}.
 
-    ``self[i]`` -> ``(inputs, targets, meta_info)`` as DATA.md §3.3 (train) or §3.4 (test).
+    ``self[i]`` -> ``(inputs, targets, meta_info)`` (docs/METHOD.md, "Training samples"; test:
+    ``get_test_sample``).  options: ``DataOptions`` (None: the run configuration's).
     Attributes: ``datalist``, ``h36m_regressor`` (17, 6890), ``skipped_bbox_count``
     (annotations dropped at load time for a degenerate box).
     """
 
-    joints_name = H36M_JOINTS_NAME
-    flip_pairs = H36M_FLIP_PAIRS
-    skeleton = H36M_SKELETON
-    root_joint_idx = H36M_ROOT_IDX
+    joint_set = H36M17
+    skeleton = H36M17.skeleton
+    root_joint_idx = H36M17.root
     eval_joints = H36M_EVAL_JOINTS
     fit_variant = 'H36M'
     synth_shared_idx = H36M_COCO_SHARED_IDX
 
-    def __init__(self, transform, data_split):
+    def __init__(self, transform, data_split, options=None):
         if data_split not in SPLIT_SUBJECTS:
             raise ValueError(f"Human36M: unknown data_split '{data_split}'; expected 'train' or 'test'.")
-        self.img_dir = osp.join(cfg.data_dir, 'Human36M', 'images')
+        options = resolve_data_options(options)
+        self.img_dir = osp.join(options.data_dir, 'Human36M', 'images')
         self.skipped_bbox_count = 0
-        super().__init__(transform, data_split)
+        super().__init__(transform, data_split, options)
+
+    def annotation_path(self, subject, kind):
+        return annotation_path(self.options.data_dir, subject, kind)
 
     # ------------------------------------------------------------------ loading
     def load_annotations(self):
         """Read the four files of every subject once -> (COCO index, {subject: (cameras, joints, fits)})."""
         subjects = SPLIT_SUBJECTS[self.data_split]
-        data_paths = [annotation_path(s, 'data') for s in subjects]
+        data_paths = [self.annotation_path(s, 'data') for s in subjects]
         db = coco_index(merge_subject_data([read_json(p, LAYOUT_HINT) for p in data_paths], data_paths),
                               'Human36M ' + ', '.join(data_paths))
         per_subject = {}
         for subject in subjects:
-            per_subject[subject] = {kind: read_json(annotation_path(subject, kind), LAYOUT_HINT)
+            per_subject[subject] = {kind: read_json(self.annotation_path(subject, kind), LAYOUT_HINT)
                                     for kind in ANNOTATION_KINDS[1:]}
         return db, per_subject
 
     def load_rootnet(self):
         """RootNet detections ``{image_id: (bbox (4,), root depth mm)}`` (test with use_gt_info=False)."""
-        path = osp.join(cfg.data_dir, 'Human36M', 'rootnet_output', 'bbox_root_human36m_output.json')
+        path = osp.join(self.options.data_dir, 'Human36M', 'rootnet_output', 'bbox_root_human36m_output.json')
         if not osp.isfile(path):
             raise FileNotFoundError(
-                f"RootNet output not found: {path}\ncfg.use_gt_info=False needs the RootNet Human3.6M result "
-                "(a JSON list of {image_id, bbox, root_cam}) in <cfg.data_dir>/Human36M/rootnet_output/; "
+                f"RootNet output not found: {path}\nuse_gt_info=False needs the RootNet Human3.6M result "
+                "(a JSON list of {image_id, bbox, root_cam}) in <data_dir>/Human36M/rootnet_output/; "
                 "set use_gt_info=True to use the GT boxes instead.")
-        entries = read_json(path, 'a JSON list of {image_id, bbox, root_cam} (DATA.md §1.3)')
+        entries = read_json(path, 'a JSON list of {image_id, bbox, root_cam}')
         try:
             return {int(e['image_id']): (np.asarray(e['bbox'], dtype=np.float32).reshape(4),
                                          float(e['root_cam'][2])) for e in entries}
@@ -157,9 +151,10 @@ class Human36M(MocapTrainDataset):
             raise ValueError(f"{path}: malformed RootNet entry ({err}).") from err
 
     def load_data(self):
-        """The datalist of DATA.md §3.4 (one entry per kept frame and camera)."""
+        """The datalist (one entry per kept frame and camera)."""
         db, per_subject = self.load_annotations()
-        use_rootnet = self.data_split == 'test' and not cfg.use_gt_info
+        use_rootnet = self.data_split == 'test' and not self.options.use_gt_info
+        aspect_ratio = input_aspect_ratio(self.options.geometry)
         rootnet = self.load_rootnet() if use_rootnet else None
         step = FRAME_STEP[self.data_split]
         datalist = []
@@ -170,7 +165,7 @@ class Human36M(MocapTrainDataset):
                 subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
                 frame, cam_idx = img['frame_idx'], img['cam_idx']
             except KeyError as err:
-                raise ValueError(f"Human36M image {img.get('id')}: missing field {err} (DATA.md §1.3).") from err
+                raise ValueError(f"Human36M image {img.get('id')}: missing field {err}.") from err
             if frame % step != 0:
                 continue
             if subject not in per_subject:
@@ -178,24 +173,24 @@ class Human36M(MocapTrainDataset):
                                  f"'{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
             tables = per_subject[subject]
             frame_keys = (str(action), str(subaction), str(frame))
-            fit_path = annotation_path(subject, 'smpl_param')
+            fit_path = self.annotation_path(subject, 'smpl_param')
             fit = tables['smpl_param'].get(frame_keys[0], {}).get(frame_keys[1], {}).get(frame_keys[2])
             # World-frame fit (the translation in metres).
             fit = None if fit is None else parse_smpl_param(fit, fit_path, f'at {list(frame_keys)}')
             if self.data_split == 'test' and fit is None:
                 continue
-            cam_path = annotation_path(subject, 'camera')
+            cam_path = self.annotation_path(subject, 'camera')
             cam_param = parse_camera(nested_lookup(tables['camera'], (str(cam_idx),), cam_path, 'camera'),
                                      cam_path, cam_idx)
             if self.data_split == 'test' and cam_idx != TEST_CAMERA:
                 continue
 
-            joint_path = annotation_path(subject, 'joint_3d')
+            joint_path = self.annotation_path(subject, 'joint_3d')
             joint_world = np.asarray(nested_lookup(tables['joint_3d'], frame_keys, joint_path, 'joint'),
-                                     dtype=np.float32).reshape(len(H36M_JOINTS_NAME), 3)
+                                     dtype=np.float32).reshape(len(H36M17), 3)
             joint_cam = world2cam(joint_world, cam_param['R'], cam_param['t']).astype(np.float32)
             joint_img = cam2pixel(joint_cam, cam_param['focal'], cam_param['princpt']).astype(np.float32)
-            joint_valid = np.ones((len(H36M_JOINTS_NAME), 1), dtype=np.float32)
+            joint_valid = np.ones((len(H36M17), 1), dtype=np.float32)
 
             img_shape = (int(img['height']), int(img['width']))
             tight_bbox = np.asarray(ann['bbox'], dtype=np.float32).reshape(4)
@@ -204,11 +199,11 @@ class Human36M(MocapTrainDataset):
                     raise KeyError(f"RootNet output has no entry for Human36M image id {img['id']}.")
                 bbox, root_depth = rootnet[img['id']]
             else:
-                bbox = process_bbox(tight_bbox, img_shape[1], img_shape[0])
+                bbox = process_bbox(tight_bbox, img_shape[1], img_shape[0], aspect_ratio=aspect_ratio)
                 if bbox is None:
                     self.skipped_bbox_count += 1
                     continue
-                root_depth = float(joint_cam[H36M_ROOT_IDX, 2])
+                root_depth = float(joint_cam[H36M17.root, 2])
             datalist.append({
                 'img_path': osp.join(self.img_dir, img['file_name']),
                 'img_id': img['id'],
@@ -222,7 +217,7 @@ class Human36M(MocapTrainDataset):
                 'root_joint_depth': root_depth,
                 'cam_param': cam_param,
                 'num_overlap': 0,
-                'near_joints': np.zeros((1, len(COCO17_JOINTS_NAME), 3), dtype=np.float32),
+                'near_joints': np.zeros((1, len(COCO17), 3), dtype=np.float32),
             })
         if self.skipped_bbox_count:
             logger.warning('Human36M %s: skipped %d annotations with a degenerate bbox.', self.data_split,
@@ -230,41 +225,38 @@ class Human36M(MocapTrainDataset):
         return datalist
 
     # ----------------------------------------------------------------- samples
-    def fit_is_valid(self, data, fit, gt, do_flip):
-        """Fitting error (mm, §3.7.4) of the camera-frame fit against the GT joints <= 25 mm."""
+    def fit_is_valid(self, data, fit, gt):
+        """Fitting error (mm) of the camera-frame fit against the GT joints <= 25 mm."""
         error = fitting_error(gt['joint_cam_mm'], fit['regressor_joints'])
         return error <= FITTING_ERROR_THRESHOLD_MM
 
     def get_test_sample(self, idx, data):
-        """SGRE's test sample (§3.4): GT 2D joints as input, crop around them, fit mesh (mm) as target."""
+        """SGRE's test sample: GT 2D joints as input, crop around them, fit mesh (mm) as target."""
         img_height, img_width = data['img_shape']
         joint_img = data['joint_img']
         bbox = get_bbox(joint_img[:, :2], data['joint_valid'].reshape(-1))
-        bbox = process_bbox(bbox, img_width, img_height, is_3dpw_test=True)
-        img, img2bb, bb2img, _, _ = load_crop(data['img_path'], bbox, self.data_split, self.sample_rng(idx),
-                                              self.transform)
-
-        joints = joint_img.copy()
-        joints[:, :2] = apply_affine(joint_img[:, :2], img2bb)
-        joints = to_heatmap_xy(joints)
-        joints_mask = data['joint_valid'] * in_bounds_mask(joints, cfg.output_hm_shape)
-        smpl_names = self.smpl.joints_name
-        fit = smpl_fit_targets(data['smpl_param'], data['cam_param'], 'H36M', False, img_width, img2bb,
-                               smpl=self.smpl)
-        inputs = {'img': img,
-                  'joints': transform_joint_to_other_db(joints, H36M_JOINTS_NAME, smpl_names),
-                  'joints_mask': transform_joint_to_other_db(joints_mask, H36M_JOINTS_NAME, smpl_names)}
+        bbox = process_bbox(bbox, img_width, img_height, is_3dpw_test=True,
+                            aspect_ratio=input_aspect_ratio(self.options.geometry))
+        geometry = self.options.geometry
+        crop = crop_for_test(load_img(data['img_path']), bbox, joint_img, geometry)
+        joints_mask = data['joint_valid'] * in_bounds_mask(crop.joints_hm, geometry.output_hm_shape)
+        fit = smpl_fit_targets(SmplFit(data['smpl_param'], data['cam_param'], 'H36M'),
+                               CropState.unaugmented(crop.img2bb, crop.bb2img, img_width), geometry, self.smpl)
+        inputs = {'img': input_image(crop.patch, self.transform),
+                  'joints': transfer_joints(crop.joints_hm, H36M17.names, SMPL30.names),
+                  'joints_mask': transfer_joints(joints_mask, H36M17.names, SMPL30.names)}
         targets = {'smpl_mesh_cam': fit['mesh_cam'].astype(np.float32)}
-        meta_info = {'bb2img_trans': np.asarray(bb2img, dtype=np.float32)}
+        meta_info = {'bb2img_trans': crop.bb2img}
         return inputs, targets, meta_info
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self, outs, cur_sample_idx):
-        """Per-sample MPJPE / PA-MPJPE (mm) of a batch of test outputs (DATA.md §6.3), vectorised.
+        """Per-sample MPJPE / PA-MPJPE (mm) of a batch of test outputs, vectorised.
 
         ``outs``: list of per-sample dicts with ``smpl_mesh_cam`` (6890, 3) predicted mesh,
         metres, and ``smpl_mesh_cam_target`` (6890, 3) the GT fit mesh, mm.  Sample n pairs
-        with ``datalist[cur_sample_idx + n]``.  Returns ``{'mpjpe': [..], 'pa_mpjpe': [..]}``.
+        with ``datalist[cur_sample_idx + n]``.  Joints: the 14 H36M evaluation joints
+        regressed from the meshes, root-relative.  Returns ``{'mpjpe': [..], 'pa_mpjpe': [..]}``.
         """
         if not outs:
             return {'mpjpe': [], 'pa_mpjpe': []}
@@ -279,13 +271,10 @@ class Human36M(MocapTrainDataset):
             # The original averages with the flipped prediction without un-flipping it (dead code in SGRE).
             flip = np.stack([out['smpl_mesh_cam_flip'] for out in outs]) * 1000
             pred_joints = (pred_joints + regress_joints(self.h36m_regressor, flip)) / 2
-        gt_joints = gt_joints - gt_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1]
-        pred_joints = pred_joints - pred_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1]
         eval_idx = list(self.eval_joints)
-        gt_joints, pred_joints = gt_joints[:, eval_idx], pred_joints[:, eval_idx]
-        mpjpe = np.sqrt(((pred_joints - gt_joints) ** 2).sum(-1)).mean(-1)
-        aligned = rigid_align_batch(pred_joints, gt_joints)
-        pa_mpjpe = np.sqrt(((aligned - gt_joints) ** 2).sum(-1)).mean(-1)
+        root = H36M17.root
+        mpjpe = joint_error(pred_joints, gt_joints, 'root', root=root, subset=eval_idx)
+        pa_mpjpe = joint_error(pred_joints, gt_joints, 'procrustes', root=root, subset=eval_idx)
         return {'mpjpe': [float(v) for v in mpjpe], 'pa_mpjpe': [float(v) for v in pa_mpjpe]}
 
     def summarize(self, eval_result):

@@ -1,9 +1,9 @@
-"""MPII Human Pose with NeuralAnnot SMPL fits (DATA.md §1.6, §3.6): a 2D training set.
+"""MPII Human Pose with NeuralAnnot SMPL fits (docs/METHOD.md, "Data on disk"): a 2D training set.
 
 As in the original, the split argument does not change the data (always ``train.json``);
 it only switches augmentation off for splits other than 'train'.
 
-Expected layout under ``cfg.data_dir``::
+Expected layout under ``options.data_dir``::
 
     MPII/data/annotations/train.json
     MPII/data/annotations/MPII_train_SMPL_NeuralAnnot.json
@@ -12,45 +12,46 @@ Expected layout under ``cfg.data_dir``::
 import logging
 import os.path as osp
 
-from common.utils.transforms import transform_joint_to_other_db
-from data.train_pipeline import (COCO18_JOINTS_NAME, MPII_FLIP_PAIRS, MPII_JOINTS_NAME, TrainDataset,
-                                 load_neuralannot_people, parse_keypoints, read_coco, read_json, split_validity)
-from main.config import cfg
+from common.utils.joints import COCO18, MPII16, transfer_joints
+from common.utils.preprocessing import input_aspect_ratio
+from data.annotations import NeuralAnnotFiles, load_neuralannot_people, parse_keypoints, split_validity
+from data.dataset import resolve_data_options
+from data.train_dataset import TrainDataset
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_HINT = ("<cfg.data_dir>/MPII/data/annotations/{train.json, MPII_train_SMPL_NeuralAnnot.json} and images "
-               "under MPII/data/<file_name> (README 'Datasets', DATA.md §1.1)")
+LAYOUT_HINT = ("<data_dir>/MPII/data/annotations/{train.json, MPII_train_SMPL_NeuralAnnot.json} and images "
+               "under MPII/data/<file_name> (README 'Datasets'; docs/METHOD.md, \"Data on disk\")")
 
 
 class MPII(TrainDataset):
-    """``MPII(transform, data_split)``; every split reads the training annotations."""
+    """``MPII(transform, data_split, options=None)``; every split reads the training annotations."""
 
-    joints_name = MPII_JOINTS_NAME
-    flip_pairs = MPII_FLIP_PAIRS
+    joint_set = MPII16
     is_3d = False
     fit_variant = 'NeuralAnnot'
-    synth_joints_name = COCO18_JOINTS_NAME
+    synth_joints_name = COCO18.names
     # Joints shared with COCO-18; Thorax, Neck and Head_top keep their clean positions.
     synth_shared_idx = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15)
 
-    def __init__(self, transform, data_split):
-        self.root = osp.join(cfg.data_dir, 'MPII', 'data')
-        super().__init__(transform, data_split)
+    def __init__(self, transform, data_split, options=None):
+        options = resolve_data_options(options)
+        self.root = osp.join(options.data_dir, 'MPII', 'data')
+        super().__init__(transform, data_split, options)
 
     def load_data(self):
         annot_path = osp.join(self.root, 'annotations', 'train.json')
-        fit_path = osp.join(self.root, 'annotations', 'MPII_train_SMPL_NeuralAnnot.json')
+        files = NeuralAnnotFiles(annot_path, osp.join(self.root, 'annotations', 'MPII_train_SMPL_NeuralAnnot.json'),
+                                 self.root, ('bbox', 'keypoints'), LAYOUT_HINT)
         datalist, degenerate = load_neuralannot_people(
-            read_coco(annot_path, LAYOUT_HINT), annot_path, read_json(fit_path, LAYOUT_HINT), fit_path, self.root,
-            ('bbox', 'keypoints'),
-            lambda ann: split_validity(parse_keypoints(ann, len(MPII_JOINTS_NAME), annot_path)),
+            files, lambda ann: split_validity(parse_keypoints(ann, len(MPII16), annot_path)),
             # Neighbours are stored in COCO-18 (face joints zero) for the synthesiser.
-            lambda joint_img: transform_joint_to_other_db(joint_img, MPII_JOINTS_NAME, COCO18_JOINTS_NAME))
+            lambda joint_img: transfer_joints(joint_img, MPII16.names, COCO18.names),
+            aspect_ratio=input_aspect_ratio(self.options.geometry))
         if degenerate:
             logger.warning('MPII: skipped %d annotation(s) with a degenerate bbox.', degenerate)
         return datalist
 
     def get_test_sample(self, idx, data):
         """Any other split: the training pipeline without augmentation (the original's behaviour)."""
-        return self.get_train_sample(idx, data, self.sample_rng(idx))
+        return self.get_train_sample(data, self.sample_rng(idx), augment=False)

@@ -1,9 +1,9 @@
-"""MSCOCO 2017 keypoints with NeuralAnnot SMPL fits (DATA.md §1.5, §3.6, §6.6).
+"""MSCOCO 2017 keypoints with NeuralAnnot SMPL fits (docs/METHOD.md, "Data on disk", "Evaluation").
 
-``MSCOCO(transform, 'train')`` is a 2D training set; ``MSCOCO(transform, 'val')`` is the
+``MSCOCO(transform, 'train', options=None)`` is a 2D training set; ``MSCOCO(transform, 'val')`` is the
 original's 101-sample debug split (GT joints as input, no targets, no metrics).
 
-Expected layout under ``cfg.data_dir``::
+Expected layout under ``options.data_dir``::
 
     MSCOCO/images/train2017/<file_name>, MSCOCO/images/val2017/<file_name>
     MSCOCO/annotations/person_keypoints_train2017.json
@@ -15,20 +15,21 @@ import os.path as osp
 
 import numpy as np
 
-from common.utils.preprocessing import process_bbox
-from common.utils.transforms import transform_joint_to_other_db
-from data.train_pipeline import (COCO18_JOINTS_NAME, COCO_FLIP_PAIRS, IMAGE_FIELDS, TrainDataset, add_pelvis,
-                                 apply_affine, in_bounds_mask, load_crop, load_neuralannot_people, parse_keypoints,
-                                 read_coco, read_json, require_fields, split_validity, to_heatmap_xy)
-from main.config import cfg
+from common.utils.joints import COCO17, COCO18, SMPL30, add_pelvis, transfer_joints
+from common.utils.preprocessing import crop_for_test, in_bounds_mask, input_aspect_ratio, load_img, process_bbox
+from data.annotations import (IMAGE_FIELDS, NeuralAnnotFiles, load_neuralannot_people, parse_keypoints, read_coco,
+                              require_fields, split_validity)
+from data.dataset import resolve_data_options
+from data.sample_steps import input_image
+from data.train_dataset import TrainDataset
 
 logger = logging.getLogger(__name__)
 
 VAL_SAMPLE_LIMIT = 101
 ANNOTATION_FIELDS = ('bbox', 'keypoints', 'iscrowd', 'num_keypoints')
-LAYOUT_HINT = ("<cfg.data_dir>/MSCOCO/annotations/{person_keypoints_train2017.json, person_keypoints_val2017.json, "
+LAYOUT_HINT = ("<data_dir>/MSCOCO/annotations/{person_keypoints_train2017.json, person_keypoints_val2017.json, "
                "MSCOCO_train_SMPL_NeuralAnnot.json} and images under MSCOCO/images/{train2017,val2017}/ "
-               "(README 'Datasets', DATA.md §1.1)")
+               "(README 'Datasets'; docs/METHOD.md, \"Data on disk\")")
 
 
 def is_single_person_with_keypoints(ann):
@@ -37,20 +38,20 @@ def is_single_person_with_keypoints(ann):
 
 
 class MSCOCO(TrainDataset):
-    """``MSCOCO(transform, data_split)`` with ``data_split`` in {'train', 'val'}."""
+    """``MSCOCO(transform, data_split, options=None)`` with ``data_split`` in {'train', 'val'}."""
 
-    joints_name = COCO18_JOINTS_NAME
-    flip_pairs = COCO_FLIP_PAIRS
+    joint_set = COCO18
     is_3d = False
     fit_variant = 'NeuralAnnot'
-    synth_joints_name = COCO18_JOINTS_NAME
+    synth_joints_name = COCO18.names
     synth_shared_idx = tuple(range(17))   # the appended pelvis keeps the clean hip midpoint
 
-    def __init__(self, transform, data_split):
+    def __init__(self, transform, data_split, options=None):
         if data_split not in ('train', 'val'):
             raise ValueError(f"MSCOCO has the splits 'train' and 'val' (debug), not '{data_split}'.")
-        self.root = osp.join(cfg.data_dir, 'MSCOCO')
-        super().__init__(transform, data_split)
+        options = resolve_data_options(options)
+        self.root = osp.join(options.data_dir, 'MSCOCO')
+        super().__init__(transform, data_split, options)
 
     # ------------------------------------------------------------------ loading
     def annotation_path(self, name):
@@ -63,15 +64,15 @@ class MSCOCO(TrainDataset):
 
     def _person_joints(self, ann, path):
         """COCO-17 keypoints + pelvis -> (joint_img (18, 3) with validity column, joint_valid (18, 1))."""
-        return split_validity(add_pelvis(parse_keypoints(ann, 17, path)))
+        return split_validity(add_pelvis(parse_keypoints(ann, len(COCO17), path), COCO17.names))
 
     def _load_train(self):
         annot_path = self.annotation_path('person_keypoints_train2017.json')
-        fit_path = self.annotation_path('MSCOCO_train_SMPL_NeuralAnnot.json')
+        files = NeuralAnnotFiles(annot_path, self.annotation_path('MSCOCO_train_SMPL_NeuralAnnot.json'),
+                                 osp.join(self.root, 'images', 'train2017'), ANNOTATION_FIELDS, LAYOUT_HINT)
         datalist, degenerate = load_neuralannot_people(
-            read_coco(annot_path, LAYOUT_HINT), annot_path, read_json(fit_path, LAYOUT_HINT), fit_path,
-            osp.join(self.root, 'images', 'train2017'), ANNOTATION_FIELDS,
-            lambda ann: self._person_joints(ann, annot_path), keep_annotation=is_single_person_with_keypoints)
+            files, lambda ann: self._person_joints(ann, annot_path), keep_annotation=is_single_person_with_keypoints,
+            aspect_ratio=input_aspect_ratio(self.options.geometry))
         if degenerate:
             logger.warning('MSCOCO train: skipped %d annotation(s) with a degenerate bbox.', degenerate)
         return datalist
@@ -79,6 +80,7 @@ class MSCOCO(TrainDataset):
     def _load_val(self):
         annot_path = self.annotation_path('person_keypoints_val2017.json')
         db = read_coco(annot_path, LAYOUT_HINT)
+        aspect_ratio = input_aspect_ratio(self.options.geometry)
         datalist, degenerate = [], 0
         for ann in db.anns.values():
             require_fields(ann, ANNOTATION_FIELDS, annot_path, 'annotation')
@@ -89,7 +91,7 @@ class MSCOCO(TrainDataset):
                                  f"{ann['image_id']}.")
             img = db.imgs[ann['image_id']]
             require_fields(img, IMAGE_FIELDS, annot_path, 'image')
-            bbox = process_bbox(ann['bbox'], img['width'], img['height'])
+            bbox = process_bbox(ann['bbox'], img['width'], img['height'], aspect_ratio=aspect_ratio)
             if bbox is None:
                 degenerate += 1
                 continue
@@ -109,17 +111,13 @@ class MSCOCO(TrainDataset):
     # ------------------------------------------------------------------ 'val' samples
     def get_test_sample(self, idx, data):
         """Debug sample: the crop, GT joints as input (30, 3) with validity in column 2, bbox."""
-        img, img2bb, _, _, _ = load_crop(data['img_path'], data['bbox'], self.data_split, self.sample_rng(idx),
-                                         self.transform)
-        joints = data['joint_img'].copy()
-        joints[:, :2] = apply_affine(joints[:, :2], img2bb)
-        joints = to_heatmap_xy(joints)
-        joints_mask = data['joint_valid'] * in_bounds_mask(joints, cfg.output_hm_shape)
-        smpl_names = self.smpl.joints_name
+        geometry = self.options.geometry
+        crop = crop_for_test(load_img(data['img_path']), data['bbox'], data['joint_img'], geometry)
+        joints_mask = data['joint_valid'] * in_bounds_mask(crop.joints_hm, geometry.output_hm_shape)
         inputs = {
-            'img': img,
-            'joints': transform_joint_to_other_db(joints, self.joints_name, smpl_names),
-            'joints_mask': transform_joint_to_other_db(joints_mask, self.joints_name, smpl_names),
+            'img': input_image(crop.patch, self.transform),
+            'joints': transfer_joints(crop.joints_hm, self.joints_name, SMPL30.names),
+            'joints_mask': transfer_joints(joints_mask, self.joints_name, SMPL30.names),
         }
         return inputs, {}, {'bbox': np.asarray(data['bbox'], dtype=np.float32)}
 

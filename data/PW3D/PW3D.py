@@ -1,7 +1,7 @@
-"""3DPW test set and the 3DPW-Crowd validation subset (DATA.md §1.7, §3.8, §6.2).
+"""3DPW test set and the 3DPW-Crowd validation subset (docs/METHOD.md, "Data on disk", "Evaluation").
 
-``PW3D(transform, data_split)`` ignores ``data_split``: it reads the ``test`` split, or with
-``cfg.crowd`` the ``validation`` split restricted to ``courtyard_hug_00`` and
+``PW3D(transform, data_split, options=None)`` ignores ``data_split``: it reads the ``test`` split,
+or with ``options.crowd`` the ``validation`` split restricted to ``courtyard_hug_00`` and
 ``courtyard_dancing_00`` with HigherHRNet inputs (OpenPose where an annotation has no
 HigherHRNet entry).  Each sample is one annotated person:
 
@@ -12,11 +12,11 @@ HigherHRNet entry).  Each sample is one annotated person:
 * ``meta_info``: ``bb2img_trans``/``img2bb_trans`` (2,3) float32, ``bbox``/``tight_bbox``
   (4,) float32, ``aid`` int.
 
-Evaluation (§6.2): ``evaluate`` -> per-sample MPJPE / PA-MPJPE on the 14 H36M evaluation
+Evaluation: ``evaluate`` -> per-sample MPJPE / PA-MPJPE on the 14 H36M evaluation
 joints and MPVPE on pelvis-centred meshes (mm); ``summarize`` -> means and per-sequence means;
-``print_eval_result`` prints the original's three lines.  With ``cfg.vis`` / ``cfg.render``,
-``evaluate`` also writes each sample's pictures and meshes into ``cfg.vis_dir``
-(``visualize_sample``, §6.4).
+``print_eval_result`` prints the original's three lines.  With ``options.vis`` / ``options.render``,
+``evaluate`` also writes each sample's pictures and meshes into ``options.vis_dir``
+(``visualize_sample``).
 """
 import os.path as osp
 import warnings
@@ -24,28 +24,14 @@ import warnings
 import numpy as np
 import torch
 
-from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask, load_img,
-                                        process_bbox)
-from common.utils.smpl import get_smpl, load_regressor
-from common.utils.transforms import cam2pixel, denorm_joints, rigid_align_batch, transform_joint_to_other_db
-from data.dataset import SeededDataset
-from data.train_pipeline import read_coco, read_json
-from main.config import cfg
-
-OPENPOSE18_JOINTS_NAME = (
-    'Nose', 'Neck', 'R_Shoulder', 'R_Elbow', 'R_Wrist', 'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Hip', 'R_Knee',
-    'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'R_Eye', 'L_Eye', 'R_Ear', 'L_Ear')
-OPENPOSE19_JOINTS_NAME = OPENPOSE18_JOINTS_NAME + ('Pelvis',)
-COCO17_JOINTS_NAME = (
-    'Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear', 'L_Shoulder', 'R_Shoulder', 'L_Elbow', 'R_Elbow',
-    'L_Wrist', 'R_Wrist', 'L_Hip', 'R_Hip', 'L_Knee', 'R_Knee', 'L_Ankle', 'R_Ankle')
-COCO19_JOINTS_NAME = COCO17_JOINTS_NAME + ('Pelvis', 'Neck')
-
-H36M_JOINTS_NAME = (
-    'Pelvis', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Torso', 'Neck', 'Nose', 'Head_top',
-    'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Shoulder', 'R_Elbow', 'R_Wrist')
-H36M_ROOT_IDX = 0
-H36M_EVAL_JOINTS = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)  # drops Pelvis, Torso, Nose
+from common.utils.joints import COCO17, COCO19, H36M17, H36M_EVAL_JOINTS, OPENPOSE18, OPENPOSE19, SMPL30, \
+    add_neck, add_pelvis, transfer_joints
+from common.utils.metrics import joint_error, regress_joints, vertex_error
+from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask,
+                                        input_aspect_ratio, load_img, process_bbox)
+from common.utils.transforms import cam2pixel, denorm_joints
+from data.annotations import load_h36m_regressor, read_coco, read_json
+from data.dataset import SeededDataset, body_model, resolve_data_options
 
 CROWD_SEQUENCES = ('courtyard_hug_00', 'courtyard_dancing_00')
 POSE_SCORE_THR = 0.05
@@ -53,34 +39,12 @@ MIN_INPUT_BOX_SIZE = 1.0  # pixels; a smaller processed box means the confident 
 METRIC_KEYS = ('mpjpe', 'pa_mpjpe', 'mpvpe')
 
 LAYOUT_HINT = (
-    "cfg.data_dir/PW3D/data/3DPW_latest_test.json (default), 3DPW_latest_validation.json and "
-    "3DPW_validation_crowd_hhrnet_result.json (cfg.crowd=True), images under "
-    "cfg.data_dir/PW3D/data/imageFiles/<sequence>/<file_name>; RootNet boxes (use_gt_info=False) in "
-    "cfg.data_dir/PW3D/rootnet_output/bbox_root_pw3d_output.json. The converted annotations come from the "
+    "data_dir/PW3D/data/3DPW_latest_test.json (default), 3DPW_latest_validation.json and "
+    "3DPW_validation_crowd_hhrnet_result.json (crowd=True), images under "
+    "data_dir/PW3D/data/imageFiles/<sequence>/<file_name>; RootNet boxes (use_gt_info=False) in "
+    "data_dir/PW3D/rootnet_output/bbox_root_pw3d_output.json. The converted annotations come from the "
     "3DCrowdNet/Pose2Mesh data release; `python tool/make_synthetic_data.py --root DIR --smpl DIR` writes a "
     "synthetic stand-in.")
-
-
-def add_midpoint_joint(joints, names, first, second):
-    """Append the midpoint of joints ``first`` and ``second`` (DATA.md §2.10).
-
-    joints (J,3) ``[x, y, score]``; the new row's score is the product of the two scores.
-    Returns (J+1, 3) in the input dtype.
-    """
-    a, b = joints[names.index(first)], joints[names.index(second)]
-    row = np.array([(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] * b[2]], dtype=joints.dtype)
-    return np.concatenate([joints, row[None]], axis=0)
-
-
-def load_h36m_regressor():
-    """``Human36M/J_regressor_h36m_correct.npy`` (17, 6890) float64, with a clear error if missing."""
-    path = osp.join(cfg.data_dir, 'Human36M', 'J_regressor_h36m_correct.npy')
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f"H36M joint regressor not found: {path}\nThe 3DPW evaluation needs it (MPJPE joints). It comes "
-            "with the Human3.6M annotations of the I2L-MeshNet/3DCrowdNet data release; place it at "
-            "cfg.data_dir/Human36M/J_regressor_h36m_correct.npy (the synthetic tree has it).")
-    return load_regressor(path)
 
 
 def _float_array(value, shape, what, path, ann_id):
@@ -92,19 +56,23 @@ def _float_array(value, shape, what, path, ann_id):
 
 
 class PW3D(SeededDataset):
-    """3DPW test set (``cfg.crowd``: 3DPW-Crowd). ``PW3D(transform, data_split)``; see module doc."""
+    """3DPW test set (``options.crowd``: 3DPW-Crowd). ``PW3D(transform, data_split, options=None)``.
 
-    def __init__(self, transform, data_split):
+    options: ``DataOptions`` (None: the run configuration's); see the module docstring.
+    """
+
+    def __init__(self, transform, data_split, options=None):
+        self.options = resolve_data_options(options)
         self.transform = transform
-        self.data_split = 'validation' if cfg.crowd else 'test'  # the argument is ignored (§3.8)
-        self.data_path = osp.join(cfg.data_dir, 'PW3D', 'data')
+        self.data_split = 'validation' if self.options.crowd else 'test'  # the argument is ignored
+        self.data_path = osp.join(self.options.data_dir, 'PW3D', 'data')
         self.img_dir = osp.join(self.data_path, 'imageFiles')
-        self.smpl = get_smpl()
-        self.h36m_regressor = load_h36m_regressor()
+        self.smpl = body_model(self.options)
+        self.h36m_regressor = load_h36m_regressor(self.options.data_dir)
         self.pose_fallback_aids = []
         self.skipped_boxes = 0
         self.datalist = self.load_data()
-        self._report_load_issues()
+        self._warn_about_skipped_people()
 
     # ------------------------------------------------------------------------ loading
     def annotation_path(self):
@@ -114,30 +82,32 @@ class PW3D(SeededDataset):
         return osp.join(self.data_path, '3DPW_validation_crowd_hhrnet_result.json')
 
     def rootnet_path(self):
-        return osp.join(cfg.data_dir, 'PW3D', 'rootnet_output', 'bbox_root_pw3d_output.json')
+        return osp.join(self.options.data_dir, 'PW3D', 'rootnet_output', 'bbox_root_pw3d_output.json')
 
     def uses_rootnet(self):
-        return not cfg.use_gt_info and self.data_split == 'test'
+        return not self.options.use_gt_info and self.data_split == 'test'
 
     def load_data(self):
         """The datalist: one dict per kept annotation, in file order."""
         ann_path = self.annotation_path()
         db = read_coco(ann_path, LAYOUT_HINT)
-        hhrnet = read_json(self.crowd_pose_path(), LAYOUT_HINT) if cfg.crowd else None
+        crowd = self.options.crowd
+        aspect_ratio = input_aspect_ratio(self.options.geometry)
+        hhrnet = read_json(self.crowd_pose_path(), LAYOUT_HINT) if crowd else None
         rootnet = self._load_rootnet() if self.uses_rootnet() else None
 
         datalist = []
         for aid, ann in db.anns.items():
             img = db.imgs[ann['image_id']]
             sequence = img['sequence']
-            if cfg.crowd and not any(name in sequence for name in CROWD_SEQUENCES):
+            if crowd and not any(name in sequence for name in CROWD_SEQUENCES):
                 continue
             width, height = int(img['width']), int(img['height'])
             ann_bbox = _float_array(ann['bbox'], (4,), 'bbox', ann_path, aid)
             tight_bbox = ann_bbox.astype(np.float32)
             root_joint_depth = None
             if rootnet is None:
-                bbox = process_bbox(ann_bbox, width, height)
+                bbox = process_bbox(ann_bbox, width, height, aspect_ratio=aspect_ratio)
                 if bbox is None:
                     self.skipped_boxes += 1
                     continue
@@ -148,13 +118,13 @@ class PW3D(SeededDataset):
                                                       self.rootnet_path(), aid)[2])
 
             openpose = _float_array(ann.get('openpose_result'), (18, 3), 'openpose_result', ann_path, aid)
-            openpose = add_midpoint_joint(openpose, OPENPOSE18_JOINTS_NAME, 'L_Hip', 'R_Hip')
-            if cfg.crowd:
-                pose, pose_names = self._crowd_pose(hhrnet, aid, openpose), COCO19_JOINTS_NAME
+            openpose = add_pelvis(openpose, OPENPOSE18.names)
+            if crowd:
+                pose, pose_names = self._crowd_pose(hhrnet, aid, openpose), COCO19.names
             else:
-                pose, pose_names = openpose, OPENPOSE19_JOINTS_NAME
-            input_joints = transform_joint_to_other_db(pose, pose_names, self.smpl.joints_name)
-            input_bbox = self._input_bbox(input_joints, width, height)
+                pose, pose_names = openpose, OPENPOSE19.names
+            input_joints = transfer_joints(pose, pose_names, SMPL30.names)
+            input_bbox = self._input_bbox(input_joints, width, height, aspect_ratio)
             if input_bbox is None:
                 self.pose_fallback_aids.append(aid)
                 input_bbox = np.array(bbox, dtype=np.float32)
@@ -187,7 +157,7 @@ class PW3D(SeededDataset):
         path = self.rootnet_path()
         if not osp.isfile(path):
             raise FileNotFoundError(
-                f"RootNet output not found: {path}\ncfg.use_gt_info=False takes the test boxes and root depths from "
+                f"RootNet output not found: {path}\nuse_gt_info=False takes the test boxes and root depths from "
                 "RootNet (3DMPPE_ROOTNET_RELEASE output for 3DPW: a JSON list of {ann_id, bbox, root_cam}). "
                 "Place it there or set use_gt_info: True.")
         entries = read_json(path, LAYOUT_HINT)
@@ -206,13 +176,13 @@ class PW3D(SeededDataset):
         """COCO-19 input pose: HigherHRNet with pelvis and neck, or the OpenPose pose if absent."""
         entry = hhrnet.get(str(aid))
         if entry is None:
-            return transform_joint_to_other_db(openpose, OPENPOSE19_JOINTS_NAME, COCO19_JOINTS_NAME)
+            return transfer_joints(openpose, OPENPOSE19.names, COCO19.names)
         joints = _float_array(entry.get('coco_joints'), (17, 3), 'coco_joints', self.crowd_pose_path(), aid)
-        joints = add_midpoint_joint(joints, COCO17_JOINTS_NAME, 'L_Hip', 'R_Hip')
-        return add_midpoint_joint(joints, COCO17_JOINTS_NAME + ('Pelvis',), 'L_Shoulder', 'R_Shoulder')
+        joints = add_pelvis(joints, COCO17.names)
+        return add_neck(joints, COCO17.names + ('Pelvis',))
 
     @staticmethod
-    def _input_bbox(input_joints, width, height):
+    def _input_bbox(input_joints, width, height, aspect_ratio):
         """Processed crop box around the confident input joints, or None if there is no usable box.
 
         None when no joint scores above ``POSE_SCORE_THR`` (the original crashes) or the box is
@@ -222,12 +192,12 @@ class PW3D(SeededDataset):
         if not valid.any():
             return None
         bbox = get_bbox(input_joints, valid.astype(np.float32))
-        bbox = process_bbox(bbox, width, height, is_3dpw_test=True)
+        bbox = process_bbox(bbox, width, height, is_3dpw_test=True, aspect_ratio=aspect_ratio)
         if bbox is None or bbox[2] < MIN_INPUT_BOX_SIZE or bbox[3] < MIN_INPUT_BOX_SIZE:
             return None
         return bbox
 
-    def _report_load_issues(self):
+    def _warn_about_skipped_people(self):
         if self.pose_fallback_aids:
             warnings.warn(
                 f"PW3D ({self.data_split}): {len(self.pose_fallback_aids)} of {len(self.datalist)} persons have no "
@@ -261,10 +231,11 @@ class PW3D(SeededDataset):
         joints = data['input_joints'].copy()
         joint_valid = (joints[:, 2:] > POSE_SCORE_THR).astype(np.float32)
 
-        crop = crop_for_test(load_img(data['img_path']), data['input_bbox'], joints, cfg.geometry_options())
+        geometry = self.options.geometry
+        crop = crop_for_test(load_img(data['img_path']), data['input_bbox'], joints, geometry)
         img = self._to_tensor(crop.patch)
         joints, img2bb_trans, bb2img_trans = crop.joints_hm, crop.img2bb, crop.bb2img
-        joints_mask = joint_valid * in_bounds_mask(joints, cfg.output_hm_shape)
+        joints_mask = joint_valid * in_bounds_mask(joints, geometry.output_hm_shape)
 
         inputs = {'img': img, 'joints': joints.astype(np.float32), 'joints_mask': joints_mask}
         targets = {'smpl_mesh_cam': mesh_cam}
@@ -282,7 +253,7 @@ class PW3D(SeededDataset):
 
     # ----------------------------------------------------------------------- evaluation
     def evaluate(self, outs, cur_sample_idx):
-        """Per-sample metrics (mm) of one batch of test outputs (DATA.md §6.2).
+        """Per-sample metrics (mm) of one batch of test outputs.
 
         outs: a list of per-sample dicts (the original's format) or one dict of batched
         arrays/tensors, each with ``smpl_mesh_cam`` (6890,3) predicted pelvis-relative mesh and
@@ -299,42 +270,44 @@ class PW3D(SeededDataset):
         result = {key: metrics[key].tolist() for key in METRIC_KEYS}
         result['aid'] = [int(a['ann_id']) for a in annots]
         result['sequence'] = [a['sequence'] for a in annots]
-        if cfg.vis or cfg.render:
+        if self.options.vis or self.options.render:
             for n, annot in enumerate(annots):
                 self.visualize_sample(_sample(outs, n), annot)
         return result
 
     def visualize_sample(self, out, annot):
-        """Write the ``cfg.vis`` / ``cfg.render`` outputs of DATA.md §6.4 for one sample into ``cfg.vis_dir``.
+        """Write the ``options.vis`` / ``options.render`` pictures of one sample into ``options.vis_dir``.
 
-        out: the sample's test outputs (NumPy, MODEL.md §5.8); annot: its ``datalist`` entry.
+        out: the sample's test outputs (NumPy arrays of the model's test-mode outputs); annot:
+        its ``datalist`` entry.
         File names keep sequence, image and annotation id: ``<sequence>_<image stem>_<aid>_<kind>``.
-        ``cfg.render`` or ``cfg.vis``: ``_render.jpg`` (the mesh over the image, with the crop box).
-        ``cfg.vis`` also: ``_input.jpg`` (input 2D pose, scores), ``_positionnet.jpg`` (PositionNet
+        ``render`` or ``vis``: ``_render.jpg`` (the mesh over the image, with the crop box).
+        ``vis`` also: ``_input.jpg`` (input 2D pose, scores), ``_positionnet.jpg`` (PositionNet
         joints with their scores), ``_final.jpg`` (projected mesh joints), ``_gt.jpg`` (GT joints
         projected with the 3DPW camera), ``_final.obj`` (predicted root-relative mesh) and
         ``_gt.obj`` (GT mesh centred at its SMPL pelvis), metres.  Outputs whose inputs ``out``
         lacks are left out.  Nothing is displayed.  Returns the written paths.
         """
         from common.utils import vis
-        vis_dir = vis.ensure_dir(cfg.vis_dir)
+        options = self.options
+        vis_dir = vis.ensure_dir(options.vis_dir)
         stem = osp.splitext(osp.basename(annot['img_path']))[0]
         prefix = osp.join(vis_dir, f"{annot['sequence']}_{stem}_{annot['ann_id']}_")
         bbox = np.asarray(out.get('bbox', annot['input_bbox']), dtype=np.float64)
         bb2img = out.get('bb2img_trans')
         if bb2img is None:
-            bb2img = _crop_to_image_trans(bbox)
-        needs_image = cfg.vis or 'mesh_cam_render' in out
+            bb2img = _crop_to_image_trans(bbox, options.geometry)
+        needs_image = options.vis or 'mesh_cam_render' in out
         image = vis.as_uint8_image(load_img(annot['img_path'])) if needs_image else None
         written = []
         if 'mesh_cam_render' in out:
-            if cfg.render:  # the model's render camera (MODEL.md §5.6)
+            if options.render:  # the model's render camera (docs/METHOD.md, "Network")
                 focal, princpt = vis.render_camera(bbox)
             else:           # the crop camera, expressed in image pixels
-                focal, princpt = vis.crop_camera_in_image(bb2img, cfg.focal, cfg.princpt)
+                focal, princpt = vis.crop_camera_in_image(bb2img, options.geometry.focal, options.geometry.princpt)
             overlay = vis.render_people(image, [out['mesh_cam_render']], self.smpl.face, focal, princpt)
             written.append(vis.save_image(prefix + 'render.jpg', vis.draw_bbox(overlay, bbox)))
-        if not cfg.vis:
+        if not options.vis:
             return written
         skeleton = self.smpl.skeleton
         written.append(vis.save_image(prefix + 'input.jpg', vis.draw_bbox(
@@ -390,37 +363,25 @@ class PW3D(SeededDataset):
 
 
 def mesh_metrics(pred_mesh, gt_mesh, h36m_regressor, pelvis_row):
-    """MPJPE, PA-MPJPE (14 H36M joints) and MPVPE in mm for a batch (DATA.md §6.2).
+    """MPJPE, PA-MPJPE (14 H36M evaluation joints) and MPVPE in mm for a batch.
 
     pred_mesh, gt_mesh: (B,6890,3) metres; h36m_regressor (17,6890); pelvis_row (6890,) the
-    SMPL-30 pelvis row of the neutral regressor.  Returns a dict of (B,) float64 arrays.
+    SMPL-30 pelvis row of the neutral regressor (MPVPE compares pelvis-centred meshes).
+    Returns a dict of (B,) float64 arrays.
     """
-    pred_mesh = np.asarray(pred_mesh, dtype=np.float64)
-    gt_mesh = np.asarray(gt_mesh, dtype=np.float64)
-    regressor = np.asarray(h36m_regressor, dtype=np.float64)
-    pelvis_row = np.asarray(pelvis_row, dtype=np.float64)
-    eval_idx = list(H36M_EVAL_JOINTS)
-
-    gt_joints = np.einsum('jv,bvc->bjc', regressor, gt_mesh)
-    gt_joints = (gt_joints - gt_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1])[:, eval_idx]
-    pred_joints = np.einsum('jv,bvc->bjc', regressor, pred_mesh)
-    pred_joints = (pred_joints - pred_joints[:, H36M_ROOT_IDX:H36M_ROOT_IDX + 1])[:, eval_idx]
-
-    mpjpe = np.linalg.norm(pred_joints - gt_joints, axis=2).mean(1) * 1000
-    aligned = rigid_align_batch(pred_joints, gt_joints)
-    pa_mpjpe = np.linalg.norm(aligned - gt_joints, axis=2).mean(1) * 1000
-
-    gt_centred = gt_mesh - np.einsum('v,bvc->bc', pelvis_row, gt_mesh)[:, None]
-    pred_centred = pred_mesh - np.einsum('v,bvc->bc', pelvis_row, pred_mesh)[:, None]
-    mpvpe = np.linalg.norm(gt_centred - pred_centred, axis=2).mean(1) * 1000
-    return {'mpjpe': mpjpe, 'pa_mpjpe': pa_mpjpe, 'mpvpe': mpvpe}
+    gt_joints = regress_joints(h36m_regressor, gt_mesh)
+    pred_joints = regress_joints(h36m_regressor, pred_mesh)
+    joints = dict(root=H36M17.root, subset=H36M_EVAL_JOINTS)
+    return {'mpjpe': joint_error(pred_joints, gt_joints, 'root', **joints) * 1000,
+            'pa_mpjpe': joint_error(pred_joints, gt_joints, 'procrustes', **joints) * 1000,
+            'mpvpe': vertex_error(pred_mesh, gt_mesh, 'root', root_weights=pelvis_row) * 1000}
 
 
-def _crop_to_image_trans(bbox):
-    """(2,3) crop -> image affine of a test crop of ``bbox`` (no augmentation, DATA.md §4.4)."""
+def _crop_to_image_trans(bbox, geometry):
+    """(2,3) crop -> image affine of a test crop of ``bbox`` (no augmentation)."""
     x, y, w, h = (float(v) for v in bbox)
-    return gen_trans_from_patch_cv(x + w / 2, y + h / 2, w, h, cfg.input_img_shape[1], cfg.input_img_shape[0],
-                                   1.0, 0.0, inv=True)
+    height, width = geometry.input_img_shape
+    return gen_trans_from_patch_cv(x + w / 2, y + h / 2, w, h, width, height, 1.0, 0.0, inv=True)
 
 
 def _to_numpy(value):

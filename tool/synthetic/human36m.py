@@ -1,4 +1,4 @@
-"""Synthetic Human3.6M tree in the real on-disk format (DATA.md §1.3, §1.9).
+"""Synthetic Human3.6M tree in the real on-disk format (docs/METHOD.md, "Data on disk").
 
 World frame z-up, millimetres for joints and camera translations, metres for the SMPL
 translation.  The mocap joints are the H36M-17 joints regressed (J_regressor_h36m_correct)
@@ -12,7 +12,7 @@ person.  What the loaders see:
 * test (subjects 9, 11): camera 4 of frames 0 and 64 (subject 9) and 0 (subject 11);
   subject 9 also has frame 128 without a fit and frame 32 (both dropped), and camera 1.
 
-Only images that a loader reads are rendered (DATA.md §1.9: other images are never opened).
+Only images that a loader reads are rendered (other images are never opened).
 """
 from pathlib import Path
 
@@ -34,7 +34,7 @@ FRAMES = {
     9: {0: 'good', 32: 'good', 64: 'good', 128: None},
     11: {0: 'good'},
 }
-EMPTY_DATA_AS_LISTS = (6, 8)   # the others without frames get '{}' (both forms are valid, §1.3)
+EMPTY_DATA_AS_LISTS = (6, 8)   # the others without frames get '{}' (both forms are valid)
 TRAIN_SUBJECTS, TEST_SUBJECTS = (1, 5, 6, 7, 8), (9, 11)
 
 

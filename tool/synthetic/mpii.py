@@ -1,4 +1,4 @@
-"""Synthetic MPII tree in the real on-disk format (DATA.md §1.6, §1.9).
+"""Synthetic MPII tree in the real on-disk format (docs/METHOD.md, "Data on disk").
 
 Writes under ``root/MPII/data``::
 
@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.utils.joints import MPII16
 from tool.synthetic import common
 from tool.synthetic.mscoco import make_people, neuralannot_entry, pose_people
-
-MPII_JOINTS_NAME = ('R_Ankle', 'R_Knee', 'R_Hip', 'L_Hip', 'L_Knee', 'L_Ankle', 'Pelvis', 'Thorax', 'Neck',
-                    'Head_top', 'R_Wrist', 'R_Elbow', 'R_Shoulder', 'L_Shoulder', 'L_Elbow', 'L_Wrist')
 
 # (width, height, number of people) per image.
 IMAGES = ((320, 240, 2), (256, 320, 1), (384, 288, 3))
@@ -29,7 +27,7 @@ def mpii_joints(smpl, joints30):
     """(16, 3) MPII joints (metres) from SMPL-30 joints (30, 3); Thorax = shoulder midpoint."""
     names = smpl.joints_name
     rows = []
-    for name in MPII_JOINTS_NAME:
+    for name in MPII16.names:
         if name == 'Thorax':
             rows.append((joints30[names.index('L_Shoulder')] + joints30[names.index('R_Shoulder')]) / 2)
         else:

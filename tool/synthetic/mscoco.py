@@ -1,4 +1,4 @@
-"""Synthetic MSCOCO tree in the real on-disk format (DATA.md §1.5, §1.9).
+"""Synthetic MSCOCO tree in the real on-disk format (docs/METHOD.md, "Data on disk").
 
 Writes under ``root/MSCOCO``::
 
@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.utils.joints import COCO17
 from tool.synthetic import common
 
 COCO_KEYPOINT_NAMES = ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder',
                        'right_shoulder', 'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_hip',
                        'right_hip', 'left_knee', 'right_knee', 'left_ankle', 'right_ankle')
-# SMPL-30 names of the COCO-17 joints, in COCO order.
-COCO_AS_SMPL_NAMES = ('Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear', 'L_Shoulder', 'R_Shoulder', 'L_Elbow',
-                      'R_Elbow', 'L_Wrist', 'R_Wrist', 'L_Hip', 'R_Hip', 'L_Knee', 'R_Knee', 'L_Ankle', 'R_Ankle')
 COCO_SKELETON_1BASED = ((16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
                         (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7))
 
@@ -73,7 +71,7 @@ def pose_people(smpl, people):
 
 def coco_uv(smpl, person, focal, princpt):
     """(17, 2) pixel projections of the person's COCO-17 joints (taken from SMPL-30 by name)."""
-    idx = [smpl.joints_name.index(name) for name in COCO_AS_SMPL_NAMES]
+    idx = [smpl.joints_name.index(name) for name in COCO17.names]
     return common.project(person['joints'][idx], focal, princpt)
 
 

@@ -1,4 +1,4 @@
-"""Synthetic MuCo-3DHP tree in the real on-disk format (DATA.md §1.4, §1.9).
+"""Synthetic MuCo-3DHP tree in the real on-disk format (docs/METHOD.md, "Data on disk").
 
 A few composited images with two or three people each, in camera coordinates (mm).
 MuCo-21 joints are taken by name from the mesh: the 14 joints MuCo shares with
@@ -13,15 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.utils.joints import H36M17, MUCO21
 from tool.synthetic.common import (load_h36m_regressor, project, random_betas, random_camera, random_pose,
                                    render_people, smpl_forward, tight_bbox, write_jpeg, write_json, wrong_fit)
 
-MUCO_JOINTS_NAME = ('Head_top', 'Thorax', 'R_Shoulder', 'R_Elbow', 'R_Wrist', 'L_Shoulder', 'L_Elbow',
-                    'L_Wrist', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Pelvis',
-                    'Spine', 'Head', 'R_Hand', 'L_Hand', 'R_Toe', 'L_Toe')
-H36M_JOINTS_NAME = ('Pelvis', 'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'Torso',
-                    'Neck', 'Nose', 'Head_top', 'L_Shoulder', 'L_Elbow', 'L_Wrist', 'R_Shoulder',
-                    'R_Elbow', 'R_Wrist')
 # MuCo joints that are not H36M joints of the same name: (source set, joint name there)
 MUCO_FROM_OTHER = {'Thorax': ('h36m', 'Neck'), 'Spine': ('smpl', 'Spine'), 'Head': ('smpl', 'Head'),
                    'R_Hand': ('smpl', 'R_Hand'), 'L_Hand': ('smpl', 'L_Hand'),
@@ -45,9 +40,9 @@ def muco_joints(smpl, regressor, verts):
     h36m = regressor @ verts
     smpl30 = smpl.joint_regressor.astype(np.float64) @ verts
     rows = []
-    for name in MUCO_JOINTS_NAME:
+    for name in MUCO21.names:
         source, other = MUCO_FROM_OTHER.get(name, ('h36m', name))
-        rows.append(h36m[H36M_JOINTS_NAME.index(other)] if source == 'h36m'
+        rows.append(h36m[H36M17.names.index(other)] if source == 'h36m'
                     else smpl30[smpl.joints_name.index(other)])
     return np.stack(rows)
 
@@ -81,7 +76,7 @@ def write(root, smpl, rng):
         trans = np.stack([place(rest[k], focal, princpt, cx * IMG_WIDTH, frac) for k, (cx, frac) in enumerate(people)])
         verts = rest + trans[:, None]
         joints_cam = np.stack([muco_joints(smpl, regressor, v) for v in verts]) * 1000
-        closest = int(np.argmin(joints_cam[:, MUCO_JOINTS_NAME.index('Pelvis'), 2]))
+        closest = int(np.argmin(joints_cam[:, MUCO21.names.index('Pelvis'), 2]))
         for k, joint_cam in enumerate(joints_cam):
             annotations.append({'id': ann_id, 'image_id': img_id,
                                 'bbox': tight_bbox(project(verts[k], focal, princpt), IMG_WIDTH, IMG_HEIGHT),

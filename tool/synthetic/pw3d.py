@@ -1,4 +1,4 @@
-"""Synthetic 3DPW tree in the real on-disk format (DATA.md §1.7, §1.9).
+"""Synthetic 3DPW tree in the real on-disk format (docs/METHOD.md, "Data on disk").
 
 Writes under ``root/PW3D``::
 
@@ -11,13 +11,13 @@ Several gendered people per image, rendered with the gendered meshes.  Detection
 projected SMPL-30 joints with pixel noise, low-confidence and undetected joints.  Special
 cases exercise the loader:
 
-* test split: one person whose only confident OpenPose joints coincide (DATA.md §9.4: the
+* test split: one person whose only confident OpenPose joints coincide (docs/METHOD.md, "Differences from the original": the
   loader falls back to the annotation box);
 * validation (crowd) split: kept sequences ``courtyard_hug_00``/``courtyard_dancing_00`` plus
   sequences the crowd filter must drop; one kept annotation without a HigherHRNet entry
   (OpenPose fallback).
 
-Every annotation keeps at least one joint above the 0.05 threshold, as DATA.md §1.9 requires
+Every annotation keeps at least one joint above the 0.05 threshold, as the loader requires
 (the original loader raises otherwise); tests derive the all-below-threshold case by editing
 a copy of the annotation file.
 """
@@ -25,13 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.utils.joints import COCO17, OPENPOSE18
 from common.utils.preprocessing import process_bbox
 from tool.synthetic import common
 
-OPENPOSE18_NAMES = ('Nose', 'Neck', 'R_Shoulder', 'R_Elbow', 'R_Wrist', 'L_Shoulder', 'L_Elbow', 'L_Wrist',
-                    'R_Hip', 'R_Knee', 'R_Ankle', 'L_Hip', 'L_Knee', 'L_Ankle', 'R_Eye', 'L_Eye', 'R_Ear', 'L_Ear')
-COCO17_NAMES = ('Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear', 'L_Shoulder', 'R_Shoulder', 'L_Elbow', 'R_Elbow',
-                'L_Wrist', 'R_Wrist', 'L_Hip', 'R_Hip', 'L_Knee', 'R_Knee', 'L_Ankle', 'R_Ankle')
 SCORE_THRESHOLD = 0.05
 
 PORTRAIT, LANDSCAPE = (270, 480), (480, 270)  # (width, height): 3DPW's 1080x1920 at 1/4
@@ -67,8 +64,8 @@ def _write_split(root, smpl, rng, split, ann_id_start=0):
     """Render the images of one split; returns (json dict, hhrnet dict, rootnet list)."""
     images, annotations, hhrnet, rootnet = [], [], {}, []
     image_id, ann_id = 0, ann_id_start
-    op_rows = _names_to_rows(OPENPOSE18_NAMES, smpl)
-    coco_rows = _names_to_rows(COCO17_NAMES, smpl)
+    op_rows = _names_to_rows(OPENPOSE18.names, smpl)
+    coco_rows = _names_to_rows(COCO17.names, smpl)
     regressor = np.asarray(smpl.joint_regressor, dtype=np.float64)
     for sequence, (width, height), n_frames, n_people in SEQUENCES[split]:
         # Alternating genders, so every split with two people has both gendered layers.
