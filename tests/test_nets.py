@@ -61,34 +61,31 @@ def test_resnet_depths():
             ResNetBackbone(depth)
 
 
-def test_resnet_init_weights_from_local_file(tmp_path, caplog, restore_cfg):
+def test_resnet_init_weights_from_local_file(tmp_path, caplog):
     import torchvision
     reference = torchvision.models.resnet50(weights=None)
     path = tmp_path / 'resnet50.pth'
     torch.save(reference.state_dict(), path)
-    restore_cfg.imagenet_weights = str(path)
     net = ResNetBackbone(50)
-    assert net.init_weights() is True
+    assert net.init_weights(str(path)) is True
     for name, value in net.state_dict().items():
         assert torch.equal(value, reference.state_dict()[name]), name
 
     # missing file: clear error naming the file and the config key
-    restore_cfg.imagenet_weights = str(tmp_path / 'nope.pth')
     with pytest.raises(FileNotFoundError, match='nope.pth.*cfg.imagenet_weights'):
-        net.init_weights()
+        net.init_weights(str(tmp_path / 'nope.pth'))
     # wrong architecture: strict load fails with the file named
     torch.save({'conv1.weight': torch.zeros(1)}, tmp_path / 'bad.pth')
     with pytest.raises(RuntimeError, match='bad.pth'):
         net.init_weights(tmp_path / 'bad.pth')
 
     # None: logged once, weights untouched
-    restore_cfg.imagenet_weights = None
     resnet_mod._warned_no_imagenet = False
     before = net.conv1.weight.clone()
     with caplog.at_level(logging.WARNING, logger='common.nets.resnet'):
-        assert net.init_weights() is False
-        assert net.init_weights() is False
-    assert sum('no ImageNet weights' in r.getMessage() for r in caplog.records) == 1
+        assert net.init_weights(None) is False
+        assert net.init_weights(None) is False
+    assert sum('No ImageNet weights' in r.getMessage() for r in caplog.records) == 1
     assert torch.equal(before, net.conv1.weight)
 
 
@@ -133,8 +130,8 @@ def _state_equal(fast, slow, tol):
             assert rel_err(a, b) < tol, name
 
 
-@pytest.mark.parametrize('momentum, stack_weights', [(0.1, True), (0.1, False), (None, None)])
-def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum, stack_weights):
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum):
     gen = torch.Generator().manual_seed(0)
     adj = random_adj(15, gen)
 
@@ -146,9 +143,6 @@ def test_graph_blocks_fast_path_equals_per_vertex_loop(momentum, stack_weights):
         return model
 
     fast, slow = _twin_blocks(make, gen)
-    for m in fast.modules():
-        if isinstance(m, GraphConvBlock):
-            m.stack_weights = stack_weights
     assert all(m.uses_vectorized_path() for m in fast.modules() if isinstance(m, GraphConvBlock))
     assert not any(m.uses_vectorized_path() for m in slow.modules() if isinstance(m, GraphConvBlock))
     for step in range(3):
@@ -215,8 +209,14 @@ def test_graph_block_state_dict_and_sync_bn_fallback():
     keys = set(block.state_dict())
     assert 'adj' not in keys
     assert 'fcbn_list.14.1.num_batches_tracked' in keys and 'fcbn_list.0.0.weight' in keys
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(block)
+    # the documented order for distributed training: switch, then convert
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(set_graph_vectorized(block, False))
     assert not converted.uses_vectorized_path()
+    assert all(type(m[1]) is nn.SyncBatchNorm for m in converted.fcbn_list)
+    assert set(converted.state_dict()) == keys
+    # a converted block falls back to the per-vertex loop even if the switch was forgotten
+    other = nn.SyncBatchNorm.convert_sync_batchnorm(GraphConvBlock(adj, 4, 3))
+    assert other.vectorized and not other.uses_vectorized_path()
 
 
 # ----------------------------------------------------------------------------- PositionNet

@@ -1,4 +1,5 @@
-"""The SMPL layer and wrapper against independent references (smplpytorch, chumpy, MODEL.md §2-3)."""
+"""The SMPL layer and wrapper against independent references (smplpytorch, chumpy, hand-computed
+adjacency and regressor rows)."""
 import pickle
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import scipy.sparse
 import torch
 
-from main.config import cfg
+from common.options import BodyModelPaths
 from common.utils import smpl_layer as smpl_layer_module
 from common.utils.smpl import SMPL, SMPLFileError, SMPLFormatError, get_smpl, load_smpl_model
 from common.utils.smpl_layer import SMPLLayer, SMPL_MODEL_FILES
@@ -189,7 +190,7 @@ def test_missing_model_file_message(tmp_path):
 
 def test_missing_extra_regressor_message(synthetic_smpl_dir, tmp_path):
     with pytest.raises(SMPLFileError) as info:
-        SMPL(model_dir=synthetic_smpl_dir, data_dir=tmp_path)
+        SMPL(BodyModelPaths(str(synthetic_smpl_dir), str(tmp_path)))
     message = str(info.value)
     assert 'J_regressor_extra.npy' in message and str(tmp_path.resolve()) in message
     assert 'cfg.data_dir' in message and 'SPIN' in message
@@ -253,7 +254,7 @@ def _with_extra_regressor(tmp_path, synthetic_smpl_dir):
 
 def test_joint_regressor_rows(synthetic_smpl_dir, tmp_path):
     extra = _with_extra_regressor(tmp_path, synthetic_smpl_dir)
-    smpl = SMPL(model_dir=synthetic_smpl_dir, data_dir=tmp_path)
+    smpl = SMPL(BodyModelPaths(str(synthetic_smpl_dir), str(tmp_path)))
     reg = smpl.joint_regressor
     assert reg.shape == (30, 6890) and reg.dtype == np.float32
     with open(Path(synthetic_smpl_dir) / SMPL_MODEL_FILES['neutral'], 'rb') as handle:
@@ -266,8 +267,8 @@ def test_joint_regressor_rows(synthetic_smpl_dir, tmp_path):
     np.testing.assert_array_equal(reg[29], extra[3].astype(np.float32))
 
 
-def test_wrapper_constants(smpl_cfg):
-    smpl = SMPL()
+def test_wrapper_constants(synthetic_smpl_dir):
+    smpl = SMPL(BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir))
     assert smpl.joints_name == JOINTS_NAME and smpl.joint_num == 30 and smpl.orig_joint_num == 24
     assert smpl.vertex_num == 6890 and smpl.shape_param_dim == 10 and smpl.root_joint_idx == 0
     assert tuple(smpl.face_kps_vertex) == (331, 2802, 6262, 3489, 3990)
@@ -284,11 +285,11 @@ def test_wrapper_constants(smpl_cfg):
         assert smpl.graph_joints_name[a][2:] == smpl.graph_joints_name[b][2:]
 
 
-def test_graph_adjacency_matches_hand_computation(smpl_cfg):
-    smpl = SMPL()
+def test_graph_adjacency_matches_hand_computation(synthetic_smpl_dir):
+    smpl = SMPL(BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir))
     adj = smpl.graph_adj
     assert adj.shape == (15, 15) and adj.dtype == np.float64 and np.isfinite(adj).all()
-    # Straight re-derivation from MODEL.md §2.4 (edges and flip pairs copied from the spec).
+    # Straight re-derivation: D^-1/2 (A + I) D^-1/2 over the 14 bones and 6 flip pairs.
     edges = [(0, 1), (1, 3), (3, 5), (0, 2), (2, 4), (4, 6), (0, 7), (7, 8), (7, 9), (9, 11), (11, 13),
              (7, 10), (10, 12), (12, 14), (1, 2), (3, 4), (5, 6), (9, 10), (11, 12), (13, 14)]
     a_hat = np.eye(15)
@@ -310,8 +311,8 @@ def test_graph_adjacency_small_case():
     np.testing.assert_allclose(adj, [[0.5, r6, 0.0], [r6, 1 / 3, r6], [0.0, r6, 0.5]], rtol=1e-15, atol=0)
 
 
-def test_reduce_joint_set(smpl_cfg):
-    smpl = SMPL()
+def test_reduce_joint_set(synthetic_smpl_dir):
+    smpl = SMPL(BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir))
     joints = np.arange(2 * 30 * 3, dtype=np.float32).reshape(2, 30, 3)
     index = [JOINTS_NAME.index(name) for name in GRAPH_NAMES]
     assert index == [0, 1, 2, 4, 5, 7, 8, 12, 29, 16, 17, 18, 19, 20, 21]
@@ -321,25 +322,28 @@ def test_reduce_joint_set(smpl_cfg):
     torch.testing.assert_close(reduced, torch.from_numpy(joints[:, index]))
 
 
-def test_get_smpl_is_cached_per_folders(smpl_cfg, synthetic_smpl_dir, tmp_path):
-    first = get_smpl()
-    assert get_smpl() is first
+def test_get_smpl_is_cached_per_folders(synthetic_smpl_dir, tmp_path):
+    paths = BodyModelPaths(str(synthetic_smpl_dir), str(synthetic_smpl_dir))
+    first = get_smpl(paths)
+    assert get_smpl(paths) is first
+    # the same folders spelled differently share the instance
+    assert get_smpl(BodyModelPaths(str(synthetic_smpl_dir) + '/.', str(synthetic_smpl_dir))) is first
     assert all(buffer.device.type == 'cpu' for buffer in first.layer['neutral'].buffers())
     _with_extra_regressor(tmp_path, synthetic_smpl_dir)
-    cfg.data_dir = str(tmp_path)
-    other = get_smpl()
-    assert other is not first and get_smpl() is other
+    other_paths = BodyModelPaths(str(synthetic_smpl_dir), str(tmp_path))
+    other = get_smpl(other_paths)
+    assert other is not first and get_smpl(other_paths) is other
     assert not np.array_equal(other.joint_regressor[29], first.joint_regressor[29])
-    cfg.data_dir = str(synthetic_smpl_dir)
-    assert get_smpl() is first
+    assert get_smpl(paths) is first
+    with pytest.raises(TypeError, match='BodyModelPaths'):
+        get_smpl(str(synthetic_smpl_dir))
 
 
-def test_make_layer_gives_independent_modules(smpl_cfg):
-    shared = get_smpl()
+def test_make_layer_gives_independent_modules(synthetic_smpl_dir):
+    shared = get_smpl(BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir))
     layer = shared.make_layer('neutral')
     assert isinstance(layer, SMPLLayer) and layer is not shared.layer['neutral']
-    from_class = SMPL.make_layer('male')
-    assert from_class.gender == 'male'
+    assert shared.make_layer('male').gender == 'male'
     before = shared.layer['neutral'].th_v_template.clone()
     layer.load_state_dict({k: torch.zeros_like(v) for k, v in layer.state_dict().items()})
     torch.testing.assert_close(shared.layer['neutral'].th_v_template, before)

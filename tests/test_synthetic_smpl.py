@@ -17,7 +17,7 @@ MODEL_FILES = {'neutral': 'basicModel_neutral_lbs_10_207_0_v1.0.0.pkl',
                'male': 'basicModel_m_lbs_10_207_0_v1.0.0.pkl',
                'female': 'basicModel_f_lbs_10_207_0_v1.0.0.pkl'}
 SMPL_PARENTS = [4294967295, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
-# SMPL-24 flip (DATA.md §2.2 pairs within the 24 pose joints).
+# SMPL-24 flip pairs (left/right joints within the 24 pose joints).
 FLIP24 = list(range(24))
 for a, b in ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21), (22, 23)):
     FLIP24[a], FLIP24[b] = b, a
@@ -157,7 +157,7 @@ def test_mirror_symmetry(synthetic_smpl_dir, neutral, mirror):
 
 @pytest.mark.parametrize('gender', ['neutral', 'female'])
 def test_flipped_pose_gives_mirrored_mesh(synthetic_smpl_dir, mirror, gender):
-    """DATA.md §3.7.1 flip (swap L/R rows, negate y and z of every axis-angle) mirrors the posed mesh."""
+    """The training flip of a pose (swap L/R rows, negate y and z of every axis-angle) mirrors the posed mesh."""
     layer = SMPLLayer(gender, model_dir=synthetic_smpl_dir)
     gen = torch.Generator().manual_seed(3)
     pose = torch.randn(3, 24, 3, generator=gen) * 0.6

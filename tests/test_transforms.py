@@ -1,4 +1,5 @@
-"""Geometry and rotation helpers against scipy, kornia and hand-computed values."""
+"""Geometry, rotation and kinematic-tree helpers against scipy, kornia, per-joint loops and
+hand-computed values."""
 import numpy as np
 import pytest
 import torch
@@ -9,8 +10,10 @@ from common.utils.transforms import (
     axis_angle_to_rotmat, build_adj, cam2pixel, cam2world, denorm_joints, global_to_relative,
     global_to_relative_loop, normalize_adj, pixel2cam, relative_to_global,
     relative_to_global_loop, rigid_align, rigid_align_batch, rigid_transform_3D, rot6d_to_rotmat,
-    rotation_z, rotmat_to_axis_angle, transform_joint_to_other_db, world2cam,
+    rotation_z, rotmat_to_axis_angle, world2cam,
 )
+from common.utils import kinematics
+from common.utils.joints import transfer_joints
 
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 
@@ -45,7 +48,7 @@ def test_axis_angle_to_rotmat_small_angles_use_first_order_form():
 
 
 def test_axis_angle_to_rotmat_follows_spec_formula():
-    """Straight re-derivation of MODEL.md §6.2 step 1, both sides of the theta^2 = 1e-6 switch."""
+    """Straight re-derivation of torchgeometry's Rodrigues, both sides of the theta^2 = 1e-6 switch."""
     rng = np.random.default_rng(30)
     axes = rng.normal(size=(40, 3))
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
@@ -119,7 +122,8 @@ def test_rotmat_to_axis_angle_non_orthonormal_and_nan_input():
 
 
 def test_rotmat_to_axis_angle_follows_spec_case_rule():
-    """Straight re-derivation of MODEL.md §5.5 on arbitrary (non-rotation) matrices."""
+    """Straight re-derivation of torchgeometry's matrix -> quaternion case rule on arbitrary
+    (non-rotation) matrices."""
     rng = np.random.default_rng(6)
     mats = rng.normal(size=(100, 3, 3))
     expected = []
@@ -297,6 +301,87 @@ def test_relative_to_global_gradient_flows():
     assert (grad_norm[:, [j for j in range(24) if j not in on_chain]] == 0).all()
 
 
+# ---------------------------------------------------------- kinematic tree (NumPy and torch)
+
+def per_joint_forward_kinematics(local_rot, joints_rest, parents):
+    """Reference: one joint at a time in index order (parents come first in SMPL's table)."""
+    global_rot = np.empty_like(local_rot)
+    global_pos = np.empty_like(joints_rest)
+    global_rot[0], global_pos[0] = local_rot[0], joints_rest[0]
+    for joint in range(1, len(parents)):
+        parent = parents[joint]
+        global_rot[joint] = global_rot[parent] @ local_rot[joint]
+        offset = joints_rest[joint] - joints_rest[parent]
+        global_pos[joint] = global_rot[parent] @ offset + global_pos[parent]
+    return global_rot, global_pos
+
+
+def test_tree_levels_of_smpl():
+    levels = kinematics.tree_levels(SMPL_PARENTS)
+    assert len(levels) == 8  # SMPL's deepest joints (hands) are 8 bones from the pelvis
+    assert levels[0] == ([1, 2, 3], [0, 0, 0])
+    assert levels[3] == ([10, 11, 12, 13, 14], [7, 8, 9, 9, 9])
+    assert levels[-1] == ([22, 23], [20, 21])
+    listed = sorted(j for joints, _ in levels for j in joints)
+    assert listed == list(range(1, 24))  # root excluded, every other joint once
+    for joints, parents in levels:
+        assert parents == [SMPL_PARENTS[j] for j in joints]
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_numpy_forward_kinematics_bit_identical_to_per_joint_loop(dtype):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        local_rot = Rotation.random(24, random_state=rng.integers(1 << 30)).as_matrix().astype(dtype)
+        joints_rest = rng.standard_normal((24, 3)).astype(dtype)
+        expected_rot, expected_pos = per_joint_forward_kinematics(local_rot, joints_rest, SMPL_PARENTS)
+        global_rot, global_pos = kinematics.forward_kinematics(local_rot, joints_rest, SMPL_PARENTS)
+        assert global_rot.dtype == dtype and global_pos.dtype == dtype
+        np.testing.assert_array_equal(global_rot, expected_rot)
+        np.testing.assert_array_equal(global_pos, expected_pos)
+        skin = kinematics.skinning_transforms(global_rot, global_pos, joints_rest)
+        expected_trans = expected_pos - np.einsum('kij,kj->ki', expected_rot, joints_rest)
+        np.testing.assert_array_equal(skin, np.concatenate([expected_rot.reshape(-1, 9), expected_trans], 1))
+
+
+def test_torch_and_numpy_forward_kinematics_agree_and_move_points_rigidly():
+    rng = np.random.default_rng(4)
+    local_rot = Rotation.random(2 * 24, random_state=5).as_matrix().reshape(2, 24, 3, 3)
+    joints_rest = rng.standard_normal((2, 24, 3))
+    rot_np, pos_np = kinematics.forward_kinematics(local_rot, joints_rest, SMPL_PARENTS)
+    rot_t, pos_t = kinematics.forward_kinematics(torch.tensor(local_rot), torch.tensor(joints_rest),
+                                                 SMPL_PARENTS)
+    # same formulas; torch's and NumPy's 3x3 products may round differently
+    np.testing.assert_allclose(rot_t.numpy(), rot_np, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(pos_t.numpy(), pos_np, rtol=0, atol=1e-13)
+    # each bone keeps its length, and the skinning map sends every rest joint to its posed place
+    for joint in range(1, 24):
+        parent = SMPL_PARENTS[joint]
+        np.testing.assert_allclose(np.linalg.norm(pos_np[:, joint] - pos_np[:, parent], axis=-1),
+                                   np.linalg.norm(joints_rest[:, joint] - joints_rest[:, parent], axis=-1))
+    skin = kinematics.skinning_transforms(rot_np, pos_np, joints_rest)
+    moved = np.einsum('bkij,bkj->bki', skin[..., :9].reshape(2, 24, 3, 3), joints_rest) + skin[..., 9:]
+    np.testing.assert_allclose(moved, pos_np, atol=1e-12)
+
+
+def test_forward_kinematics_unordered_tree_and_gradients():
+    parents = [-1, 3, 0, 0, 1]  # joint 1's parent (3) has a higher index
+    local_rot = random_rotmats((2, 5), seed=18).requires_grad_()
+    joints_rest = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    global_rot, global_pos = kinematics.forward_kinematics(local_rot, joints_rest, parents)
+    offset = joints_rest[:, 4] - joints_rest[:, 1]
+    expected_pos_4 = global_pos[:, 1] + (global_rot[:, 1] @ offset[..., None])[..., 0]
+    torch.testing.assert_close(global_pos[:, 4], expected_pos_4)
+    torch.testing.assert_close(global_rot, relative_to_global_loop(local_rot, parents))
+    assert torch.autograd.gradcheck(
+        lambda r, j: kinematics.forward_kinematics(r, j, parents)[1], (local_rot, joints_rest))
+    np_rot, np_pos = kinematics.forward_kinematics(local_rot.detach().numpy(), joints_rest.detach().numpy(),
+                                                   parents)
+    np.testing.assert_allclose(np_pos, global_pos.detach().numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(kinematics.relative_rotations(np_rot, parents),
+                               local_rot.detach().numpy(), rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------- similarity alignment
 
 def similarity_reference(A, B):
@@ -377,18 +462,18 @@ def test_world2cam_cam2world():
 
 # ---------------------------------------------------------------- joint sets
 
-def test_transform_joint_to_other_db():
+def test_transfer_joints_by_name():
     src_name = ('Pelvis', 'Nose', 'L_Hip', 'R_Hip')
     dst_name = ('R_Hip', 'Neck', 'Pelvis', 'L_Hip')
     src = np.arange(12, dtype=np.float64).reshape(4, 3) + 1
-    out = transform_joint_to_other_db(src, src_name, dst_name)
+    out = transfer_joints(src, src_name, dst_name)
     assert out.dtype == np.float32 and out.shape == (4, 3)
     np.testing.assert_array_equal(out, [src[3], [0, 0, 0], src[0], src[2]])  # Nose dropped
-    valid = transform_joint_to_other_db(np.ones((4, 1)), src_name, dst_name)
+    valid = transfer_joints(np.ones((4, 1)), src_name, dst_name)
     np.testing.assert_array_equal(valid[:, 0], [1, 0, 1, 1])
-    back = transform_joint_to_other_db(out, dst_name, src_name)
+    back = transfer_joints(out, dst_name, src_name)
     np.testing.assert_array_equal(back, [src[0], [0, 0, 0], src[2], src[3]])
-    reg = transform_joint_to_other_db(np.eye(4), src_name, dst_name)  # regressor-like rows
+    reg = transfer_joints(np.eye(4), src_name, dst_name)  # regressor-like rows
     assert reg.shape == (4, 4) and reg[0, 3] == 1 and not reg[1].any()
 
 
@@ -396,7 +481,7 @@ def test_denorm_joints_hand_made_affine():
     joints = np.array([[8.0, 16.0, 32.0], [0.0, 64.0, 1.0]], dtype=np.float32)
     keep = joints.copy()
     trans = np.array([[2.0, 0.0, 10.0], [0.0, 3.0, -5.0]])
-    out = denorm_joints(joints, trans)  # cfg defaults: 256-pixel crop, 64-cell heatmap
+    out = denorm_joints(joints, trans, (256, 256), (64, 64, 64))
     np.testing.assert_allclose(out, [[2 * 32 + 10, 3 * 64 - 5, 32], [10, 3 * 256 - 5, 1]])
     np.testing.assert_array_equal(joints, keep)
     out2 = denorm_joints(joints, trans, input_img_shape=(128, 128), output_hm_shape=(64, 64, 64))

@@ -1,16 +1,24 @@
-"""Building blocks of the SGRE heads (MODEL.md §4.1, §4.5).
+"""Building blocks of the SGRE heads (docs/METHOD.md, "Network"): conv/linear stacks and the
+graph convolution over the 15 graph joints.
 
 ``GraphConvBlock`` keeps one ``Sequential(Linear, BatchNorm1d)`` per graph vertex
-(``fcbn_list.<v>.{0,1}``, the checkpoint's names) but by default evaluates all
-vertices at once: the per-vertex Linear weights are stacked into one batched
-matmul (on the CPU the 2052-wide input block instead runs one Linear per vertex,
-since copying its 15.7 MB of weights every call costs more than it saves), and
-the per-vertex BatchNorm1d is one batch norm over (B, V*C) with the vertices'
-parameters and statistics concatenated.  Running statistics are written back to
-each vertex's BatchNorm1d exactly as separate calls would.  The plain per-vertex
-loop is kept (``vectorized=False``) and is used automatically when the BatchNorm
-modules are no longer plain ``nn.BatchNorm1d`` (e.g. after a SyncBatchNorm
-conversion).
+(``fcbn_list.<v>.{0,1}``, the released checkpoints' names; parameters, optimizer groups and
+SyncBatchNorm conversion work on them as on any module). It runs in one of two ways:
+
+* the fast path (default): the vertices' Linear weights are stacked into one batched matmul
+  and their BatchNorm1d layers run as one ``F.batch_norm`` over (B, V*C), with the vertices'
+  affine parameters and running statistics concatenated; the updated statistics (and
+  ``num_batches_tracked``) are written back to every vertex's BatchNorm1d, exactly as 15
+  separate calls would update them;
+* the plain per-vertex module loop (``vectorized=False``): each vertex through its own
+  ``Sequential``. It is the reference the tests compare the fast path with, and the path
+  for anything other than plain ``nn.Linear`` + ``nn.BatchNorm1d`` modules.
+
+Distributed training with SyncBatchNorm: call ``set_graph_vectorized(model, False)`` and
+then ``nn.SyncBatchNorm.convert_sync_batchnorm(model)``; the converted per-vertex
+SyncBatchNorm modules then synchronise their statistics through the per-vertex loop. (A
+block whose BatchNorm modules are no longer plain ``nn.BatchNorm1d`` takes the loop by
+itself, so forgetting the switch cannot skip the synchronisation.)
 """
 import torch
 import torch.nn.functional as F
@@ -47,67 +55,56 @@ def make_linear_layers(feat_dims, relu_final=False):
     return nn.Sequential(*layers)
 
 
-# On the CPU, stacking the per-vertex weights costs a copy of all of them on every call; above
-# this many weight values (the 2052->128 input block) one Linear per vertex is faster there.
-# Both give the same numbers: each vertex's features meet only that vertex's weights.
-CPU_STACK_MAX_WEIGHTS = 1 << 20
+def _stacked_linear(x, linears):
+    """Every vertex's Linear as one batched matmul: x (B, V, C_in) -> (B, V*C), vertex-major."""
+    batch, num_v, _ = x.shape
+    weight = torch.stack([lin.weight for lin in linears])          # (V, C, C_in)
+    bias = torch.stack([lin.bias for lin in linears]).unsqueeze(1)  # (V, 1, C)
+    feat = torch.baddbmm(bias, x.transpose(0, 1), weight.transpose(1, 2))  # (V, B, C)
+    return feat.transpose(0, 1).reshape(batch, -1)
 
 
-def stack_linear_weights(x, linears):
-    """Whether the per-vertex Linear layers run as one batched matmul (else one call per vertex)."""
-    if x.device.type != 'cpu':
-        return True
-    weight = linears[0].weight
-    return len(linears) * weight.numel() <= CPU_STACK_MAX_WEIGHTS
+def _write_back_running_stats(bns, running_mean, running_var):
+    """Hand the concatenated statistics that ``F.batch_norm`` updated back to each vertex."""
+    channels = bns[0].num_features
+    with torch.no_grad():
+        for bn, mean, var in zip(bns, running_mean.split(channels), running_var.split(channels)):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
 
 
-def vertexwise_linear_bn(x, fcbn_list, training, stacked=None):
-    """All vertices' ``Linear`` + ``BatchNorm1d`` with one batch-norm call.
+def vertexwise_linear_bn(x, fcbn_list, training):
+    """All vertices' ``Linear`` + ``BatchNorm1d`` as one batched matmul and one batch norm.
 
-    x: (B, V, C_in); ``fcbn_list[v]`` is ``Sequential(Linear(C_in, C), BatchNorm1d(C))``.
-    Returns (B, V, C).  In training mode each BatchNorm1d's ``running_mean``,
-    ``running_var`` (unbiased) and ``num_batches_tracked`` are updated as by its own call.
-    ``stacked`` forces the batched-matmul (True) or per-vertex (False) Linear; None picks
-    by device and size (``stack_linear_weights``).
+    x: (B, V, C_in); ``fcbn_list[v]`` is ``Sequential(Linear(C_in, C), BatchNorm1d(C))`` with
+    plain modules sharing one BatchNorm configuration. Returns (B, V, C). With ``training``
+    each BatchNorm1d's ``running_mean``, ``running_var`` (unbiased batch variance) and
+    ``num_batches_tracked`` are updated as by its own call (momentum None: cumulative average).
     """
     linears = [m[0] for m in fcbn_list]
     bns = [m[1] for m in fcbn_list]
     batch, num_v, _ = x.shape
-    channels = linears[0].out_features
-    if stacked is None:
-        stacked = stack_linear_weights(x, linears)
-    if stacked:
-        weight = torch.stack([lin.weight for lin in linears])          # (V, C, C_in)
-        bias = torch.stack([lin.bias for lin in linears]).unsqueeze(1)  # (V, 1, C)
-        # (V, B, C_in) @ (V, C_in, C) + bias -> (V, B, C) -> (B, V*C), vertex-major
-        feat = torch.baddbmm(bias, x.transpose(0, 1), weight.transpose(1, 2))
-        flat = feat.transpose(0, 1).reshape(batch, num_v * channels)
-    else:
-        flat = torch.cat([F.linear(x[:, v], lin.weight, lin.bias) for v, lin in enumerate(linears)],
-                         dim=1)
+    flat = _stacked_linear(x, linears)
 
     bn0 = bns[0]
-    use_batch_stats = training or bn0.running_mean is None
+    tracks_stats = bn0.track_running_stats and bn0.running_mean is not None
+    use_batch_stats = training or not tracks_stats
     running_mean = running_var = None
-    momentum = 0.0
-    if bn0.track_running_stats and bn0.running_mean is not None:
+    if tracks_stats:
         running_mean = torch.cat([bn.running_mean for bn in bns])
         running_var = torch.cat([bn.running_var for bn in bns])
-    if training and bn0.track_running_stats and bn0.num_batches_tracked is not None:
-        counters = [bn.num_batches_tracked for bn in bns]
-        torch._foreach_add_(counters, 1)
-        # BatchNorm1d's cumulative average when momentum is None
-        momentum = bn0.momentum if bn0.momentum is not None else 1.0 / float(counters[0])
+    momentum = 0.0
+    if training and tracks_stats:
+        for bn in bns:
+            bn.num_batches_tracked.add_(1)
+        momentum = bn0.momentum if bn0.momentum is not None else 1.0 / float(bn0.num_batches_tracked)
     bn_weight = torch.cat([bn.weight for bn in bns]) if bn0.affine else None
     bn_bias = torch.cat([bn.bias for bn in bns]) if bn0.affine else None
     out = F.batch_norm(flat, running_mean, running_var, bn_weight, bn_bias,
                        use_batch_stats, momentum, bn0.eps)
-    if training and running_mean is not None:
-        # F.batch_norm updated the concatenated copies in place; hand them back.
-        with torch.no_grad():
-            torch._foreach_copy_([bn.running_mean for bn in bns], list(running_mean.split(channels)))
-            torch._foreach_copy_([bn.running_var for bn in bns], list(running_var.split(channels)))
-    return out.view(batch, num_v, channels)
+    if training and tracks_stats:
+        _write_back_running_stats(bns, running_mean, running_var)
+    return out.view(batch, num_v, -1)
 
 
 def vertexwise_linear_bn_loop(x, fcbn_list):
@@ -121,8 +118,7 @@ class GraphConvBlock(nn.Module):
     adj: (V, V) normalised adjacency (array or tensor); kept as a non-persistent buffer
     so it follows ``.to(device)`` but never enters the state_dict.
     Input (B, V, dim_in) -> output (B, V, dim_out).
-    ``vectorized=False`` selects the plain per-vertex loop; ``stack_weights`` (None: by device
-    and size) forces how the fast path runs the Linear layers.
+    ``vectorized=False`` selects the plain per-vertex loop (see the module docstring).
     """
 
     def __init__(self, adj, dim_in, dim_out, vectorized=True):
@@ -131,7 +127,6 @@ class GraphConvBlock(nn.Module):
         self.register_buffer('adj', adj.clone(), persistent=False)
         self.vertex_num = adj.shape[0]
         self.vectorized = vectorized
-        self.stack_weights = None
         self.fcbn_list = nn.ModuleList(
             nn.Sequential(nn.Linear(dim_in, dim_out), nn.BatchNorm1d(dim_out))
             for _ in range(self.vertex_num))
@@ -144,8 +139,7 @@ class GraphConvBlock(nn.Module):
 
     def forward(self, x):
         if self.uses_vectorized_path():
-            feat = vertexwise_linear_bn(x, self.fcbn_list, self.fcbn_list[0][1].training,
-                                        self.stack_weights)
+            feat = vertexwise_linear_bn(x, self.fcbn_list, self.fcbn_list[0][1].training)
         else:
             feat = vertexwise_linear_bn_loop(x, self.fcbn_list)
         return F.relu(torch.matmul(self.adj, feat))
@@ -164,7 +158,12 @@ class GraphResBlock(nn.Module):
 
 
 def set_graph_vectorized(module, enabled):
-    """Switch every GraphConvBlock inside ``module`` to the fast (True) or per-vertex path."""
+    """Switch every GraphConvBlock inside ``module`` to the fast (True) or per-vertex path.
+
+    Call it with False before ``nn.SyncBatchNorm.convert_sync_batchnorm(module)`` so the
+    graph layers' BatchNorm statistics are synchronised vertex by vertex. Parameters and
+    state_dict keys are the same on both paths. Returns ``module``.
+    """
     for sub in module.modules():
         if isinstance(sub, GraphConvBlock):
             sub.vectorized = bool(enabled)

@@ -1,13 +1,15 @@
-"""Geometry and rotation helpers (DATA.md §2.1, §7; MODEL.md §2.4, §5.5, §6.2).
+"""Geometry and rotation helpers (docs/METHOD.md, "Images, boxes and crops", "Network").
 
 NumPy helpers serve the data side (projection, extrinsics, similarity alignment,
-joint-set transfer, adjacency); torch helpers serve the model (6D -> matrix,
-matrix <-> axis-angle, global <-> relative rotations down the SMPL tree).
+heatmap-to-image joints, adjacency); torch helpers serve the model (6D -> matrix,
+matrix <-> axis-angle, global <-> relative rotations down the SMPL tree, composed by
+``common.utils.kinematics``). Shapes and camera values are always arguments.
 
-The torch rotation conversions re-derive the torchgeometry-0.1.2 formulas written
-out in MODEL.md §5.5 / §6.2, so the forward values match the authors' code; branch
-selection uses ``torch.where`` with safe substitutes in the unused branch so there
-are no NaN gradients (MODEL.md §10.15). Low-precision inputs (float16/bfloat16,
+The torch rotation conversions re-derive the torchgeometry-0.1.2 formulas (rotation
+matrix -> quaternion -> axis-angle, and its Rodrigues axis-angle -> matrix), so the
+forward values match the authors' code; branch selection uses ``torch.where`` with safe
+substitutes in the unused branch so there are no NaN gradients where the original's
+backward gives NaN (docs/METHOD.md, "Differences from the original"). Low-precision inputs (float16/bfloat16,
 e.g. under autocast) are converted in float32; float64 stays float64. The tree
 compositions (global <-> relative) are plain matmuls and follow autocast.
 """
@@ -17,12 +19,11 @@ import torch.nn.functional as F
 
 from common.utils.kinematics import global_rotations, relative_rotations, tree_plan
 
-from main.config import cfg
 
 __all__ = [
     'cam2pixel', 'pixel2cam', 'world2cam', 'cam2world',
     'rigid_transform_3D', 'rigid_align', 'rigid_align_batch',
-    'transform_joint_to_other_db', 'denorm_joints',
+    'denorm_joints',
     'build_adj', 'normalize_adj', 'rotation_z',
     'rot6d_to_rotmat', 'rotmat_to_axis_angle', 'axis_angle_to_rotmat',
     'global_to_relative', 'relative_to_global',
@@ -33,7 +34,7 @@ __all__ = [
 # --------------------------------------------------------------------------- projection
 
 def cam2pixel(cam_coord, f, c):
-    """Pinhole projection (DATA.md §7.1).
+    """Pinhole projection.
 
     cam_coord (N,3) camera coordinates (any length unit), f (fx, fy) and c (cx, cy) in
     pixels. Returns (N,3): (u, v, Z) with u = X/Z*fx + cx, v = Y/Z*fy + cy.
@@ -53,7 +54,7 @@ def pixel2cam(pixel_coord, f, c):
 
 
 def world2cam(world_coord, R, t):
-    """World -> camera (DATA.md §7.2): X_c = R X_w + t per row.
+    """World -> camera: X_c = R X_w + t per row.
 
     world_coord (N,3), R (3,3), t (3,) in the unit of world_coord; returns (N,3).
     """
@@ -68,7 +69,7 @@ def cam2world(cam_coord, R, t):
 # ----------------------------------------------------------------- similarity alignment
 
 def rigid_transform_3D(A, B):
-    """Similarity (Umeyama) fit of A onto B (DATA.md §7.5).
+    """Similarity (Umeyama) fit of A onto B.
 
     A, B (n,3). Returns (c, R, t): scale (float), rotation (3,3) with det +1, translation
     (3,) such that c R A_i + t ~ B_i in the least-squares sense.
@@ -123,35 +124,17 @@ def rigid_align_batch(A, B):
     return c[:, None, None] * (A @ np.swapaxes(R, 1, 2)) + t[:, None, :]
 
 
-# ------------------------------------------------------------------- joint-set helpers
+# ------------------------------------------------------------------- heatmap helpers
 
-def transform_joint_to_other_db(src_joint, src_name, dst_name):
-    """Transfer rows between joint sets by name (DATA.md §2.1).
+def denorm_joints(joints_hm, bb2img_trans, input_img_shape, output_hm_shape):
+    """Heatmap-space joints -> original-image pixels; does not modify the input.
 
-    src_joint (J_src, ...) with names ``src_name``; returns float32 (len(dst_name), ...)
-    holding each shared joint's row at its destination index and zeros elsewhere.
+    joints_hm (N,C), C >= 2, columns x, y in heatmap units (0..W_hm); bb2img_trans (2,3)
+    crop -> image affine; input_img_shape (H, W) crop pixels; output_hm_shape (D, H, W)
+    heatmap cells (``GeometryOptions`` holds both). Columns beyond x, y are copied unchanged.
     """
-    src_joint = np.asarray(src_joint)
-    dst_index = {}
-    for i, name in enumerate(dst_name):
-        dst_index.setdefault(name, i)
-    pairs = [(i, dst_index[name]) for i, name in enumerate(src_name) if name in dst_index]
-    new_joint = np.zeros((len(dst_name),) + src_joint.shape[1:], dtype=np.float32)
-    if pairs:
-        src_idx, dst_idx = (list(p) for p in zip(*pairs))
-        new_joint[dst_idx] = src_joint[src_idx]
-    return new_joint
-
-
-def denorm_joints(joints_hm, bb2img_trans, input_img_shape=None, output_hm_shape=None):
-    """Heatmap-space joints -> original-image pixels (DATA.md §7.6); does not modify the input.
-
-    joints_hm (N,C), C >= 2, columns x, y in heatmap units (0..64); bb2img_trans (2,3)
-    crop -> image affine. Columns beyond x, y are copied unchanged. Shapes default to
-    ``cfg.input_img_shape`` (H, W) and ``cfg.output_hm_shape`` (D, H, W).
-    """
-    img_h, img_w = input_img_shape if input_img_shape is not None else cfg.input_img_shape
-    hm_shape = output_hm_shape if output_hm_shape is not None else cfg.output_hm_shape
+    img_h, img_w = input_img_shape
+    hm_shape = output_hm_shape
     joints = np.array(joints_hm, copy=True)
     x_crop = joints[:, 0] / hm_shape[2] * img_w
     y_crop = joints[:, 1] / hm_shape[1] * img_h
@@ -163,7 +146,7 @@ def denorm_joints(joints_hm, bb2img_trans, input_img_shape=None, output_hm_shape
 def build_adj(joint_num, skeleton, flip_pairs):
     """Symmetric 0/1 float64 adjacency (joint_num, joint_num) over bones and flip pairs.
 
-    MODEL.md §2.4 step 1; ``skeleton`` and ``flip_pairs`` are sequences of (i, j).
+    ``skeleton`` and ``flip_pairs`` are sequences of (i, j).
     """
     adj = np.zeros((joint_num, joint_num), dtype=np.float64)
     for i, j in tuple(skeleton) + tuple(flip_pairs):
@@ -173,7 +156,7 @@ def build_adj(joint_num, skeleton, flip_pairs):
 
 
 def normalize_adj(adj):
-    """D^-1/2 (A + I) D^-1/2 (float64) with d the column sums of A + I (MODEL.md §2.4).
+    """D^-1/2 (A + I) D^-1/2 (float64) with d the column sums of A + I.
 
     As the original, the smallest positive float64 is added to every entry of diag(d)
     before the power; it keeps the off-diagonal zeros finite (no inf*0) and leaves the
@@ -188,7 +171,8 @@ def normalize_adj(adj):
 
 
 def rotation_z(rot_deg):
-    """Rotation-augmentation matrix R_z(-rot) (DATA.md §7.8), float32 (3,3), rot in degrees."""
+    """Rotation-augmentation matrix R_z(-rot), float32 (3,3), rot in degrees (the crop is
+    rotated by +rot, so camera-frame joints turn by -rot about the optical axis)."""
     alpha = np.deg2rad(-rot_deg)
     cos_a, sin_a = np.cos(alpha), np.sin(alpha)
     return np.array([[cos_a, -sin_a, 0.0],
@@ -204,7 +188,7 @@ def _compute_dtype(x):
 
 
 def rot6d_to_rotmat(x):
-    """6D -> rotation matrix (MODEL.md §5.5), interleaved convention.
+    """6D -> rotation matrix, interleaved convention.
 
     x (..., 6) (any leading shape; typically (N,6)). The 6 numbers form a 3x2 matrix row
     by row, so a1 = (c0, c2, c4), a2 = (c1, c3, c5); Gram-Schmidt with F.normalize
@@ -225,7 +209,7 @@ def rot6d_to_rotmat(x):
 
 
 def _rotmat_to_quaternion(R):
-    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule (MODEL.md §5.5)."""
+    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule."""
     r00, r01, r02 = R[:, 0, 0], R[:, 0, 1], R[:, 0, 2]
     r10, r11, r12 = R[:, 1, 0], R[:, 1, 1], R[:, 1, 2]
     r20, r21, r22 = R[:, 2, 0], R[:, 2, 1], R[:, 2, 2]
@@ -259,7 +243,7 @@ def _quaternion_to_axis_angle(q):
     s2 = x * x + y * y + z * z
     has_axis = s2 > 0
     # At s2 == 0 the k = theta2 / s branch is unused; a substitute of 1 keeps its
-    # gradient finite (the original gets NaN there, MODEL.md §10.15).
+    # gradient finite (the original gets NaN there).
     s = torch.sqrt(torch.where(has_axis, s2, torch.ones_like(s2)))
     two_theta = 2 * torch.where(w < 0, torch.atan2(-s, -w), torch.atan2(s, w))
     k = torch.where(has_axis, two_theta / s, torch.full_like(s2, 2.0))
@@ -267,7 +251,7 @@ def _quaternion_to_axis_angle(q):
 
 
 def rotmat_to_axis_angle(R):
-    """Rotation matrix -> axis-angle (radians) (MODEL.md §5.5).
+    """Rotation matrix -> axis-angle (radians), torchgeometry-0.1.2 route.
 
     R (..., 3, 3) (a (...,3,4) input is accepted; the 4th column is ignored as in the
     original). Returns (..., 3); NaN elements (only from non-finite input) become 0.
@@ -282,7 +266,7 @@ def rotmat_to_axis_angle(R):
 
 def axis_angle_to_rotmat(aa):
     """Axis-angle (radians) -> rotation matrix, torchgeometry ``angle_axis_to_rotation_matrix``
-    (MODEL.md §6.2 step 1), top-left 3x3.
+    (the ground-truth side of the rotation loss), top-left 3x3.
 
     aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6);
     otherwise the first-order form I + [r]_x. Float32 for float16/bfloat16 input,
