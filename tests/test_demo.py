@@ -1,4 +1,9 @@
-"""main/demo.py: pose files, the 3DCrowdNet selection rules (DATA.md §3.8b), and the demo end to end."""
+"""The demo: pose files, 3DCrowdNet's person-selection rules, network inputs, and the CLI end to end.
+
+The library is ``common/demo.py``; ``main/demo.py`` is its command line and
+``tool/quickstart.py`` runs it on the synthetic data.
+"""
+import ast
 import json
 import os
 
@@ -7,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from common.options import GeometryOptions
 from main.config import cfg
 from tests.reference import ref_square_box
 
-# DATA.md §2.9 / §2.8: source index k -> SMPL-30 index (-1: dropped).
+GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2,
+                           camera_3d_size=2.5, focal=(5000, 5000), sigma=2.5)
+
+# Written out by hand from the layouts' joint orders: source index k -> SMPL-30 index (-1: dropped).
 OPENPOSE18_TO_SMPL30 = (24, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 26, 25, 28, 27)
 BODY25_TO_SMPL30 = (24, 12, 17, 19, 21, 16, 18, 20, -1, 2, 5, 8, 1, 4, 7, 26, 25, 28, 27, -1, -1, -1, -1, -1, -1)
 COCO17_TO_SMPL30 = (24, 25, 26, 27, 28, 16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8)
@@ -20,7 +29,8 @@ L_HIP, R_HIP, L_SHOULDER, R_SHOULDER, PELVIS, NECK = 1, 2, 16, 17, 0, 12
 
 # ------------------------------------------------------------------------------ references
 def ref_smpl30(joints, to_smpl30, has_neck):
-    """§2.10 + §2.9 written out: (30, 3) with pelvis (and neck) as midpoints, product scores."""
+    """(30, 3) in SMPL-30 order with pelvis (and, without a detected neck, the neck) as midpoints,
+    their scores the product of both ends' scores."""
     out = np.zeros((30, 3))
     for k, m in enumerate(to_smpl30):
         if m >= 0:
@@ -33,7 +43,7 @@ def ref_smpl30(joints, to_smpl30, has_neck):
 
 
 def ref_bbox(joints, width, height):
-    """get_bbox over score > 0.1 (x1.2), then the default sanitiser, square, x1.25 (§4.2)."""
+    """Box around the joints with score > 0.1 (extent x1.2), then the default sanitiser, square, x1.25."""
     valid = joints[:, 2] > 0.1
     xs, ys = joints[valid, 0], joints[valid, 1]
     cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
@@ -59,8 +69,7 @@ def write_json(path, data):
 
 # ------------------------------------------------------------------------------ pose files
 def test_openpose_layouts_map_by_name(tmp_path):
-    from common.utils.smpl import JOINTS_NAME
-    from main.demo import read_pose_file, to_smpl30
+    from common.demo import read_pose_file, to_smpl30
     rng = np.random.default_rng(0)
     body25 = np.concatenate([rng.uniform(0, 300, (25, 2)), rng.uniform(0, 1, (25, 1))], 1)
     coco18 = np.concatenate([rng.uniform(0, 300, (18, 2)), rng.uniform(0, 1, (18, 1))], 1)
@@ -69,15 +78,14 @@ def test_openpose_layouts_map_by_name(tmp_path):
         {'pose_keypoints_2d': body25.reshape(-1).tolist()}, {'pose_keypoints_2d': coco18.reshape(-1).tolist()}]})
     dets = read_pose_file(path)
     assert [d.layout for d in dets] == ['openpose-body25', 'openpose-coco18']
-    np.testing.assert_allclose(to_smpl30(dets[0], JOINTS_NAME), ref_smpl30(body25, BODY25_TO_SMPL30, True), atol=1e-4)
-    np.testing.assert_allclose(to_smpl30(dets[1], JOINTS_NAME), ref_smpl30(coco18, OPENPOSE18_TO_SMPL30, True),
+    np.testing.assert_allclose(to_smpl30(dets[0]), ref_smpl30(body25, BODY25_TO_SMPL30, True), atol=1e-4)
+    np.testing.assert_allclose(to_smpl30(dets[1]), ref_smpl30(coco18, OPENPOSE18_TO_SMPL30, True),
                                atol=1e-4)
-    assert to_smpl30(dets[1], JOINTS_NAME)[PELVIS, 2] == 0
+    assert to_smpl30(dets[1])[PELVIS, 2] == 0
 
 
 def test_coco_results_pick_the_image(tmp_path):
-    from common.utils.smpl import JOINTS_NAME
-    from main.demo import PoseFileError, read_pose_file, to_smpl30
+    from common.demo import PoseFileError, read_pose_file, to_smpl30
     rng = np.random.default_rng(1)
     poses = [person((100 + 50 * i, 100), 120, rng) for i in range(3)]
     entries = [{'image_id': iid, 'category_id': 1, 'keypoints': p.reshape(-1).tolist(), 'score': 0.9}
@@ -85,7 +93,7 @@ def test_coco_results_pick_the_image(tmp_path):
     path = write_json(tmp_path / 'res.json', entries)
     by_name = read_pose_file(path, img_path=str(tmp_path / '000000000785.jpg'))
     assert [d.index for d in by_name] == [0, 1]
-    np.testing.assert_allclose(to_smpl30(by_name[1], JOINTS_NAME), ref_smpl30(poses[1], COCO17_TO_SMPL30, False),
+    np.testing.assert_allclose(to_smpl30(by_name[1]), ref_smpl30(poses[1], COCO17_TO_SMPL30, False),
                                atol=1e-4)
     assert [d.index for d in read_pose_file(path, img_path='x.jpg', image_id='42')] == [2]
     with pytest.raises(PoseFileError, match='--image_id'):
@@ -101,7 +109,7 @@ def test_coco_results_pick_the_image(tmp_path):
     ('[{"image_id": 1, "keypoints": [1, 2, 3], "score": 1}]', 'has 3 numbers'),
 ])
 def test_malformed_pose_files_are_named(tmp_path, content, message):
-    from main.demo import PoseFileError, read_pose_file
+    from common.demo import PoseFileError, read_pose_file
     path = tmp_path / 'poses.json'
     path.write_text(content)
     with pytest.raises(PoseFileError, match=message) as info:
@@ -110,9 +118,22 @@ def test_malformed_pose_files_are_named(tmp_path, content, message):
 
 
 # ------------------------------------------------------------------------------ selection and inputs
-def test_selection_rules_of_section_3_8b():
-    from common.utils.smpl import JOINTS_NAME
-    from main.demo import Detection, select_people, COCO17_JOINTS_NAME
+def test_pelvis_and_neck_are_averaged_in_the_pose_files_precision():
+    """The midpoints come from the file's float64 values, rounded to float32 once."""
+    from common.demo import Detection, to_smpl30
+    from common.utils.joints import COCO17
+    rng = np.random.default_rng(5)
+    pose = np.round(np.concatenate([rng.uniform(0, 900, (17, 2)), rng.uniform(0, 1, (17, 1))], 1), 3)
+    smpl30 = to_smpl30(Detection(0, pose, COCO17.names, 'coco17'))
+    for new, (a, b) in ((PELVIS, (11, 12)), (NECK, (5, 6))):       # COCO-17 hips, shoulders
+        expected = np.float32([(pose[a, 0] + pose[b, 0]) / 2, (pose[a, 1] + pose[b, 1]) / 2, pose[a, 2] * pose[b, 2]])
+        np.testing.assert_array_equal(smpl30[new], expected)
+    assert smpl30.dtype == np.float32
+
+
+def test_selection_rules():
+    from common.demo import Detection, select_people
+    from common.utils.joints import COCO17
     rng = np.random.default_rng(2)
     width, height = 640, 480
     a = person((200, 240), 300, rng)
@@ -125,14 +146,14 @@ def test_selection_rules_of_section_3_8b():
     lower_only = person((320, 260), 300, rng)                 # ...and only on the legs: nothing in common
     lower_only[:11, 2] = 0.0
     poses = [a, duplicate, weak, b, upper_only, lower_only]
-    dets = [Detection(i, p, COCO17_JOINTS_NAME, 'coco17') for i, p in enumerate(poses)]
-    accepted, skipped = select_people(dets, width, height, JOINTS_NAME)
+    dets = [Detection(i, p, COCO17.names, 'coco17') for i, p in enumerate(poses)]
+    accepted, skipped = select_people(dets, width, height, GEOMETRY)
     reasons = {s['index']: s['reason'] for s in skipped}
     assert [p.index for p in accepted] == [0, 3, 4]
     assert sorted(reasons) == [1, 2, 5]
     assert 'duplicate of input person 0 (mean joint difference 8.0 px' in reasons[1]
     assert 'too few confident joints' in reasons[2]
-    # The rule as specified: sharing no confident joint with an accepted person counts as a duplicate.
+    # 3DCrowdNet's rule: sharing no confident joint with an accepted person counts as a duplicate.
     assert 'duplicate of input person 4 (no confident joint in common)' in reasons[5]
     for p in accepted:
         ref = ref_smpl30(poses[p.index], COCO17_TO_SMPL30, False)
@@ -141,15 +162,15 @@ def test_selection_rules_of_section_3_8b():
 
 
 def test_person_inputs_follow_the_crop():
-    from common.utils.smpl import JOINTS_NAME
-    from main.demo import Person, person_inputs
+    from common.demo import Person, person_inputs
+    from common.utils.joints import SMPL30
     rng = np.random.default_rng(3)
     joints = ref_smpl30(person((150, 130), 180, rng), COCO17_TO_SMPL30, False)
     joints[20, 2] = 0.05                      # below 0.1: masked
     joints[21, :2] = [-300, 130]              # far outside the crop: truncated
     bbox = ref_bbox(joints, 320, 240)
     img = rng.uniform(0, 255, (240, 320, 3)).astype(np.float32)
-    inputs = person_inputs(img, Person(0, joints.astype(np.float32), bbox.astype(np.float32)))
+    inputs = person_inputs(img, Person(0, joints.astype(np.float32), bbox.astype(np.float32)), GEOMETRY)
     centre = bbox[:2] + bbox[2:] / 2
     expected_hm = ((joints[:, :2] - centre) * 256 / bbox[2:] + 128) / 4
     np.testing.assert_allclose(inputs['joints'][:, :2], expected_hm, atol=1e-3)
@@ -157,7 +178,12 @@ def test_person_inputs_follow_the_crop():
     inside = (expected_hm >= 0).all(1) & (expected_hm < 64).all(1)
     np.testing.assert_array_equal(inputs['joints_mask'][:, 0], ((joints[:, 2] > 0.1) & inside).astype(np.float32))
     assert inputs['joints_mask'][20, 0] == 0 and inputs['joints_mask'][21, 0] == 0
-    assert set(JOINTS_NAME[i] for i in np.nonzero(inputs['joints_mask'][:, 0])[0]) <= set(JOINTS_NAME)
+    # A COCO-17 pose fills its 17 joints plus the pelvis and neck midpoints; of those, the
+    # low-score left wrist and the right wrist outside the crop are masked.
+    filled = {'Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear', 'L_Shoulder', 'R_Shoulder', 'L_Elbow', 'R_Elbow',
+              'L_Wrist', 'R_Wrist', 'L_Hip', 'R_Hip', 'L_Knee', 'R_Knee', 'L_Ankle', 'R_Ankle', 'Pelvis', 'Neck'}
+    assert {SMPL30.names[i] for i in np.nonzero(inputs['joints'][:, 2])[0]} == filled
+    assert {SMPL30.names[i] for i in np.nonzero(inputs['joints_mask'][:, 0])[0]} == filled - {'L_Wrist', 'R_Wrist'}
     assert inputs['img'].shape == (3, 256, 256) and inputs['img'].dtype == np.float32
     # The crop's centre pixel is the bbox centre of the image (bilinear sample there).
     cx, cy = centre
@@ -166,6 +192,92 @@ def test_person_inputs_follow_the_crop():
     ref = ((1 - fx) * (1 - fy) * img[y0, x0] + fx * (1 - fy) * img[y0, x0 + 1] + (1 - fx) * fy * img[y0 + 1, x0]
            + fx * fy * img[y0 + 1, x0 + 1]) / 255
     np.testing.assert_allclose(inputs['img'][:, 128, 128], ref, atol=0.02)
+
+
+def test_person_inputs_are_the_test_crop():
+    """The demo's inputs are exactly ``crop_for_test``'s crop (scaled to [0, 1], channels first)."""
+    from common.demo import Person, person_inputs
+    from common.utils.preprocessing import crop_for_test
+    rng = np.random.default_rng(6)
+    joints = ref_smpl30(person((90, 70), 100, rng), COCO17_TO_SMPL30, False).astype(np.float32)
+    bbox = ref_bbox(joints, 200, 150).astype(np.float32)
+    img = rng.uniform(0, 255, (150, 200, 3)).astype(np.float32)
+    inputs = person_inputs(img, Person(0, joints, bbox), GEOMETRY)
+    crop = crop_for_test(img, bbox, joints, GEOMETRY)
+    np.testing.assert_array_equal(inputs['img'], crop.patch.transpose(2, 0, 1) / np.float32(255))
+    np.testing.assert_array_equal(inputs['joints'], crop.joints_hm)
+    np.testing.assert_array_equal(inputs['img2bb_trans'], crop.img2bb)
+    np.testing.assert_array_equal(inputs['bb2img_trans'], crop.bb2img)
+
+
+class RecordingModel(torch.nn.Module):
+    """Stands in for the network: records how it was called and returns fixed outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, inputs, targets, meta_info, mode, render=False):
+        self.calls.append(('forward', mode, render, cfg.render))
+        batch = inputs['img'].shape[0]
+        return {'cam_param': torch.full((batch, 3), 0.5), 'mesh_cam_render': torch.ones(batch, 4, 3)}
+
+    def camera_translation(self, cam_param, meta_info=None, render=False):
+        self.calls.append(('camera_translation', render, cfg.render))
+        return cam_param * meta_info['bbox'][:, :3]
+
+
+def test_predict_asks_for_render_mode_without_touching_the_configuration():
+    from common.demo import predict
+    model = RecordingModel()
+    samples = [{'img': np.zeros((3, 8, 8), np.float32), 'joints': np.zeros((30, 3), np.float32),
+                'joints_mask': np.ones((30, 1), np.float32), 'bbox': np.float32([2, 4, 6, 8])}]
+    cfg.render = False
+    out = predict(model, samples, torch.device('cpu'))
+    assert model.calls == [('forward', 'test', True, False), ('camera_translation', True, False)]
+    np.testing.assert_array_equal(out['cam_trans'], [[1.0, 2.0, 3.0]])
+    assert isinstance(out['mesh_cam_render'], np.ndarray) and out['mesh_cam_render'].shape == (1, 4, 3)
+
+
+def _imported_modules(path):
+    """Absolute module names a source file imports (at any depth of its code)."""
+    tree = ast.parse(open(path).read())
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            # ``from package import module`` imports the submodule as well.
+            names += [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
+    return names
+
+
+def _is_module(name, root):
+    """True when ``name`` is a module (not a class or function) of this repository."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:   # 'common.utils.vis.SMPL30'-like names: the parent is a module
+        return False
+    return spec is not None and spec.origin is not None and os.path.abspath(spec.origin).startswith(root)
+
+
+def test_library_modules_do_not_import_the_configuration():
+    """The demo library and the drawing code, and the repository modules they import, take
+    everything as arguments: none of them imports ``main``."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pending, seen = ['common.demo', 'common.utils.vis', 'common.utils.render'], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = importlib.util.find_spec(name).origin
+        for imported in _imported_modules(path):
+            assert not (imported == 'main' or imported.startswith('main.')), f'{name} imports {imported}'
+            if imported.split('.')[0] in ('common', 'data') and _is_module(imported, root):
+                pending.append(imported)
+    assert {'common.utils.preprocessing', 'common.utils.joints', 'common.utils.checkpoint'} <= seen
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -202,7 +314,7 @@ def check_demo_outputs(paths, img_path, smpl_dir, n_people):
             ref, _ = layer(torch.tensor([p['smpl_pose']]), torch.tensor([p['smpl_shape']]),
                            torch.tensor([p['cam_trans']]))
         np.testing.assert_allclose(verts, ref[0].double().numpy(), atol=1e-4)
-        # Render camera: focal 5000, principal point at the bbox centre (§3.8b).
+        # Render camera: focal 5000, principal point at the bbox centre.
         bbox = np.asarray(p['bbox'])
         uv = verts[:, :2] / verts[:, 2:] * 5000 + bbox[:2] + bbox[2:] / 2
         mask = np.zeros(original.shape[:2], np.uint8)
@@ -240,9 +352,10 @@ def demo_case(data_cfg, synthetic_data_root):
     return path, img, anns
 
 
+@pytest.mark.slow
 def test_quickstart_demo_with_openpose_json(trained_snapshot, demo_case, synthetic_data_root, synthetic_smpl_dir,
                                             tmp_path):
-    from main.demo import run_quickstart_demo
+    from tool.quickstart import run_quickstart_demo
     img_path, img, anns = demo_case
     state = cfg.snapshot()
     paths = run_quickstart_demo(trained_snapshot / 'checkpoint' / 'snapshot_0.pth.tar', synthetic_data_root,
@@ -260,6 +373,7 @@ def test_quickstart_demo_with_openpose_json(trained_snapshot, demo_case, synthet
     assert '--pose' in paths['command'] and '--model' in paths['command']
 
 
+@pytest.mark.slow
 def test_demo_cli_with_coco_results(trained_snapshot, demo_case, synthetic_smpl_dir, synthetic_data_root,
                                     tmp_path, capsys):
     from main.demo import main
@@ -305,8 +419,67 @@ def test_demo_cli_with_coco_results(trained_snapshot, demo_case, synthetic_smpl_
         assert np.mean(hits) > 0.8
 
 
-def test_all_people_skipped_needs_no_model(tmp_path, data_cfg, capsys):
-    from main.demo import run_demo
+class SquareNetwork(torch.nn.Module):
+    """A stand-in network whose "mesh" is a 0.1 m square 10 m in front of the render camera
+    (50 px wide through focal 5000, centred on the person's box), with fixed parameters."""
+
+    mesh_face = np.array([[0, 1, 2], [0, 2, 3]])
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs, targets, meta_info, mode, render=False):
+        assert render and mode == 'test'
+        batch = inputs['img'].shape[0]
+        square = torch.tensor([[-0.05, -0.05, 10.0], [0.05, -0.05, 10.0], [0.05, 0.05, 10.0], [-0.05, 0.05, 10.0]])
+        index = torch.arange(batch, dtype=torch.float32)[:, None]
+        return {'cam_param': torch.cat([index, -index, torch.ones(batch, 1)], 1),
+                'smpl_pose': index * 0.01 + torch.zeros(batch, 72), 'smpl_shape': index + torch.zeros(batch, 10),
+                'mesh_cam_render': square.expand(batch, 4, 3).clone()}
+
+    def camera_translation(self, cam_param, meta_info=None, render=False):
+        return cam_param * 2
+
+
+def test_run_demo_writes_each_persons_mesh_parameters_and_overlay(tmp_path):
+    from common.demo import run_demo
+    from common.utils import vis
+    img_path = str(tmp_path / 'street.png')
+    cv2.imwrite(img_path, np.full((200, 320, 3), 40, np.uint8))
+    rng = np.random.default_rng(7)
+    poses = [person((90, 100), 150, rng), person((230, 100), 150, rng)]
+    pose_path = write_json(tmp_path / 'street.json', [
+        {'image_id': 1, 'keypoints': p.reshape(-1).tolist(), 'score': 0.9} for p in poses])
+    paths = run_demo(img_path, pose_path, tmp_path / 'out', SquareNetwork(), GEOMETRY, log=lambda *a: None)
+    assert paths['people'] == 2 and paths['skipped'] == []
+    assert [os.path.basename(p) for p in paths['obj']] == ['street_person0.obj', 'street_person1.obj']
+    summary = json.load(open(paths['json']))
+    assert summary['pose_layouts'] == ['coco-results'] and summary['checkpoint'] is None
+    rendered = cv2.cvtColor(cv2.imread(paths['render']), cv2.COLOR_BGR2RGB).astype(float)
+    colors = vis.person_colors(2)
+    for k, entry in enumerate(summary['people']):
+        assert entry['input_index'] == k and entry['obj'] == f'street_person{k}.obj'
+        np.testing.assert_allclose(entry['smpl_pose'], np.full(72, 0.01 * k), atol=1e-7)
+        np.testing.assert_allclose(entry['smpl_shape'], np.full(10, k))
+        np.testing.assert_allclose(entry['cam_trans'], [2 * k, -2 * k, 2])
+        bbox = ref_bbox(ref_smpl30(poses[k], COCO17_TO_SMPL30, False), 320, 200)
+        np.testing.assert_allclose(entry['bbox'], bbox, atol=1e-3)
+        centre = bbox[:2] + bbox[2:] / 2
+        assert entry['render_camera'] == {'focal': [5000.0, 5000.0], 'princpt': list(np.round(centre, 4))}
+        verts, faces = parse_obj(paths['obj'][k])
+        np.testing.assert_allclose(verts, [[-0.05, -0.05, 10], [0.05, -0.05, 10], [0.05, 0.05, 10], [-0.05, 0.05, 10]])
+        np.testing.assert_array_equal(faces, SquareNetwork.mesh_face)
+        # The 50 px square at the box centre shows the person's colour (shaded), the corners the image.
+        x, y = np.rint(centre).astype(int)
+        patch = rendered[y - 20:y + 20, x - 20:x + 20].reshape(-1, 3)
+        np.testing.assert_allclose(patch / patch.sum(1, keepdims=True),
+                                   np.broadcast_to(colors[k] / colors[k].sum(), patch.shape), atol=0.02)
+    assert np.all(rendered[:5, :5] == 40)
+
+
+def test_all_people_skipped_needs_no_model(tmp_path, capsys):
+    from common.demo import run_demo
     img = np.full((60, 80, 3), 90, np.uint8)
     img_path = str(tmp_path / 'img.png')
     cv2.imwrite(img_path, img)
@@ -314,7 +487,7 @@ def test_all_people_skipped_needs_no_model(tmp_path, data_cfg, capsys):
     pose_path = write_json(tmp_path / 'p.json', {'people': [
         {'pose_keypoints_2d': np.zeros(54).tolist()},                 # OpenPose COCO-18, nothing detected
         {'pose_keypoints_2d': weak.reshape(-1).tolist()}]})           # COCO-17, score sum 0.34
-    paths = run_demo(img_path, pose_path, tmp_path / 'out', checkpoint=None, log=lambda *a: None)
+    paths = run_demo(img_path, pose_path, tmp_path / 'out', None, GEOMETRY, log=lambda *a: None)
     summary = json.load(open(paths['json']))
     assert summary['people'] == [] and paths['obj'] == []
     assert [s['index'] for s in summary['skipped']] == [0, 1]
@@ -324,7 +497,8 @@ def test_all_people_skipped_needs_no_model(tmp_path, data_cfg, capsys):
 
 
 def test_cli_errors_before_any_model_work(tmp_path):
-    from main.demo import PoseFileError, main, run_cli
+    from common.demo import PoseFileError
+    from main.demo import main, run_cli
     good_pose = write_json(tmp_path / 'p.json', {'people': []})
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(b'\xff\xd8 this is not a jpeg')

@@ -191,13 +191,19 @@ def test_triangles_crossing_the_image_border_cover_only_their_pixels():
 
 # ------------------------------------------------------------------------------ 3DPW vis hook
 @pytest.fixture
-def pw3d_dataset(data_cfg, tmp_path):
+def make_pw3d(data_cfg, tmp_path):
+    """Builds the synthetic 3DPW test set with the given ``vis`` / ``render`` switches (a
+    dataset takes its options when it is built)."""
     import warnings
     from data.PW3D.PW3D import PW3D
-    cfg.output_dir = str(tmp_path / 'exp')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return PW3D(None, 'test')
+
+    def make(vis_on, render_on):
+        cfg.output_dir = str(tmp_path / 'exp')
+        cfg.vis, cfg.render = vis_on, render_on
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return PW3D(None, 'test')
+    return make
 
 
 def _constructed_output(dataset, idx, render):
@@ -209,7 +215,7 @@ def _constructed_output(dataset, idx, render):
     bbox = meta['bbox'].astype(np.float64)
     depth = 5000 * 1.7 / 120  # about 120 crop pixels tall
     if render:
-        depth = depth * 256 / np.sqrt(bbox[2] * bbox[3])  # MODEL.md §5.6 render depth
+        depth = depth * 256 / np.sqrt(bbox[2] * bbox[3])  # render mode: camera depth scaled to the box
     mesh = centred + [0.0, 0.0, depth]
     joint_img = np.concatenate([inputs['joints'][:, :2], np.full((30, 1), 32.0)], 1)
     return {'joint_img': joint_img, 'joint_proj': inputs['joints'][:, :2],
@@ -219,10 +225,10 @@ def _constructed_output(dataset, idx, render):
 
 
 @pytest.mark.parametrize('render', [False, True])
-def test_overlay_lands_where_the_camera_projects(pw3d_dataset, render, tmp_path, monkeypatch):
+def test_overlay_lands_where_the_camera_projects(make_pw3d, render, tmp_path, monkeypatch):
     from common.utils.preprocessing import load_img
     monkeypatch.chdir(tmp_path)
-    cfg.vis, cfg.render = not render, render
+    pw3d_dataset = make_pw3d(not render, render)
     idx = 1
     out = _constructed_output(pw3d_dataset, idx, render)
     annot = pw3d_dataset.datalist[idx]
@@ -265,6 +271,7 @@ def test_overlay_lands_where_the_camera_projects(pw3d_dataset, render, tmp_path,
     np.testing.assert_allclose(chroma(rendered[inside]).mean(0), chroma(vis.person_colors(1)[0]), atol=0.03)
 
 
+@pytest.mark.slow
 def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, synthetic_smpl_dir, tmp_path,
                                           monkeypatch):
     """``test.py`` with ``vis`` on the trained snapshot: every sample's files, valid images and OBJs."""
@@ -283,9 +290,9 @@ def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, 
     monkeypatch.chdir(tmp_path)
     run_in_process(main, ['--gpu', '0', '--exp_dir', str(exp), '--test_epoch', '0', '--cfg', str(config)])
 
-    cfg.smpl_model_dir, cfg.data_dir = values['smpl_model_dir'], values['data_dir']
+    from common.options import BodyModelPaths
     from common.utils.smpl import get_smpl
-    smpl = get_smpl()
+    smpl = get_smpl(BodyModelPaths(values['smpl_model_dir'], values['data_dir']))
     with open(os.path.join(values['data_dir'], 'PW3D', 'data', '3DPW_latest_test.json')) as f:
         db = json.load(f)
     images = {img['id']: img for img in db['images']}
@@ -305,7 +312,7 @@ def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, 
             verts, obj_faces = parse_obj(vis_dir / (prefix + kind))
             assert verts.shape == (6890, 3)
             np.testing.assert_array_equal(obj_faces, faces)
-        # The GT mesh: smplpytorch's gendered mesh, centred at its SMPL-30 pelvis (§6.2 step 2).
+        # The GT mesh: smplpytorch's gendered mesh, centred at its SMPL-30 pelvis.
         p = ann['smpl_param']
         with torch.no_grad():
             gt, _ = layers[p['gender']](torch.tensor([p['pose']], dtype=torch.float32),

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from main.demo import quickstart_step  # noqa: E402
 from common.utils.cli import gpu_ids_arg  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, 'main', 'configs', 'quickstart.yaml')
@@ -175,6 +174,73 @@ def learning_ratio(result):
     """Trained MPJPE / untrained MPJPE."""
     mpjpe = METRIC_ROWS[0][1]
     return metric(result.trained, mpjpe) / metric(result.untrained, mpjpe)
+
+
+# ------------------------------------------------------------------ demo
+def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_ids='0', log=print):
+    """The quickstart's last step, on the synthetic tree at ``data_root``.
+
+    1. renders the meshes of the first synthetic 3DPW test image (test pipeline);
+    2. writes that image's OpenPose detections as an OpenPose JSON file and runs the demo on it.
+    ``smpl_dir`` defaults to ``cfg.smpl_model_dir``; ``cfg`` is left as it was.
+    Returns ``{'pw3d_render', 'openpose_json', 'image', 'command', 'render', 'pose_2d', 'json', 'obj'}``.
+    """
+    import json
+    from common.demo import openpose_json_from_annotations, render_test_image, restore_network, run_demo, warn_stderr
+    from common.utils.device import select_device
+    from common.utils.checkpoint import load_checkpoint_file
+    from common.utils.smpl import SMPL
+    from data.PW3D.PW3D import PW3D
+    from main.model import get_model
+    state = cfg.snapshot()
+    try:
+        cfg.data_dir = str(data_root)
+        if smpl_dir is not None:
+            cfg.smpl_model_dir = str(smpl_dir)
+        cfg.crowd = False
+        cfg.vis = False
+        setup = select_device(gpu_ids)
+        for message in setup.warnings:
+            warn_stderr(message)
+        device = setup.device
+        checkpoint = load_checkpoint_file(checkpoint_path)
+        smpl = SMPL(cfg.body_model_paths())
+        model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl, options=cfg.model_options())
+        model = restore_network(model, checkpoint, device, source=str(checkpoint_path))
+        dataset = PW3D(None, 'test')
+        first = dataset.datalist[0]
+        img_path = first['img_path']
+        out_dir = Path(out_dir)
+        stem = Path(img_path).stem
+        paths = {'image': img_path}
+        paths['pw3d_render'] = render_test_image(
+            model, dataset, img_path, out_dir / f"pw3d_{first['sequence']}_{stem}_render.jpg", device)
+
+        with open(dataset.annotation_path()) as f:
+            db = json.load(f)
+        image_ids = {img['id'] for img in db['images']
+                     if img['sequence'] == first['sequence'] and img['file_name'] == os.path.basename(img_path)}
+        annotations = [a for a in db['annotations'] if a['image_id'] in image_ids]
+        paths['openpose_json'] = openpose_json_from_annotations(annotations, out_dir / f'{stem}_keypoints.json')
+        paths.update(run_demo(img_path, paths['openpose_json'], out_dir, model, cfg.geometry_options(),
+                              checkpoint_path=checkpoint_path, log=log))
+        paths['command'] = (f"python main/demo.py --gpu {gpu_ids} --img {img_path} --pose {paths['openpose_json']} "
+                            f"--model {checkpoint_path} --smpl_dir {cfg.smpl_model_dir} --data_dir {cfg.data_dir} "
+                            f"--out {out_dir}")
+        log(f"Quickstart demo: {paths['pw3d_render']} (3DPW test pipeline) and {paths['render']} "
+            f"(demo on {paths['openpose_json']}).")
+        return paths
+    finally:
+        cfg.restore(state)
+
+
+def quickstart_step(result, args):
+    """The last step: :func:`run_quickstart_demo` on the run's checkpoint, written into
+    ``<work_dir>/demo``; prints the paths and the demo command."""
+    paths = run_quickstart_demo(result.checkpoint_path, result.data_dir, os.path.join(args.work_dir, 'demo'),
+                                smpl_dir=result.smpl_dir, gpu_ids=args.gpu_ids)
+    print(f"Demo overlay:  {paths['render']}\nDemo command:  {paths['command']}")
+    return paths
 
 
 def build_parser():

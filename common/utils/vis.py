@@ -3,13 +3,13 @@
 Images are RGB ``uint8`` arrays ``(H, W, 3)`` throughout; :func:`save_image` converts to
 OpenCV's BGR only when writing.  Nothing here opens a window.
 
-Joints are drawn in the SMPL-30 joint set (DATA.md §2.2): network outputs use its 29-edge
-skeleton; input 2D poses, which fill only 19 of its channels (OpenPose / COCO with pelvis
-and neck, §2.9), use ``INPUT_SKELETON`` over those 19 joints.
+Joints are drawn in the SMPL-30 joint set (``common.utils.joints.SMPL30``): network outputs
+use its skeleton; input 2D poses, which fill only 19 of its rows (OpenPose / COCO plus the
+pelvis and neck midpoints), use ``INPUT_SKELETON`` over those 19 joints.
 
-Meshes of several people, each seen through its own pinhole camera (the render camera of
-MODEL.md §5.6 has its principal point at each person's bbox centre), are drawn into one
-z-buffer by :func:`render_people`: each mesh is first mapped, exactly as far as its image
+Meshes of several people, each seen through its own pinhole camera (the render camera has
+its principal point at each person's bbox centre, see :func:`render_camera`), are drawn into
+one z-buffer by :func:`render_people`: each mesh is first mapped, exactly as far as its image
 is concerned, into a camera shared by all (:func:`to_shared_camera`), so depth ordering
 across people is per pixel.
 """
@@ -20,25 +20,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.utils.joints import SMPL30
 from common.utils.render import NEAR_PLANE, render_meshes
 
-SMPL30_SKELETON = (
-    (0, 1), (1, 4), (4, 7), (7, 10), (0, 2), (2, 5), (5, 8), (8, 11), (0, 3), (3, 6), (6, 9),
-    (9, 14), (14, 17), (17, 19), (19, 21), (21, 23), (9, 13), (13, 16), (16, 18), (18, 20),
-    (20, 22), (9, 12), (12, 24), (24, 15), (24, 25), (24, 26), (25, 27), (26, 28), (24, 29))
-"""The SMPL-30 skeleton of DATA.md §2.2 (indices into SMPL-30)."""
 
-INPUT_SKELETON = (
-    (24, 25), (24, 26), (25, 27), (26, 28), (24, 12),       # face, nose-neck
-    (12, 16), (16, 18), (18, 20), (12, 17), (17, 19), (19, 21),  # arms
-    (12, 0), (0, 1), (1, 4), (4, 7), (0, 2), (2, 5), (5, 8))     # trunk, legs
-"""19-joint skeleton of the input 2D poses (OpenPose-19 / COCO-19 transferred to SMPL-30)."""
+def _smpl30_edges(name_pairs):
+    """Index pairs into SMPL-30 of the named joint pairs (keeps their order: later limbs draw on top)."""
+    return tuple((SMPL30.index(a), SMPL30.index(b)) for a, b in name_pairs)
 
-LEFT_JOINTS = frozenset((1, 4, 7, 10, 13, 16, 18, 20, 22, 25, 27))
+
+INPUT_SKELETON = _smpl30_edges((
+    ('Nose', 'L_Eye'), ('Nose', 'R_Eye'), ('L_Eye', 'L_Ear'), ('R_Eye', 'R_Ear'), ('Nose', 'Neck'),
+    ('Neck', 'L_Shoulder'), ('L_Shoulder', 'L_Elbow'), ('L_Elbow', 'L_Wrist'),
+    ('Neck', 'R_Shoulder'), ('R_Shoulder', 'R_Elbow'), ('R_Elbow', 'R_Wrist'),
+    ('Neck', 'Pelvis'), ('Pelvis', 'L_Hip'), ('L_Hip', 'L_Knee'), ('L_Knee', 'L_Ankle'),
+    ('Pelvis', 'R_Hip'), ('R_Hip', 'R_Knee'), ('R_Knee', 'R_Ankle')))
+"""19-joint skeleton of the input 2D poses (OpenPose / COCO with pelvis and neck, in SMPL-30 rows)."""
+
+LEFT_JOINTS = frozenset(i for i, joint_name in enumerate(SMPL30.names) if joint_name.startswith('L_'))
 """SMPL-30 joints on the body's left side (drawn in a lighter tone)."""
 
 RENDER_FOCAL = (5000.0, 5000.0)
-"""Focal length (pixels) of the render camera in render mode (MODEL.md §5.6, DATA.md §6.4)."""
+"""Focal length (pixels) of the render camera: the model's render mode scales the camera depth
+to the person's box so that this focal length overlays the mesh on the original image."""
 
 
 # ----------------------------------------------------------------------------- colours
@@ -184,7 +188,7 @@ def crop_camera_in_image(bb2img_trans, focal=RENDER_FOCAL, princpt=(128.0, 128.0
 
 
 def render_camera(bbox, focal=RENDER_FOCAL):
-    """Render-mode camera of MODEL.md §5.6: focal 5000 px, principal point at the bbox centre.
+    """The model's render-mode camera: focal 5000 px, principal point at the bbox centre.
 
     bbox ``[x, y, w, h]`` in original-image pixels.  Returns ``(focal (2,), princpt (2,))``.
     """

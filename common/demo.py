@@ -1,0 +1,425 @@
+"""Demo library: 2D pose files -> selected people -> network inputs -> meshes, pictures, summary.
+
+Pipeline of :func:`run_demo` (see docs/METHOD.md, "Demo"):
+
+1. :func:`read_pose_file` parses an OpenPose JSON file (BODY_25, COCO-18 or COCO-17 layout,
+   told apart by length) or a COCO keypoint-results file into :class:`Detection` records.
+2. :func:`select_people` applies 3DCrowdNet's demo rules in file order: every pose is moved
+   into SMPL-30 order (pelvis, and the neck where the layout has none, as midpoints);
+   a person needs a score sum of at least ``MIN_SCORE_SUM``; a pose whose confident joints
+   lie on average within ``DUPLICATE_PX`` of an earlier one's (or that shares no confident
+   joint with it) is a duplicate; the box is the processed box around the confident joints.
+3. :func:`person_inputs` crops each person without augmentation and expresses its joints in
+   heatmap units; :func:`predict` runs the network in render mode (camera depth scaled to
+   the box, so that the mesh seen through focal 5000 px with principal point at the box
+   centre overlays the original image).
+4. The meshes are rendered over the image (depth-ordered across people, one colour each),
+   the input poses are drawn, and per person an OBJ and the SMPL parameters are written.
+
+Nothing here reads the global configuration: geometry, model and device come in as arguments.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.utils import checkpoint as ckpt_io
+from common.utils import vis
+from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, transfer_joints
+from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
+                                        process_bbox)
+
+SCORE_THR = 0.1          # a joint is confident above this score
+MIN_SCORE_SUM = 1.0      # a person needs at least this sum of joint scores
+DUPLICATE_PX = 20.0      # mean |dx|,|dy| below this against an accepted person: a duplicate
+SKIPPED_COLOR = (0.6, 0.6, 0.6)
+
+POSE_LAYOUTS = {75: ('openpose-body25', BODY25.names), 54: ('openpose-coco18', OPENPOSE18.names),
+                51: ('coco17', COCO17.names)}
+"""Number of values of one OpenPose person -> (layout name, joint names)."""
+
+NETWORK_INPUT_KEYS = ('img', 'joints', 'joints_mask')
+
+SUMMARY_UNITS = ('smpl_pose: 24x3 axis-angle (radians), relative rotations; cam_trans: metres; the mesh is '
+                 'SMPL_neutral(pose, shape) + cam_trans, seen through render_camera (pixels of the image)')
+
+
+class PoseFileError(ValueError):
+    """The pose file is missing pieces, holds non-numbers, or is in no supported format."""
+
+
+def warn_stderr(message):
+    """Default warning sink of the demo: one ``WARNING:`` line on stderr."""
+    print(f'WARNING: {message}', file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- pose files
+@dataclass
+class Detection:
+    """One person of the pose file.
+
+    index: position in the file; joints (J, 3) ``[x, y, score]`` image pixels (float64),
+    rows named by ``names``; layout: 'openpose-body25', 'openpose-coco18', 'coco17' or
+    'coco-results'.
+    """
+    index: int
+    joints: np.ndarray
+    names: tuple
+    layout: str
+
+
+def read_pose_file(path, img_path=None, image_id=None):
+    """Parse an OpenPose or COCO keypoint-results JSON file into a list of :class:`Detection`.
+
+    For a COCO-results file holding several images, ``image_id`` picks one; without it the
+    image is matched by its file stem (``000000000785.jpg`` -> id 785).  Raises
+    ``FileNotFoundError`` for a missing file and :class:`PoseFileError` (naming the file and
+    the offending entry) for anything malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Pose file not found: {path}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PoseFileError(f"Pose file {path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and 'people' in data:
+        return _read_openpose(data['people'], path)
+    if isinstance(data, list) and all(isinstance(e, dict) and 'keypoints' in e for e in data):
+        return _read_coco_results(data, path, img_path, image_id)
+    raise PoseFileError(
+        f"Pose file {path} is in no supported format: expected the OpenPose format "
+        "{\"people\": [{\"pose_keypoints_2d\": [x, y, c, ...]}, ...]} or the COCO keypoint-results format "
+        "[{\"image_id\": ..., \"keypoints\": [x, y, s] * 17, \"score\": ...}, ...].")
+
+
+def _keypoints(values, what, path):
+    """A flat float64 array of finite numbers, or a :class:`PoseFileError` naming ``what``."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise PoseFileError(f"Pose file {path}: {what} must be a flat list of numbers ({exc}).") from exc
+    if not np.isfinite(arr).all():
+        raise PoseFileError(f"Pose file {path}: {what} holds non-finite values.")
+    return arr
+
+
+def _read_openpose(people, path):
+    if not isinstance(people, list):
+        raise PoseFileError(f"Pose file {path}: 'people' must be a list.")
+    detections = []
+    for i, person in enumerate(people):
+        # 'pose_keypoints' is the name OpenPose used before version 1.2.
+        key = next((k for k in ('pose_keypoints_2d', 'pose_keypoints') if isinstance(person, dict) and k in person),
+                   None)
+        if key is None:
+            raise PoseFileError(f"Pose file {path}: people[{i}] has no 'pose_keypoints_2d'.")
+        values = _keypoints(person[key], f'people[{i}].{key}', path)
+        if len(values) not in POSE_LAYOUTS:
+            raise PoseFileError(
+                f"Pose file {path}: people[{i}].{key} has {len(values)} numbers; expected 75 "
+                "(OpenPose BODY_25), 54 (OpenPose COCO-18) or 51 (COCO-17), as x, y, confidence triples.")
+        layout, names = POSE_LAYOUTS[len(values)]
+        detections.append(Detection(i, values.reshape(-1, 3), names, layout))
+    return detections
+
+
+def _read_coco_results(entries, path, img_path, image_id):
+    wanted = _wanted_image_id(entries, path, img_path, image_id)
+    detections = []
+    for i, entry in enumerate(entries):
+        if str(entry.get('image_id')) != wanted:
+            continue
+        values = _keypoints(entry['keypoints'], f'entry {i} keypoints', path)
+        if len(values) != 3 * len(COCO17):
+            raise PoseFileError(f"Pose file {path}: entry {i} keypoints has {len(values)} numbers; the COCO "
+                                "results format has 17 x, y, score triples (51).")
+        detections.append(Detection(i, values.reshape(len(COCO17), 3), COCO17.names, 'coco-results'))
+    return detections
+
+
+def _wanted_image_id(entries, path, img_path, image_id):
+    """The image id (as str) whose entries a COCO-results file contributes."""
+    distinct = list(dict.fromkeys(str(e.get('image_id')) for e in entries))
+    if image_id is not None:
+        if str(image_id) not in distinct:
+            raise PoseFileError(f"Pose file {path} has no entry with image_id {image_id} "
+                                f"(ids there: {', '.join(distinct[:10])}{' ...' if len(distinct) > 10 else ''}).")
+        return str(image_id)
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else None
+    wanted = _image_id_from_name(img_path, distinct)
+    if wanted is None:
+        raise PoseFileError(
+            f"Pose file {path} holds poses of {len(distinct)} images and none has an image_id matching "
+            f"the image name {Path(img_path).name if img_path else '?'}; pass --image_id.")
+    return wanted
+
+
+def _image_id_from_name(img_path, ids):
+    """The id equal to the image's file stem (numerically for digit strings), else None."""
+    if img_path is None:
+        return None
+    stem = Path(img_path).stem
+    for candidate in ids:
+        if candidate == stem or (stem.isdigit() and candidate.isdigit() and int(stem) == int(candidate)):
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------- selection
+def _append_midpoint_keep_precision(joints, names, first, second, new_name):
+    """``joints.append_midpoint`` computed in the pose file's float64.
+
+    The shared helper rounds to float32 before averaging; the demo has always averaged the
+    file's values first and rounded once when moving to SMPL-30, and keeping that order
+    keeps its outputs bit-identical.
+    """
+    a, b = joints[names.index(first)], joints[names.index(second)]
+    row = np.array([(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] * b[2]])
+    return np.concatenate([joints, row[None]], axis=0), tuple(names) + (new_name,)
+
+
+def to_smpl30(detection):
+    """(30, 3) float32 image-space ``[x, y, score]`` of a detection in SMPL-30 order.
+
+    The pelvis is appended as the hips' midpoint and, where the layout has no detected neck
+    (COCO), the neck as the shoulders' midpoint (scores multiply); rows then move by name
+    (joints without an SMPL-30 counterpart, e.g. BODY_25's feet, are dropped; SMPL-30
+    joints the layout lacks stay zero).
+    """
+    joints, names = _append_midpoint_keep_precision(detection.joints, detection.names, 'L_Hip', 'R_Hip', 'Pelvis')
+    if 'Neck' not in names:
+        joints, names = _append_midpoint_keep_precision(joints, names, 'L_Shoulder', 'R_Shoulder', 'Neck')
+    return transfer_joints(joints, names, SMPL30.names)
+
+
+def duplicate_of(joints, accepted_joints):
+    """Whom ``joints`` duplicates: ``(index into accepted_joints, mean distance px or None)`` or None.
+
+    joints (30, 3) and each of ``accepted_joints`` (30, 3) ``[x, y, score]``.  A duplicate has a
+    mean |dx|, |dy| below ``DUPLICATE_PX`` over the joints confident in both, or no joint
+    confident in both (distance None).  The first such accepted person is returned.
+    """
+    for k, other in enumerate(accepted_joints):
+        both = (joints[:, 2] > SCORE_THR) & (other[:, 2] > SCORE_THR)
+        if not both.any():
+            return k, None
+        distance = float(np.abs(joints[both, :2] - other[both, :2]).mean())
+        if distance < DUPLICATE_PX:
+            return k, distance
+    return None
+
+
+@dataclass
+class Person:
+    """An accepted person: input index, SMPL-30 image joints (30, 3) float32 and processed bbox (4,)."""
+    index: int
+    joints_img: np.ndarray
+    bbox: np.ndarray
+
+
+def select_people(detections, img_width, img_height, geometry):
+    """Apply the demo's selection rules in file order.
+
+    detections: :func:`read_pose_file`'s list; geometry: ``GeometryOptions`` (its input
+    aspect ratio shapes the boxes).  Returns ``(accepted [Person], skipped [dict(index, reason)])``.
+    """
+    aspect_ratio = input_aspect_ratio(geometry)
+    accepted, skipped, reference = [], [], []
+    for det in detections:
+        joints = to_smpl30(det)
+        score_sum = float(joints[:, 2].sum())
+        if score_sum < MIN_SCORE_SUM or not (joints[:, 2] != 0).any():
+            skipped.append({'index': det.index, 'reason': f'too few confident joints (score sum {score_sum:.2f} '
+                                                          f'< {MIN_SCORE_SUM})'})
+            continue
+        dup = duplicate_of(joints, [r[1] for r in reference])
+        if dup is not None:
+            skipped.append({'index': det.index, 'reason': _duplicate_reason(reference[dup[0]][0], dup[1])})
+            continue
+        # A person accepted here is a duplicate reference even if its box fails below.
+        reference.append((det.index, joints))
+        valid = (joints[:, 2] > SCORE_THR).astype(np.float32)
+        if not valid.any():
+            skipped.append({'index': det.index, 'reason': f'too few confident joints (none above {SCORE_THR})'})
+            continue
+        bbox = process_bbox(get_bbox(joints, valid), img_width, img_height, aspect_ratio=aspect_ratio)
+        if bbox is None:
+            skipped.append({'index': det.index, 'reason': 'no usable box around its confident joints'})
+            continue
+        accepted.append(Person(det.index, joints, bbox))
+    return accepted, skipped
+
+
+def _duplicate_reason(other_index, distance):
+    how = (f'mean joint difference {distance:.1f} px < {DUPLICATE_PX:.0f} px' if distance is not None
+           else 'no confident joint in common')
+    return f'duplicate of input person {other_index} ({how})'
+
+
+# ----------------------------------------------------------------------------- network
+def person_inputs(img, person, geometry):
+    """Network inputs of one person: crop, heatmap-space joints, mask, transforms.
+
+    img (H, W, 3) float32 RGB 0..255; person: a :class:`Person`; geometry: ``GeometryOptions``.
+    Returns a dict of ``img`` (3, H_in, W_in) float32 in [0, 1], ``joints`` (30, 3)
+    ``[x_hm, y_hm, score]``, ``joints_mask`` (30, 1) (confident and inside the heatmap),
+    ``bbox`` (4,), ``img2bb_trans`` / ``bb2img_trans`` (2, 3), all float32 NumPy.
+    """
+    crop = crop_for_test(img, person.bbox, person.joints_img.astype(np.float32), geometry)
+    joints = crop.joints_hm.astype(np.float32)
+    valid = (joints[:, 2:] > SCORE_THR).astype(np.float32)
+    return {'img': np.ascontiguousarray(crop.patch.transpose(2, 0, 1) / 255.0, dtype=np.float32),
+            'joints': joints, 'joints_mask': valid * in_bounds_mask(joints, geometry.output_hm_shape),
+            'bbox': np.asarray(person.bbox, np.float32), 'img2bb_trans': crop.img2bb.astype(np.float32),
+            'bb2img_trans': crop.bb2img.astype(np.float32)}
+
+
+def restore_network(model, checkpoint, device, source='checkpoint'):
+    """Load a checkpoint dict's network into ``model`` strictly; returns it on ``device`` in eval mode."""
+    ckpt_io.load_network_strict(model, ckpt_io.network_state_of(checkpoint, source), source=source)
+    return model.to(device).eval()
+
+
+def predict(model, samples, device):
+    """Run the network in render mode on a list of :func:`person_inputs`-like dicts.
+
+    Each sample needs ``img``, ``joints``, ``joints_mask`` and ``bbox`` (NumPy).  Returns
+    NumPy arrays: the model's test outputs plus ``cam_trans`` (N, 3), the render-mode camera
+    translation in metres.
+    """
+    def stack(key):
+        return torch.from_numpy(np.stack([s[key] for s in samples])).to(device)
+    inputs = {key: stack(key) for key in NETWORK_INPUT_KEYS}
+    meta_info = {'bbox': stack('bbox')}
+    with torch.no_grad():
+        out = model(inputs, {}, meta_info, 'test', render=True)
+        out['cam_trans'] = model.camera_translation(out['cam_param'], meta_info, render=True)
+    return {k: v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- demo
+def run_demo(img_path, pose_path, out_dir, model, geometry, image_id=None, checkpoint_path=None, log=print,
+             warn=warn_stderr):
+    """Meshes for every person of ``img_path`` from the poses in ``pose_path``; writes the outputs.
+
+    model: the network in eval mode on its device (its parameters' device is used), or None
+    when no person can be accepted (a ``ValueError`` is raised otherwise); geometry:
+    ``GeometryOptions``; image_id: picks the image in a COCO-results file of many images;
+    checkpoint_path: only recorded in the summary.  Writes into ``out_dir``:
+    ``<stem>_render.jpg`` (all meshes over the image), ``<stem>_2dpose.jpg`` (input poses),
+    ``<stem>_person<k>.obj`` (render-camera meshes, metres) and ``<stem>_smpl.json``.
+    Returns ``{'render', 'pose_2d', 'json': path, 'obj': [paths], 'people': int,
+    'skipped': [dict(index, reason)]}``.
+    """
+    img = load_img(img_path)
+    height, width = img.shape[:2]
+    detections = read_pose_file(pose_path, img_path, image_id)
+    people, skipped = select_people(detections, width, height, geometry)
+    for entry in skipped:
+        warn(f"input person {entry['index']} skipped: {entry['reason']}")
+    log(f'{len(detections)} input poses, {len(people)} people kept, {len(skipped)} skipped.')
+
+    out_dir = Path(vis.ensure_dir(out_dir))
+    stem = Path(img_path).stem
+    colors = vis.person_colors(len(people))
+    results, objs, meshes, faces = [], [], [], None
+    if people:
+        if model is None:
+            raise ValueError("run_demo needs a loaded model when a person is to be reconstructed.")
+        out = predict(model, [person_inputs(img, p, geometry) for p in people], next(model.parameters()).device)
+        faces = model.mesh_face
+        for k, person in enumerate(people):
+            mesh = out['mesh_cam_render'][k].astype(np.float64)
+            focal, princpt = vis.render_camera(person.bbox)
+            objs.append(vis.write_obj(out_dir / f'{stem}_person{k}.obj', mesh, faces))
+            meshes.append((mesh, focal, princpt))
+            results.append(_person_record(k, person, out, colors[k], focal, princpt, objs[-1]))
+
+    image = vis.as_uint8_image(img)
+    rendered = image
+    if meshes:
+        rendered = vis.render_people(image, [m for m, _, _ in meshes], faces, [f for _, f, _ in meshes],
+                                     [c for _, _, c in meshes], colors=colors)
+    render_path = vis.save_image(out_dir / f'{stem}_render.jpg', rendered)
+    pose_path_out = vis.save_image(out_dir / f'{stem}_2dpose.jpg',
+                                   draw_input_poses(image, detections, people, colors))
+    summary = {
+        'image': str(img_path), 'pose_file': str(pose_path),
+        'pose_layouts': sorted({d.layout for d in detections}),
+        'checkpoint': str(checkpoint_path) if checkpoint_path else None,
+        'units': SUMMARY_UNITS, 'people': results, 'skipped': skipped}
+    json_path = out_dir / f'{stem}_smpl.json'
+    with open(json_path, 'w') as f:
+        json.dump(summary, f, indent=1)
+    log(f'Wrote {render_path}, {pose_path_out}, {json_path} and {len(objs)} OBJ files.')
+    return {'render': render_path, 'pose_2d': pose_path_out, 'json': str(json_path), 'obj': objs,
+            'people': len(people), 'skipped': skipped}
+
+
+def _person_record(k, person, out, color, focal, princpt, obj_path):
+    """Person k's entry of the JSON summary (plain lists; bbox and colour rounded for reading)."""
+    return {
+        'person': k, 'input_index': person.index, 'color': color.round(4).tolist(),
+        'bbox': np.asarray(person.bbox, np.float64).round(3).tolist(),
+        'smpl_pose': out['smpl_pose'][k].tolist(), 'smpl_shape': out['smpl_shape'][k].tolist(),
+        'cam_trans': out['cam_trans'][k].tolist(),
+        'render_camera': {'focal': focal.tolist(), 'princpt': princpt.round(4).tolist()},
+        'obj': os.path.basename(obj_path)}
+
+
+def draw_input_poses(image, detections, people, colors):
+    """The input poses on the image: accepted people in their colour with their box, the
+    skipped ones in grey.  image (H, W, 3) uint8 RGB; colors (len(people), 3) in [0, 1]."""
+    accepted = {p.index: k for k, p in enumerate(people)}
+    out = image
+    for det in detections:
+        if det.index not in accepted:
+            out = vis.draw_input_pose(out, to_smpl30(det), SCORE_THR, color=SKIPPED_COLOR)
+    for k, person in enumerate(people):
+        out = vis.draw_input_pose(out, person.joints_img, SCORE_THR, color=colors[k])
+        out = vis.draw_bbox(out, person.bbox, color=colors[k])
+    return out
+
+
+# ----------------------------------------------------------------------------- test images
+def openpose_json_from_annotations(annotations, path):
+    """Write an OpenPose (COCO-18 layout) file from 3DPW annotations' ``openpose_result``.
+
+    annotations: 3DPW annotation dicts, each with ``openpose_result`` (18, 3); returns ``path`` as str.
+    """
+    people = [{'person_id': [-1],
+               'pose_keypoints_2d': np.asarray(a['openpose_result'], np.float64).reshape(-1).tolist()}
+              for a in annotations]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump({'version': 1.3, 'people': people}, f)
+    return str(path)
+
+
+def render_test_image(model, dataset, img_path, out_path, device):
+    """Render every annotated person of one test image through the dataset's own test pipeline.
+
+    dataset: a test dataset whose ``datalist`` entries carry ``img_path`` and whose samples
+    give ``inputs`` (img, joints, joints_mask) and ``meta_info['bbox']``; the network runs in
+    render mode on ``device``.  Writes the overlay to ``out_path`` and returns that path.
+    """
+    indices = [i for i, d in enumerate(dataset.datalist) if d['img_path'] == img_path]
+    samples = []
+    for i in indices:
+        inputs, _, meta_info = dataset[i]
+        samples.append({'img': inputs['img'].numpy() if torch.is_tensor(inputs['img']) else inputs['img'],
+                        'joints': inputs['joints'], 'joints_mask': inputs['joints_mask'],
+                        'bbox': meta_info['bbox']})
+    out = predict(model, samples, device)
+    cams = [vis.render_camera(s['bbox']) for s in samples]
+    image = vis.as_uint8_image(load_img(img_path))
+    rendered = vis.render_people(image, list(out['mesh_cam_render'].astype(np.float64)), model.mesh_face,
+                                 [c[0] for c in cams], [c[1] for c in cams])
+    return vis.save_image(out_path, rendered)
