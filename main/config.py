@@ -1,7 +1,7 @@
 """The single run configuration of SGRE: ``from main.config import cfg``.
 
-Defaults follow the authors' ``main/config.py`` (MODEL.md §1) plus the keys this
-re-implementation adds (README, "Configuration").  Importing this module creates
+Defaults follow the authors' ``main/config.py`` plus the keys this re-implementation
+adds (README and docs/METHOD.md, "Configuration").  Importing this module creates
 no folder and prints nothing; a run calls ``cfg.set_args(...)``, optionally
 ``cfg.update(yaml_file)``, and then ``cfg.make_run_dirs()``.
 """
@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def parse_gpu_ids(gpu_ids):
 
 
 def _default_options():
-    """Every option with its default value (MODEL.md §1.1 and the added keys)."""
+    """Every option with its default value (the original's options, then the added keys)."""
     return dict(
         # datasets
         trainset_3d=['Human36M', 'MuCo'],
@@ -163,7 +164,7 @@ class Config:
 
     # ---------------------------------------------------------- run set-up
     def set_args(self, gpu_ids, continue_train=False, is_test=False, exp_dir=''):
-        """Apply the command-line arguments (MODEL.md §1.3) without touching the disk.
+        """Apply the command-line arguments as the original does, without touching the disk.
 
         ``gpu_ids`` accepts '0', '0,1' or '0-3'.  For testing, a non-empty ``exp_dir``
         becomes the experiment folder; for training it names the run to resume from.
@@ -199,6 +200,21 @@ class Config:
             if isinstance(default, tuple) and isinstance(value, list):
                 value = tuple(value)
             self.__dict__[key] = value
+
+    def plain_options(self):
+        """The options (derived values excluded) as YAML/pickle-safe plain values, by name.
+
+        Tuples become lists, NumPy scalars Python numbers, anything else unknown its
+        ``str``.  This is what a snapshot stores as ``config``; its YAML (:meth:`write_yaml`)
+        can be passed back with ``--cfg``.
+        """
+        return {k: _plain_value(v) for k, v in sorted(self.__dict__.items()) if k not in DERIVED_KEYS}
+
+    def write_yaml(self, path):
+        """Write :meth:`plain_options` to ``path`` (the run's resolved configuration); returns ``path``."""
+        with open(path, 'w') as f:
+            yaml.safe_dump(self.plain_options(), f, sort_keys=True, default_flow_style=None)
+        return path
 
     # ------------------------------------------------------ option records
     def geometry_options(self):
@@ -248,6 +264,19 @@ class Config:
         for sub in (self.model_dir, self.vis_dir, self.log_dir, self.result_dir):
             os.makedirs(sub, exist_ok=True)
         return self.output_dir
+
+
+def _plain_value(value):
+    """``value`` as plain YAML/pickle-safe data (see :meth:`Config.plain_options`)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain_value(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def _new_experiment_dir(output_root):
