@@ -8,39 +8,18 @@ no folder and prints nothing; a run calls ``cfg.set_args(...)``, optionally
 import copy
 import datetime
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+# ``--gpu`` parsing lives with the device selection; importable from here as before.
+from common.utils.device import parse_gpu_ids  # noqa: F401
+
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
 # Keys computed from other keys; they are read-only properties, recomputed on access.
 DERIVED_KEYS = ('princpt', 'model_dir', 'vis_dir', 'log_dir', 'result_dir', 'num_gpus')
-
-_GPU_RANGE = re.compile(r'^(\d+)-(\d+)$')
-_GPU_LIST = re.compile(r'^\d+(,\d+)*$')
-
-
-def parse_gpu_ids(gpu_ids):
-    """Normalise a ``--gpu`` string: ``'0'``, ``'0,1'`` or the inclusive range ``'0-3'``.
-
-    Returns the comma-separated id list as a string (``'0-3'`` -> ``'0,1,2,3'``).
-    """
-    text = str(gpu_ids).strip() if gpu_ids is not None else ''
-    match = _GPU_RANGE.match(text)
-    if match:
-        first, last = int(match.group(1)), int(match.group(2))
-        if last < first:
-            raise ValueError(f"Invalid --gpu range '{gpu_ids}': the end {last} is below the start {first}.")
-        return ','.join(str(i) for i in range(first, last + 1))
-    if _GPU_LIST.match(text):
-        return text
-    raise ValueError(
-        f"Invalid --gpu value '{gpu_ids}'. Use one id ('0'), a comma list ('0,1') "
-        "or an inclusive range ('0-3').")
-
 
 def _default_options():
     """Every option with its default value (the original's options, then the added keys)."""

@@ -240,6 +240,19 @@ def test_library_sync_batchnorm_refuses_cpu_modules_clearly():
         dist_utils.convert_sync_batchnorm(sync_bn_net())
 
 
+def test_a_cpu_job_with_sync_bn_ends_with_the_message(monkeypatch):
+    """The command line turns the refusal into one ``ERROR:`` line and exit status 1."""
+    from main import train as train_script
+
+    def refusing_main(argv):
+        dist_utils.convert_sync_batchnorm(sync_bn_net())
+
+    monkeypatch.setattr(train_script, 'main', refusing_main)
+    with pytest.raises(SystemExit) as info:
+        train_script.run_cli([])
+    assert str(info.value).startswith('ERROR: Synchronised BatchNorm (sync_bn) needs CUDA devices')
+
+
 def test_running_statistics_are_the_batchnorm_buffers():
     net = sync_bn_net()
     own = {f'{prefix}.{name}' for prefix, module in net.named_modules()

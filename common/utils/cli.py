@@ -2,14 +2,15 @@
 the ``--cfg`` YAML, joining a torchrun job (one experiment folder per job), and turning
 expected errors into one line.
 
-This module and ``device.py`` are the only ones under ``common/utils`` that read the
-configuration: they sit at the edge, between the command line and ``cfg``.
+This is the only module under ``common/utils`` that reads the configuration: it sits at
+the edge, between the command line and ``cfg``.
 """
 import argparse
 import os
 import sys
 
-from main.config import cfg, parse_gpu_ids
+from common.utils.device import parse_gpu_ids
+from main.config import cfg
 
 
 def gpu_ids_arg(text):
