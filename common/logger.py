@@ -1,4 +1,4 @@
-"""Run logger in the original's format (MODEL.md §7).
+"""Run logger in the original's format.
 
 Each line is ``<green %m-%d %H:%M:%S><reset> <message>``; the ANSI codes go to the
 file too, as in the original.  Warnings, errors and critical messages carry

@@ -1,4 +1,4 @@
-"""Wall-clock timer with the original's warm-up rule (MODEL.md §7)."""
+"""Wall-clock timer with the original's warm-up rule (the first calls are not averaged)."""
 import time
 
 

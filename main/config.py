@@ -1,48 +1,28 @@
 """The single run configuration of SGRE: ``from main.config import cfg``.
 
-Defaults follow the authors' ``main/config.py`` (MODEL.md §1) plus the keys this
-re-implementation adds (README, "Configuration").  Importing this module creates
+Defaults follow the authors' ``main/config.py`` plus the keys this re-implementation
+adds (README and docs/METHOD.md, "Configuration").  Importing this module creates
 no folder and prints nothing; a run calls ``cfg.set_args(...)``, optionally
 ``cfg.update(yaml_file)``, and then ``cfg.make_run_dirs()``.
 """
 import copy
 import datetime
 import os
-import re
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+# ``--gpu`` parsing lives with the device selection; importable from here as before.
+from common.utils.device import parse_gpu_ids  # noqa: F401
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
 # Keys computed from other keys; they are read-only properties, recomputed on access.
 DERIVED_KEYS = ('princpt', 'model_dir', 'vis_dir', 'log_dir', 'result_dir', 'num_gpus')
 
-_GPU_RANGE = re.compile(r'^(\d+)-(\d+)$')
-_GPU_LIST = re.compile(r'^\d+(,\d+)*$')
-
-
-def parse_gpu_ids(gpu_ids):
-    """Normalise a ``--gpu`` string: ``'0'``, ``'0,1'`` or the inclusive range ``'0-3'``.
-
-    Returns the comma-separated id list as a string (``'0-3'`` -> ``'0,1,2,3'``).
-    """
-    text = str(gpu_ids).strip() if gpu_ids is not None else ''
-    match = _GPU_RANGE.match(text)
-    if match:
-        first, last = int(match.group(1)), int(match.group(2))
-        if last < first:
-            raise ValueError(f"Invalid --gpu range '{gpu_ids}': the end {last} is below the start {first}.")
-        return ','.join(str(i) for i in range(first, last + 1))
-    if _GPU_LIST.match(text):
-        return text
-    raise ValueError(
-        f"Invalid --gpu value '{gpu_ids}'. Use one id ('0'), a comma list ('0,1') "
-        "or an inclusive range ('0-3').")
-
-
 def _default_options():
-    """Every option with its default value (MODEL.md §1.1 and the added keys)."""
+    """Every option with its default value (the original's options, then the added keys)."""
     return dict(
         # datasets
         trainset_3d=['Human36M', 'MuCo'],
@@ -163,7 +143,7 @@ class Config:
 
     # ---------------------------------------------------------- run set-up
     def set_args(self, gpu_ids, continue_train=False, is_test=False, exp_dir=''):
-        """Apply the command-line arguments (MODEL.md §1.3) without touching the disk.
+        """Apply the command-line arguments as the original does, without touching the disk.
 
         ``gpu_ids`` accepts '0', '0,1' or '0-3'.  For testing, a non-empty ``exp_dir``
         becomes the experiment folder; for training it names the run to resume from.
@@ -199,6 +179,21 @@ class Config:
             if isinstance(default, tuple) and isinstance(value, list):
                 value = tuple(value)
             self.__dict__[key] = value
+
+    def plain_options(self):
+        """The options (derived values excluded) as YAML/pickle-safe plain values, by name.
+
+        Tuples become lists, NumPy scalars Python numbers, anything else unknown its
+        ``str``.  This is what a snapshot stores as ``config``; its YAML (:meth:`write_yaml`)
+        can be passed back with ``--cfg``.
+        """
+        return {k: _plain_value(v) for k, v in sorted(self.__dict__.items()) if k not in DERIVED_KEYS}
+
+    def write_yaml(self, path):
+        """Write :meth:`plain_options` to ``path`` (the run's resolved configuration); returns ``path``."""
+        with open(path, 'w') as f:
+            yaml.safe_dump(self.plain_options(), f, sort_keys=True, default_flow_style=None)
+        return path
 
     # ------------------------------------------------------ option records
     def geometry_options(self):
@@ -248,6 +243,19 @@ class Config:
         for sub in (self.model_dir, self.vis_dir, self.log_dir, self.result_dir):
             os.makedirs(sub, exist_ok=True)
         return self.output_dir
+
+
+def _plain_value(value):
+    """``value`` as plain YAML/pickle-safe data (see :meth:`Config.plain_options`)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain_value(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def _new_experiment_dir(output_root):

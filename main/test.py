@@ -17,11 +17,11 @@ import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
 from common.utils.cli import (apply_cfg_file, check_args, exit_on_expected_errors, gpu_ids_arg,  # noqa: E402
-                              join_job)
+                              join_job, make_shared_run_dirs)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Evaluate an SGRE snapshot (MODEL.md §8.6).')
+    parser = argparse.ArgumentParser(description='Evaluate an SGRE snapshot.')
     parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
                         help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU. "
                              "Required, except under torchrun (default: GPU <LOCAL_RANK>).")
@@ -42,21 +42,20 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    """Configure, evaluate, and return the finished :class:`common.base.Tester`."""
+    """Configure, evaluate, and return the finished :class:`common.tester.Tester`."""
     args = parse_args(argv)
     gpu_ids = join_job(args.gpu_ids)
     cfg.set_args(gpu_ids, is_test=True, exp_dir=args.exp_dir)
     apply_cfg_file(args.cfg)
 
-    from common.base import Tester, make_shared_run_dirs
+    from common.tester import Tester
     from common.utils import distributed
     make_shared_run_dirs()
     tester = Tester(args.test_epoch, save_meshes=args.save_meshes)
     if args.flip and tester.is_main_process:
         tester.logger.warning('--flip is ignored: flip testing is not implemented.')
     try:
-        tester._make_batch_generator()
-        tester._make_model()
+        tester.setup()
         tester.test()
     finally:
         tester.close()

@@ -15,12 +15,12 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from common.utils.cli import (apply_cfg_file, check_args, exit_on_expected_errors, gpu_ids_arg,  # noqa: E402
-                              join_job)
+                              join_job, make_shared_run_dirs)
 from main.config import cfg  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Train SGRE (MODEL.md §8).')
+    parser = argparse.ArgumentParser(description='Train SGRE.')
     parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
                         help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU. "
                              "Required, except under torchrun, where it defaults to GPU <LOCAL_RANK> "
@@ -42,20 +42,24 @@ def parse_args(argv=None):
     return check_args(parser, parser.parse_args(argv))
 
 
-def main(argv=None):
-    """Configure, train, and return the finished :class:`common.base.Trainer`."""
+def main(argv=None, sync_batchnorm_converter=None):
+    """Configure, train, and return the finished :class:`common.trainer.Trainer`.
+
+    ``sync_batchnorm_converter`` replaces PyTorch's SyncBatchNorm conversion under torchrun
+    with ``sync_bn`` (see :class:`~common.trainer.Trainer`); the command line uses the default.
+    """
     args = parse_args(argv)
     gpu_ids = join_job(args.gpu_ids)
     cfg.set_args(gpu_ids, args.continue_train, is_test=False, exp_dir=args.exp_dir)
     apply_cfg_file(args.cfg)
 
-    from common.base import Trainer, make_shared_run_dirs
+    from common.trainer import Trainer
     from common.utils import distributed
     make_shared_run_dirs()
-    trainer = Trainer(use_amp=args.use_mixed_precision, init_scale=args.init_scale)
+    trainer = Trainer(use_amp=args.use_mixed_precision, init_scale=args.init_scale,
+                      sync_batchnorm_converter=sync_batchnorm_converter)
     try:
-        trainer._make_batch_generator()
-        trainer._make_model()
+        trainer.setup()
         trainer.train()
     finally:
         trainer.close()
@@ -66,9 +70,11 @@ def main(argv=None):
 def run_cli(argv=None):
     """``main`` for the command line: expected failures (a missing file, a checkpoint that does
     not fit) end with their message and exit status 1 instead of a traceback."""
-    from common.base import NonFiniteLossError
+    from common.trainer import NonFiniteLossError
     from common.utils.checkpoint import CheckpointError
-    exit_on_expected_errors(main, argv, (FileNotFoundError, CheckpointError, NonFiniteLossError))
+    from common.utils.distributed import SyncBatchNormUnavailableError
+    exit_on_expected_errors(main, argv, (FileNotFoundError, CheckpointError, NonFiniteLossError,
+                                         SyncBatchNormUnavailableError))
 
 
 if __name__ == '__main__':

@@ -6,7 +6,19 @@ from main.config import cfg
 
 @pytest.fixture(autouse=True)
 def restore_cfg():
-    """Every test starts from, and leaves behind, the same configuration."""
+    """Every test starts from, and leaves behind, the same configuration.
+
+    Automatic because several test modules still set ``cfg`` options directly before
+    building a dataset; the fixtures below restore ``cfg`` themselves.
+    """
+    state = cfg.snapshot()
+    yield cfg
+    cfg.restore(state)
+
+
+@pytest.fixture
+def cfg_state():
+    """``cfg`` for the test to change; restored to the state before the test afterwards."""
     state = cfg.snapshot()
     yield cfg
     cfg.restore(state)
@@ -22,11 +34,12 @@ def synthetic_smpl_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def smpl_cfg(synthetic_smpl_dir):
-    """cfg pointing at the synthetic body model (``data_dir`` holds J_regressor_extra.npy)."""
-    cfg.smpl_model_dir = str(synthetic_smpl_dir)
-    cfg.data_dir = str(synthetic_smpl_dir)
-    return cfg
+def smpl_cfg(cfg_state, synthetic_smpl_dir):
+    """cfg pointing at the synthetic body model (``data_dir`` holds J_regressor_extra.npy);
+    restored after the test."""
+    cfg_state.smpl_model_dir = str(synthetic_smpl_dir)
+    cfg_state.data_dir = str(synthetic_smpl_dir)
+    return cfg_state
 
 
 @pytest.fixture(scope='session')
@@ -39,11 +52,11 @@ def synthetic_data_root(tmp_path_factory, synthetic_smpl_dir):
 
 
 @pytest.fixture
-def data_cfg(synthetic_smpl_dir, synthetic_data_root):
-    """cfg pointing at the synthetic body model and the synthetic data tree."""
-    cfg.smpl_model_dir = str(synthetic_smpl_dir)
-    cfg.data_dir = str(synthetic_data_root)
-    return cfg
+def data_cfg(cfg_state, synthetic_smpl_dir, synthetic_data_root):
+    """cfg pointing at the synthetic body model and the synthetic data tree; restored after the test."""
+    cfg_state.smpl_model_dir = str(synthetic_smpl_dir)
+    cfg_state.data_dir = str(synthetic_data_root)
+    return cfg_state
 
 
 @pytest.fixture(scope='session')

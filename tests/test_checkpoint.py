@@ -242,3 +242,69 @@ def test_convert_rejects_other_files(tmp_path):
         convert(str(src), str(tmp_path / 'out.pth.tar'))
     with pytest.raises(FileNotFoundError, match='pose_resnet_50_256x192'):
         convert(str(tmp_path / 'absent.pth.tar'), str(tmp_path / 'out.pth.tar'))
+
+
+# ------------------------------------------------------- resume / warm start
+def adam_after_one_step(model):
+    """Adam over the model's parameters with one step taken (so it has state to restore)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_resume_links_the_latest_snapshot_and_restores_model_and_optimizer(tmp_path):
+    source = randomised(TinyModel(), 4)
+    optimizer = adam_after_one_step(source)
+    old_run = tmp_path / 'old'
+    ckpt_io.save_checkpoint({'epoch': 1, 'network': {}}, ckpt_io.snapshot_path(old_run / 'checkpoint', 1))
+    ckpt_io.save_checkpoint({'epoch': 3, 'network': released_state(source), 'optimizer': optimizer.state_dict(),
+                             'scaler': {}, 'config': {'lr': 0.001}},
+                            ckpt_io.snapshot_path(old_run / 'checkpoint', 3))
+    new_dir = tmp_path / 'new' / 'checkpoint'
+    new_dir.mkdir(parents=True)
+    target = TinyModel()
+    target_optimizer = torch.optim.Adam(target.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    result = ckpt_io.resume_training(old_run, new_dir, target, target_optimizer, scaler)
+    assert result.next_epoch == 4 and result.config == {'lr': 0.001} and result.had_optimizer
+    assert result.path == str(new_dir / 'snapshot_3.pth.tar') and result.missing_smpl == []
+    assert os.path.samefile(result.path, old_run / 'checkpoint' / 'snapshot_3.pth.tar')  # linked, not rewritten
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    restored, expected = target_optimizer.state_dict(), optimizer.state_dict()
+    assert restored['param_groups'] == expected['param_groups']
+    for index, state in expected['state'].items():
+        for name, value in state.items():
+            assert torch.equal(restored['state'][index][name], value), (index, name)
+
+
+def test_resume_errors_name_the_folder_and_the_entry(tmp_path):
+    model = TinyModel()
+    optimizer = torch.optim.Adam(model.parameters())
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    with pytest.raises(FileNotFoundError, match=r'--continue --exp_dir .*old: no snapshot_<epoch>\.pth\.tar'):
+        ckpt_io.resume_training(tmp_path / 'old', tmp_path, model, optimizer, scaler)
+    ckpt_io.save_checkpoint({'epoch': 'last', 'network': released_state(model)},
+                            ckpt_io.snapshot_path(tmp_path / 'old' / 'checkpoint', 2))
+    (tmp_path / 'new').mkdir()
+    with pytest.raises(ckpt_io.CheckpointError, match="no integer 'epoch'"):
+        ckpt_io.resume_training(tmp_path / 'old', tmp_path / 'new', model, optimizer, scaler)
+
+
+def test_warm_start_loads_matching_entries_and_names_the_tool_when_absent(tmp_path):
+    source = randomised(TinyModel(), 5)
+    warm = ckpt_io.save_checkpoint({'epoch': 0, 'network': {'module.backbone.0.weight': source.backbone[0].weight,
+                                                            'module.final_layer.bias': torch.zeros(17)}},
+                                   tmp_path / 'tool' / 'snapshot_0.pth.tar')
+    (tmp_path / 'run').mkdir()
+    target = TinyModel()
+    next_epoch, report, local = ckpt_io.warm_start(warm, tmp_path / 'run', target)
+    assert next_epoch == 1 and local == str(tmp_path / 'run' / 'snapshot_0.pth.tar')
+    assert report.loaded == ['backbone.0.weight'] and report.skipped_unexpected == ['final_layer.bias']
+    assert torch.equal(target.backbone[0].weight, source.backbone[0].weight)
+    with pytest.raises(FileNotFoundError, match=r'tool/snapshot_0\.pth\.tar.*tool/convert_simple_to_i2l\.py'):
+        ckpt_io.warm_start(tmp_path / 'absent' / 'snapshot_0.pth.tar', tmp_path / 'run', target)
+    with pytest.raises(ckpt_io.CheckpointError, match='No entry of'):
+        ckpt_io.warm_start(ckpt_io.save_checkpoint({'network': {'module.x': torch.ones(1)}}, tmp_path / 'other.pth.tar'),
+                           tmp_path / 'run', TinyModel())

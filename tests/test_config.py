@@ -40,7 +40,7 @@ def test_defaults_match_the_original():
     assert fresh.seed is None and fresh.max_iters_per_epoch is None and fresh.sync_bn is False
 
 
-def test_set_args_counts_gpus_and_rejects_bad_ids():
+def test_set_args_counts_gpus_and_rejects_bad_ids(cfg_state):
     cfg.set_args('0-3')
     assert cfg.gpu_ids == '0,1,2,3' and cfg.num_gpus == 4
     assert cfg.camera_3d_size == 2.5 and cfg.bbox_3d_size == 2
@@ -48,14 +48,14 @@ def test_set_args_counts_gpus_and_rejects_bad_ids():
         cfg.set_args('zero')
 
 
-def test_set_args_test_mode_uses_exp_dir(tmp_path):
+def test_set_args_test_mode_uses_exp_dir(tmp_path, cfg_state):
     cfg.set_args('0', is_test=True, exp_dir=str(tmp_path))
     assert cfg.output_dir == str(tmp_path.resolve())
     assert cfg.model_dir == str(tmp_path.resolve() / 'checkpoint')
     assert cfg.result_dir == str(tmp_path.resolve() / 'result')
 
 
-def test_update_overrides_and_derives(tmp_path):
+def test_update_overrides_and_derives(tmp_path, cfg_state):
     yaml_file = tmp_path / 'exp.yaml'
     yaml_file.write_text('input_img_shape: [192, 320]\nlr: 0.01\ntrainset_2d: [MSCOCO]\n'
                          f'output_dir: {tmp_path / "run"}\n')
@@ -66,7 +66,7 @@ def test_update_overrides_and_derives(tmp_path):
     assert cfg.model_dir == str(tmp_path / 'run' / 'checkpoint')
 
 
-def test_update_rejects_unknown_key_listing_valid_ones(tmp_path):
+def test_update_rejects_unknown_key_listing_valid_ones(tmp_path, cfg_state):
     yaml_file = tmp_path / 'bad.yaml'
     yaml_file.write_text('learning_rate: 0.1\n')
     with pytest.raises(ValueError) as err:
@@ -75,7 +75,7 @@ def test_update_rejects_unknown_key_listing_valid_ones(tmp_path):
     assert 'learning_rate' in message and 'lr_dec_epoch' in message and 'trainset_3d' in message
 
 
-def test_update_rejects_derived_key(tmp_path):
+def test_update_rejects_derived_key(tmp_path, cfg_state):
     yaml_file = tmp_path / 'derived.yaml'
     yaml_file.write_text('princpt: [1, 2]\n')
     with pytest.raises(ValueError, match='derived'):
@@ -87,7 +87,7 @@ def test_run_dirs_unset_until_created():
         _ = cfg.model_dir
 
 
-def test_two_runs_in_the_same_second_get_two_folders(tmp_path):
+def test_two_runs_in_the_same_second_get_two_folders(tmp_path, cfg_state):
     cfg.output_root = str(tmp_path)
     first = cfg.make_run_dirs()
     cfg.output_dir = None
@@ -98,6 +98,25 @@ def test_two_runs_in_the_same_second_get_two_folders(tmp_path):
         assert pattern.match(Path(run).name)
         for sub in ('checkpoint', 'vis', 'log', 'result'):
             assert (Path(run) / sub).is_dir()
+
+
+def test_plain_options_are_yaml_safe_and_round_trip(tmp_path):
+    import numpy as np
+    import yaml
+    config = Config()
+    config.output_dir = str(tmp_path)
+    config.lr = np.float32(0.5)
+    config.voc_dir = tmp_path / 'VOC'             # a Path is stored as its text
+    plain = config.plain_options()
+    assert sorted(plain) == sorted(set(config.option_names()) - {'princpt', 'num_gpus'})
+    assert plain['input_img_shape'] == [256, 256] and plain['focal'] == [5000, 5000]
+    assert type(plain['lr']) is float and plain['lr'] == 0.5
+    assert plain['voc_dir'] == str(tmp_path / 'VOC') and plain['seed'] is None
+    path = config.write_yaml(tmp_path / 'config.yaml')
+    assert yaml.safe_load(open(path)) == plain
+    again = Config()
+    again.update(path)
+    assert again.input_img_shape == (256, 256) and again.lr == 0.5 and again.output_dir == str(tmp_path)
 
 
 def test_import_has_no_side_effects(tmp_path):

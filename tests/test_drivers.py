@@ -150,9 +150,9 @@ class TinyModel(nn.Module):
 
 
 @pytest.fixture
-def bare_trainer(tmp_path):
+def bare_trainer(tmp_path, cfg_state):
     """A Trainer without data or model, in a temporary experiment folder."""
-    from common.base import Trainer
+    from common.trainer import Trainer
     cfg.set_args('0')
     cfg.output_root = str(tmp_path)
     cfg.make_run_dirs()
@@ -208,7 +208,7 @@ class LossModel(TinyModel):
 
 
 def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(bare_trainer):
-    from common.base import NonFiniteLossError
+    from common.trainer import NonFiniteLossError
     from common.utils.device import make_grad_scaler
     model = LossModel()
     trainer = bare_trainer
@@ -243,7 +243,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(bare_trainer):
 
 @pytest.mark.parametrize('dynamic', [False, True])
 def test_amp_overflow_skips_the_step_and_resets_the_scale(bare_trainer, dynamic):
-    """§8.5: GradScaler.step skips a step with inf gradients; the original then resets the
+    """GradScaler.step skips a step with inf gradients; the original then resets the
     scale to init_scale (a fixed scale), cfg.amp_dynamic_scale backs it off instead.
     (CPU float16 autocast stands in for CUDA's here.)"""
     from common.utils.device import make_grad_scaler
@@ -278,8 +278,105 @@ def test_single_sample_batch_is_skipped(bare_trainer):
     assert bare_trainer.train_step({'img': torch.randn(1, 2)}, {}, {}) is None
 
 
+def tiny_training(trainer, batches):
+    """Give ``trainer`` the LossModel, its optimizer and a loader of ``batches`` (no dataset)."""
+    from common.utils.device import make_grad_scaler
+    model = LossModel()
+    trainer.model = model
+    trainer.network = trainer._wrap_model(model)
+    trainer.optimizer = trainer.get_optimizer(model)
+    trainer.scaler = make_grad_scaler(trainer.device, False)
+    trainer.trainset = object()
+    trainer.batch_generator = batches
+    trainer.itr_per_epoch = len(batches)
+    return model
+
+
+def test_snapshot_interval_is_a_constructor_argument(tmp_path, cfg_state):
+    from common.trainer import Trainer
+    cfg.set_args('0')
+    cfg.output_root = str(tmp_path)
+    cfg.end_epoch, cfg.lr_dec_epoch = 5, [10]
+    cfg.make_run_dirs()
+    trainer = Trainer(snapshot_interval=2)
+    try:
+        tiny_training(trainer, [({'img': torch.randn(4, 2)}, {}, {})])
+        trainer.train()
+    finally:
+        trainer.close()
+    # every second epoch, and the last one
+    assert sorted(p.name for p in Path(cfg.model_dir).iterdir()) == \
+        ['snapshot_1.pth.tar', 'snapshot_3.pth.tar', 'snapshot_4.pth.tar']
+    assert trainer.global_step == 5
+
+
+def test_sync_bn_in_one_process_keeps_plain_batchnorm_with_a_warning(bare_trainer):
+    from common.nets.layer import GraphConvBlock
+    cfg.sync_bn = True
+    block = GraphConvBlock(torch.eye(3), 4, 5, vectorized=False)
+    assert bare_trainer._wrap_model(block) is block
+    assert block.vectorized and type(block.fcbn_list[0][1]) is nn.BatchNorm1d
+    assert 'cfg.sync_bn acts only under torchrun' in open(bare_trainer.logger.path).read()
+
+
+def test_original_set_up_names_call_the_public_ones(bare_trainer, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bare_trainer, 'make_batch_generator', lambda: calls.append('data'))
+    monkeypatch.setattr(bare_trainer, 'make_model', lambda: calls.append('model'))
+    bare_trainer._make_batch_generator()
+    bare_trainer._make_model()
+    bare_trainer.setup()
+    assert calls == ['data', 'model', 'data', 'model']
+
+
+class RecordingTestModel(nn.Module):
+    """A test-mode model recording the ``render`` argument of its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, inputs, targets, meta_info, mode, render=False):
+        self.calls.append(('forward', mode, render))
+        batch = inputs['img'].shape[0]
+        return {'cam_param': torch.zeros(batch, 3), 'smpl_pose': torch.zeros(batch, 72),
+                'smpl_shape': torch.zeros(batch, 10), 'smpl_mesh_cam': torch.zeros(batch, 6890, 3)}
+
+    def camera_translation(self, cam_param, meta_info=None, render=False):
+        self.calls.append(('camera_translation', render))
+        return cam_param + 1
+
+
+class CountingTestSet:
+    """Evaluates each sample to its index."""
+
+    def evaluate(self, outs, cur_sample_idx):
+        return {'index': [cur_sample_idx + i for i in range(len(outs))]}
+
+
+@pytest.mark.parametrize('render', [False, True])
+def test_tester_passes_the_render_option_as_an_argument(tmp_path, cfg_state, render):
+    from common.tester import Tester
+    cfg.set_args('0')
+    cfg.output_root = str(tmp_path)
+    cfg.render = render
+    cfg.make_run_dirs()
+    tester = Tester(0)
+    try:
+        tester.model = tester.network = RecordingTestModel()
+        tester.testset = CountingTestSet()
+        tester.batch_generator = [({'img': torch.zeros(n, 1)}, {}, {}) for n in (3, 2)]
+        records = tester._run_batches()
+    finally:
+        tester.close()
+    assert tester.model.calls == [('forward', 'test', render), ('camera_translation', render)] * 2
+    assert [r[1]['index'] for r in records] == [[0, 1, 2], [3, 4]]
+    assert np.array_equal(records[1][2]['sample_idx'], [3, 4]) and np.all(records[0][2]['cam_trans'] == 1)
+    assert cfg.render == render  # read, not toggled
+
+
 def test_split_batch_uses_the_batch_size_not_the_last_key():
-    from common.base import split_batch
+    from common.utils.batch import split_batch
     out = {'smpl_pose': np.arange(6).reshape(3, 2), 'aid': np.array([5, 6, 7]), 'k': np.ones((1, 4))}
     samples, skipped = split_batch(out, 3)
     assert skipped == ['k']
@@ -298,14 +395,14 @@ def test_config_yaml_round_trips(bare_trainer, tmp_path):
 
 
 # ============================================================ on the synthetic tree
-# These run the real model and loaders through main/train.py and main/test.py.
+# These run the real model and loaders through main/train.py and main/test.py (slow tier).
 
 LOSS_TERMS = ('body_joint_img', 'smpl_joint_img', 'smpl_pose', 'smpl_shape', 'body_joint_proj',
               'body_joint_cam', 'smpl_joint_cam')
 ITERATION_LINE = re.compile(
     r'^Epoch (\d+)/(\d+) itr (\d+)/(\d+): lr: ([0-9.e-]+) speed: \d+\.\d\d\(\d+\.\d\ds r\d+\.\d\d\)s/itr '
     r'\d+\.\d\dh/epoch ' + ' '.join(rf'loss_{t}: -?\d+\.\d{{4}}' for t in LOSS_TERMS) + '$')
-NUM_STATE_ENTRIES = 1423  # MODEL.md §9
+NUM_STATE_ENTRIES = 1423  # the released checkpoints' network entries (tests/data/state_dict_keys.txt)
 
 
 def load(path):
@@ -353,6 +450,7 @@ def two_epoch_runs(trained_snapshot, tiny_schedule_yaml, tmp_path_factory):
     return Path(resumed), Path(uninterrupted)
 
 
+@pytest.mark.slow
 def test_two_iteration_run_writes_snapshot_log_and_config(trained_snapshot):
     assert sorted(p.name for p in (trained_snapshot / 'checkpoint').iterdir()) == ['snapshot_0.pth.tar']
     state = load(snapshot(trained_snapshot, 0))
@@ -382,6 +480,7 @@ def test_two_iteration_run_writes_snapshot_log_and_config(trained_snapshot):
     assert saved['output_dir'] == str(trained_snapshot) and saved['max_iters_per_epoch'] == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_in_a_new_folder_with_optimizer_state(trained_snapshot, two_epoch_runs):
     resumed, _ = two_epoch_runs
     assert resumed != trained_snapshot and resumed.parent == trained_snapshot.parent
@@ -399,6 +498,7 @@ def test_resume_continues_in_a_new_folder_with_optimizer_state(trained_snapshot,
         ['Epoch 1/2 itr 0/2', 'Epoch 1/2 itr 1/2']
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_deterministic(trained_snapshot, two_epoch_runs):
     _, uninterrupted = two_epoch_runs
     a, b = load(snapshot(trained_snapshot, 0)), load(snapshot(uninterrupted, 0))
@@ -406,6 +506,7 @@ def test_seeded_runs_are_deterministic(trained_snapshot, two_epoch_runs):
     assert_same_optimizer(a['optimizer'], b['optimizer'])
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_equals_an_uninterrupted_run(two_epoch_runs):
     resumed, uninterrupted = two_epoch_runs
     a, b = load(snapshot(resumed, 1)), load(snapshot(uninterrupted, 1))
@@ -413,6 +514,7 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(two_epoch_runs):
     assert_same_optimizer(a['optimizer'], b['optimizer'])
 
 
+@pytest.mark.slow
 def test_test_script_writes_metrics_and_predictions(trained_snapshot, tiny_schedule_yaml):
     from data.PW3D.PW3D import PW3D
     from main.test import main
@@ -433,13 +535,14 @@ def test_test_script_writes_metrics_and_predictions(trained_snapshot, tiny_sched
     assert arrays['smpl_pose'].shape == (count, 72) and arrays['smpl_shape'].shape == (count, 10)
     assert arrays['cam_trans'].shape == (count, 3) and arrays['mesh_cam'].shape == (count, 6890, 3)
     assert np.array_equal(arrays['sample_idx'], np.arange(count))
-    # t_z = 48.828125 * sigmoid(.) lies in (0, 48.83) m (MODEL.md §5.6)
+    # t_z = 48.828125 * sigmoid(.) lies in (0, 48.83) m (docs/METHOD.md, "Network")
     assert np.all(arrays['cam_trans'][:, 2] > 0) and np.all(arrays['cam_trans'][:, 2] < 48.83)
     messages = log_messages(trained_snapshot / 'log' / 'test_logs.txt')
     assert any('--flip is ignored' in m for m in messages)
     assert f"Load checkpoint from {snapshot(trained_snapshot, 0)}" in messages
 
 
+@pytest.mark.slow
 def test_missing_snapshot_is_named(trained_snapshot, tiny_schedule_yaml):
     from main.test import main
     with pytest.raises(FileNotFoundError, match=r'Cannot find model at .*snapshot_9\.pth\.tar.*snapshot_0\.pth\.tar'):
@@ -447,8 +550,9 @@ def test_missing_snapshot_is_named(trained_snapshot, tiny_schedule_yaml):
                               '--cfg', str(tiny_schedule_yaml)])
 
 
+@pytest.mark.slow
 def test_checkpoint_with_wrong_shapes_fails_naming_the_keys(trained_snapshot, tmp_path, data_cfg):
-    from common.base import Tester
+    from common.tester import Tester
     from common.utils.checkpoint import CheckpointMismatchError
     state = load(snapshot(trained_snapshot, 0))
     state['network']['module.rotation_net.cam_out.0.weight'] = state['network']['module.rotation_net.cam_out.0.weight'][:2]
@@ -461,7 +565,7 @@ def test_checkpoint_with_wrong_shapes_fails_naming_the_keys(trained_snapshot, tm
     tester = Tester(0)
     tester.vertex_num, tester.joint_num = 6890, 30
     with pytest.raises(CheckpointMismatchError) as info:
-        tester._make_model()
+        tester.make_model()
     tester.close()
     message = str(info.value)
     assert 'module.backbone.bn1.running_var' not in message  # names are the model's
@@ -469,8 +573,9 @@ def test_checkpoint_with_wrong_shapes_fails_naming_the_keys(trained_snapshot, tm
     assert 'rotation_net.cam_out.0.weight: checkpoint (2,' in message
 
 
+@pytest.mark.slow
 def test_warm_start_reports_its_partial_load(tmp_path, smpl_cfg):
-    from common.base import Trainer
+    from common.trainer import Trainer
     from tests.test_checkpoint import fake_pose_resnet_state
     from tool.convert_simple_to_i2l import convert
     state = fake_pose_resnet_state()
@@ -482,7 +587,7 @@ def test_warm_start_reports_its_partial_load(tmp_path, smpl_cfg):
     cfg.make_run_dirs()
     trainer = Trainer(warm_start_path=warm)
     trainer.vertex_num, trainer.joint_num = 6890, 30
-    trainer._make_model()
+    trainer.make_model()
     trainer.close()
     report = trainer.warm_start_report
     assert len(report.loaded) == 318 and all(k.startswith('backbone.') for k in report.loaded)
@@ -496,17 +601,7 @@ def test_warm_start_reports_its_partial_load(tmp_path, smpl_cfg):
     assert 'Partial load from' in text and '318 model entries loaded' in text and 'final_layer.weight' in text
 
 
-def test_warm_start_without_the_file_names_the_tool(tmp_path):
-    from common.base import Trainer
-    cfg.set_args('0', continue_train=True)
-    cfg.output_root = str(tmp_path)
-    cfg.make_run_dirs()
-    trainer = Trainer(warm_start_path=str(tmp_path / 'absent' / 'snapshot_0.pth.tar'))
-    with pytest.raises(FileNotFoundError, match=r'tool/snapshot_0\.pth\.tar.*tool/convert_simple_to_i2l\.py'):
-        trainer._warm_start()
-    trainer.close()
-
-
+@pytest.mark.slow
 def test_scripts_run_from_inside_main(trained_snapshot, tiny_schedule_yaml):
     """``python train.py`` / ``python test.py`` from main/ (no PYTHONPATH); expected failures
     end with a one-line message and exit status 1."""

@@ -3,6 +3,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tool import quickstart
@@ -40,8 +41,9 @@ def test_table_reads_the_summarize_keys():
     assert math.isnan(quickstart.metric({'other': 1.0}, ('mpjpe',)))
 
 
+@pytest.mark.slow
 def test_quickstart_smoke_run(tmp_path, synthetic_smpl_dir, synthetic_data_root, capsys):
-    """One iteration at batch 2 and two test samples, on a copy of the session's synthetic tree."""
+    """One iteration at batch 2 and two test samples, on a copy of the test run's synthetic tree."""
     for name, source in (('smpl', synthetic_smpl_dir), ('data', synthetic_data_root)):
         shutil.copytree(source, tmp_path / name)
         (tmp_path / name / quickstart.COMPLETE_MARKER).write_text('copied by the test\n')

@@ -1,4 +1,4 @@
-"""Make the backbone warm start ``tool/snapshot_0.pth.tar`` (DATA.md §8.2).
+"""Make the backbone warm start ``tool/snapshot_0.pth.tar``.
 
 Input: the public COCO-trained SimpleBaseline checkpoint
 ``pose_resnet_50_256x192.pth.tar`` (a ResNet-50 state dict with a deconvolution

@@ -113,41 +113,30 @@ def save_untrained(trainer, folder):
 
 
 def evaluate(exp_dir, epoch, max_samples=None):
-    """Evaluate ``<exp_dir>/checkpoint/snapshot_<epoch>`` on ``cfg.testset``: ``(summary, paths)``."""
-    from common.base import Tester
+    """Evaluate ``<exp_dir>/checkpoint/snapshot_<epoch>`` on ``cfg.testset`` (only its first
+    ``max_samples`` samples if given): ``(summary, paths)``."""
+    from common.tester import Tester
     cfg.output_dir = str(exp_dir)
     cfg.make_run_dirs()
-    tester = Tester(epoch)
+    tester = Tester(epoch, max_samples=max_samples)
     try:
-        tester._make_batch_generator()
-        if max_samples is not None:
-            _limit_test_batches(tester, max_samples)
-        tester._make_model()
+        tester.setup()
         summary = tester.test()
     finally:
         tester.close()
     return summary, tester.result_paths
 
 
-def _limit_test_batches(tester, max_samples):
-    """Evaluate only the first ``max_samples`` test samples (smoke runs)."""
-    import torch
-    subset = torch.utils.data.Subset(tester.testset, range(min(max_samples, len(tester.testset))))
-    tester.batch_generator = torch.utils.data.DataLoader(
-        subset, batch_size=tester.batch_generator.batch_size, shuffle=False, num_workers=0)
-
-
 def train(args):
     """Train on the synthetic tree; returns the finished Trainer and the untrained snapshot's folder."""
-    from common.base import Trainer
+    from common.trainer import Trainer
     cfg.make_run_dirs()
-    trainer = Trainer(use_amp=args.amp)
+    # One ~0.5 GB snapshot, at the end.
+    trainer = Trainer(use_amp=args.amp, snapshot_interval=cfg.end_epoch)
     try:
-        trainer._make_batch_generator()
-        trainer._make_model()
+        trainer.setup()
         untrained_dir = Path(cfg.output_dir) / 'untrained'
         save_untrained(trainer, untrained_dir)
-        trainer.snapshot_interval = cfg.end_epoch  # one ~0.5 GB snapshot, at the end
         trainer.train()
     finally:
         trainer.close()

@@ -10,10 +10,15 @@ unexpected or mis-shaped keys raise :class:`CheckpointMismatchError` naming them
 The neutral SMPL buffers ``human_model_layer.th_*`` may be present (they then
 replace the local body model, as in the original) or absent.  The only partial
 load is the ``snapshot_0`` backbone warm start (:func:`load_network_partial`).
+
+:func:`resume_training` (``--continue --exp_dir``) and :func:`warm_start`
+(``--continue`` alone) put the source file into the new run's checkpoint folder and
+load it; they take every location and object explicitly (the trainer passes them).
 """
 import os
 import pickle
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,3 +254,98 @@ def load_network_partial(model, network_state):
     report.not_in_file = [k for k in own if k not in usable]
     model.load_state_dict(usable, strict=False)
     return report
+
+
+# ------------------------------------------------------------ resume / warm start
+def link_or_copy(src, dst):
+    """Put ``src`` at ``dst`` without writing to ``src``'s folder: a hard link where possible."""
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return
+    if os.path.exists(dst):
+        os.remove(dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _local_copy_then_load(source, model_dir, is_main_process, map_location):
+    """``(local_path, checkpoint)``: rank 0 links ``source`` into ``model_dir``; each rank
+    reads the file itself (rank 0 its local copy, the others the source)."""
+    local = os.path.join(str(model_dir), os.path.basename(source))
+    if is_main_process:
+        link_or_copy(source, local)
+    checkpoint = load_checkpoint_file(local if is_main_process else source, map_location=map_location)
+    return local, checkpoint
+
+
+@dataclass
+class ResumeResult:
+    """What :func:`resume_training` loaded.
+
+    ``next_epoch``: the epoch to train next; ``path``: the snapshot in the new run's folder;
+    ``config``: the resumed run's stored options (or ``None``); ``missing_smpl``: body-model
+    buffer keys the file lacked (the local ones are kept); ``had_optimizer``: whether Adam's
+    state was restored.
+    """
+    next_epoch: int
+    path: str
+    config: object = None
+    missing_smpl: list = field(default_factory=list)
+    had_optimizer: bool = True
+
+
+def resume_training(exp_dir, model_dir, model, optimizer, scaler, is_main_process=True, map_location='cpu'):
+    """Continue the run in ``exp_dir`` from its latest snapshot.
+
+    The snapshot is linked (or copied) into ``model_dir`` and loaded strictly into
+    ``model``, with the optimizer state and, when ``scaler`` is enabled, the GradScaler
+    state.  No state depends on the number of processes, so a run may resume with
+    another one.  Returns a :class:`ResumeResult`.
+    """
+    source_dir = Path(exp_dir) / 'checkpoint'
+    latest = latest_snapshot(source_dir)
+    if latest is None:
+        raise FileNotFoundError(
+            f"--continue --exp_dir {exp_dir}: no snapshot_<epoch>.pth.tar in {source_dir}.")
+    local, checkpoint = _local_copy_then_load(latest[1], model_dir, is_main_process, map_location)
+    missing_smpl = load_network_strict(model, network_state_of(checkpoint, local), source=local)
+    had_optimizer = 'optimizer' in checkpoint
+    if had_optimizer:
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"The optimizer state in {local} does not fit this model's Adam groups: {exc}") from exc
+    scaler_state = checkpoint.get('scaler') or {}
+    if scaler_state and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
+    if not isinstance(checkpoint.get('epoch'), int):
+        raise CheckpointError(f"Checkpoint {local} has no integer 'epoch' entry.")
+    return ResumeResult(checkpoint['epoch'] + 1, local, checkpoint.get('config'), missing_smpl, had_optimizer)
+
+
+def warm_start(source, model_dir, model, is_main_process=True, map_location='cpu'):
+    """Load the backbone warm start ``source`` (the converted SimpleBaseline file) partially.
+
+    The file is linked (or copied) into ``model_dir`` as ``snapshot_0.pth.tar``; entries
+    matching the model's names and shapes are loaded.  Returns ``(next_epoch, report,
+    local_path)`` with the :class:`PartialLoadReport`.
+    """
+    source = str(source)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"--continue without --exp_dir needs the backbone warm start {source} "
+            f"(tool/snapshot_0.pth.tar). Make it from the public SimpleBaseline checkpoint "
+            f"pose_resnet_50_256x192.pth.tar with: python tool/convert_simple_to_i2l.py "
+            f"--src pose_resnet_50_256x192.pth.tar (see the README).")
+    local = snapshot_path(model_dir, 0)
+    if is_main_process:
+        link_or_copy(source, local)
+    checkpoint = load_checkpoint_file(local if is_main_process else source, map_location=map_location)
+    report = load_network_partial(model, network_state_of(checkpoint, local))
+    if not report.loaded:
+        raise CheckpointError(
+            f"No entry of {source} matches the model's names and shapes: is it the converted "
+            "pose_resnet_50 file (keys 'module.backbone.conv1.weight', ...)?")
+    return int(checkpoint.get('epoch', 0)) + 1, report, local

@@ -1,14 +1,16 @@
 """Command-line glue shared by the entry scripts: ``--gpu`` parsing, argument checks,
-the ``--cfg`` YAML, joining a torchrun job, and turning expected errors into one line.
+the ``--cfg`` YAML, joining a torchrun job (one experiment folder per job), and turning
+expected errors into one line.
 
-This module and ``device.py`` are the only ones under ``common/utils`` that read the
-configuration: they sit at the edge, between the command line and ``cfg``.
+This is the only module under ``common/utils`` that reads the configuration: it sits at
+the edge, between the command line and ``cfg``.
 """
 import argparse
 import os
 import sys
 
-from main.config import cfg, parse_gpu_ids
+from common.utils.device import parse_gpu_ids
+from main.config import cfg
 
 
 def gpu_ids_arg(text):
@@ -47,14 +49,39 @@ def apply_cfg_file(path):
         raise SystemExit(f'ERROR{rank_tag()}: --cfg {path}: {exc}') from exc
 
 
+def init_distributed_from_env(gpu_ids):
+    """Under torchrun: pick this process's device from ``gpu_ids`` (None: ``LOCAL_RANK``)
+    and join the process group.  Returns the ``--gpu`` string the run records
+    (the node's ids; ``gpu_ids`` unchanged outside torchrun)."""
+    from common.utils import distributed as dist_utils
+    from common.utils.device import select_rank_device
+    info = dist_utils.env_info()
+    if info is None:
+        return gpu_ids
+    if not gpu_ids:
+        gpu_ids = ','.join(str(i) for i in range(info.local_world_size))
+    setup = select_rank_device(gpu_ids, info.local_rank)
+    dist_utils.init_distributed(setup.device)
+    return gpu_ids
+
+
 def join_job(gpu_ids):
     """Under torchrun: choose this process's device and join the process group (a bad
     ``--gpu`` list ends the run with its message).  Returns the ``--gpu`` string to record."""
-    from common.base import init_distributed_from_env
     try:
         return init_distributed_from_env(gpu_ids)
     except ValueError as exc:
         raise SystemExit(f'ERROR{rank_tag()}: {exc}') from exc
+
+
+def make_shared_run_dirs():
+    """``cfg.make_run_dirs()`` for every process of a job: rank 0 claims the experiment
+    folder, the others receive its path (one folder per job); returns ``cfg.output_dir``."""
+    from common.utils import distributed as dist_utils
+    if dist_utils.is_main_process():
+        cfg.make_run_dirs()
+    cfg.output_dir = dist_utils.broadcast_object(cfg.output_dir)
+    return cfg.make_run_dirs()
 
 
 def rank_tag():

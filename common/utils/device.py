@@ -6,11 +6,32 @@ addressed by their id (``cuda:<id>``); ``CUDA_VISIBLE_DEVICES`` is neither neede
 nor changed.  Without CUDA the run falls back to the CPU with one warning, and
 ``--amp`` is then ignored with one warning.
 """
+import re
 from dataclasses import dataclass, field
 
 import torch
 
-from main.config import parse_gpu_ids
+_GPU_RANGE = re.compile(r'^(\d+)-(\d+)$')
+_GPU_LIST = re.compile(r'^\d+(,\d+)*$')
+
+
+def parse_gpu_ids(gpu_ids):
+    """Normalise a ``--gpu`` string: ``'0'``, ``'0,1'`` or the inclusive range ``'0-3'``.
+
+    Returns the comma-separated id list as a string (``'0-3'`` -> ``'0,1,2,3'``).
+    """
+    text = str(gpu_ids).strip() if gpu_ids is not None else ''
+    match = _GPU_RANGE.match(text)
+    if match:
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < first:
+            raise ValueError(f"Invalid --gpu range '{gpu_ids}': the end {last} is below the start {first}.")
+        return ','.join(str(i) for i in range(first, last + 1))
+    if _GPU_LIST.match(text):
+        return text
+    raise ValueError(
+        f"Invalid --gpu value '{gpu_ids}'. Use one id ('0'), a comma list ('0,1') "
+        "or an inclusive range ('0-3').")
 
 
 @dataclass

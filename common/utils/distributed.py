@@ -15,8 +15,10 @@ What this module gives the drivers:
 * :class:`DistributedShardSampler` (training: disjoint per-rank shards of one seeded
   permutation per epoch) and :class:`ShardedBatchSampler` (testing: whole batches
   dealt out round-robin, so every batch is the one a single process would form);
-* :func:`convert_sync_batchnorm`: synchronised batch norm, PyTorch's ``SyncBatchNorm`` on
-  CUDA and :class:`CPUSyncBatchNorm` on the CPU with gloo (PyTorch's needs a GPU);
+* :func:`running_statistic_names` (the batch-norm statistics, the only buffers that change
+  in training) for :func:`broadcast_module_buffers`;
+* :func:`convert_sync_batchnorm`: PyTorch's ``SyncBatchNorm`` for a CUDA model (a CPU
+  model gets a clear :class:`SyncBatchNormUnavailableError`);
 * :class:`RankLogger`: the logger of ranks other than 0 (errors only, to stderr, tagged
   with the rank).
 """
@@ -175,12 +177,26 @@ def all_reduce_mean_(tensor):
 
 
 def broadcast_module_buffers(module, names=None, src=0):
-    """Copy rank ``src``'s buffers (those in ``names``, default all) to every rank."""
+    """Copy rank ``src``'s buffers (those in ``names``, default all) to every rank, in place.
+
+    Buffers of one device and dtype travel together in one flat tensor (one collective
+    each), so hundreds of small statistics cost a few broadcasts.  No-op outside a job.
+    """
     if not is_distributed():
         return
+    wanted = None if names is None else set(names)
+    groups = {}
     for name, buf in module.named_buffers():
-        if names is None or name in names:
-            dist.broadcast(buf, src=src)
+        if wanted is None or name in wanted:
+            groups.setdefault((buf.device, buf.dtype), []).append(buf)
+    for buffers in groups.values():
+        flat = torch.cat([buf.detach().reshape(-1) for buf in buffers])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        with torch.no_grad():
+            for buf in buffers:
+                buf.copy_(flat[offset:offset + buf.numel()].view_as(buf))
+                offset += buf.numel()
 
 
 def shared_seed(seed):
@@ -190,20 +206,14 @@ def shared_seed(seed):
     return int(broadcast_object(int.from_bytes(os.urandom(4), 'little')))
 
 
-def batchnorm_statistic_names(module):
-    """Buffer names of ``module`` that belong to BatchNorm layers (running statistics)."""
-    names = set()
-    for prefix, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-            names.update(f'{prefix}.{n}' if prefix else n for n, _ in sub.named_buffers(recurse=False))
-    return names
+RUNNING_STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
 
 
-def constant_buffer_names(module):
-    """Buffer names that training never changes (body model, regressors, adjacency): DDP
-    need not broadcast them every step, since every rank builds them from the same files."""
-    stats = batchnorm_statistic_names(module)
-    return [name for name, _ in module.named_buffers() if name not in stats]
+def running_statistic_names(module):
+    """Names of ``module``'s batch-norm running statistics (``...running_mean``, ``...running_var``,
+    ``...num_batches_tracked``): the only buffers training changes.  Plain, synchronised
+    and any custom batch norm keeping BatchNorm's buffer names are covered."""
+    return [name for name, _ in module.named_buffers() if name.rsplit('.', 1)[-1] in RUNNING_STATISTICS]
 
 
 # ---------------------------------------------------------------- samplers
@@ -286,131 +296,40 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
 
 
 # ------------------------------------------------------------- SyncBatchNorm
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over ranks: the gradient of every rank's input is the sum of
-    all ranks' output gradients (each rank's loss depends on the shared sum)."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad = grad_output.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def all_reduce_sum(tensor):
-    """Sum of ``tensor`` over ranks, differentiable (identity outside a job)."""
-    return _AllReduceSum.apply(tensor) if is_distributed() else tensor
+class SyncBatchNormUnavailableError(RuntimeError):
+    """Synchronised batch norm was asked for a module that is not on a CUDA device."""
 
 
-def sync_batch_norm_cpu(x, running_mean, running_var, weight, bias, momentum, eps):
-    """Training-mode batch norm with statistics over every rank's batch (any device, gloo).
-
-    x: (N, C, *).  Mean first, then the centred squares (two all-reduces: the variance
-    is as accurate as a single process's).  ``running_*`` (C,) are updated in place with
-    the unbiased variance, as ``BatchNorm`` does.  Returns the normalised ``x``.
-    """
-    channels = x.shape[1]
-    dims = [0] + list(range(2, x.dim()))
-    shape = [1, channels] + [1] * (x.dim() - 2)
-    count = x.new_tensor([x.numel() // channels])
-    packed = all_reduce_sum(torch.cat([x.sum(dims), count]))
-    total = packed[-1].detach()
-    if float(total) < 2:
-        raise ValueError(f'SyncBatchNorm needs more than 1 value per channel over all ranks, got {int(total)}.')
-    mean = packed[:-1] / total
-    centred = x - mean.view(shape)
-    var = all_reduce_sum(centred.pow(2).sum(dims)) / total
-    out = centred * torch.rsqrt(var + eps).view(shape)
-    if weight is not None:
-        out = out * weight.view(shape) + bias.view(shape)
-    if running_mean is not None:
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-            unbiased = var.detach() * (total / (total - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-    return out
+def count_batchnorm_layers(module):
+    """Number of plain ``BatchNorm{1,2,3}d`` layers in ``module`` (those a conversion replaces)."""
+    return sum(isinstance(m, BATCHNORM_TYPES) and not isinstance(m, nn.SyncBatchNorm) for m in module.modules())
 
 
-class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm (any input rank >= 2) whose training statistics span every rank of the
-    process group, for CPU tensors and gloo (``torch.nn.SyncBatchNorm`` needs a GPU, and
-    DistributedDataParallel refuses it on CPU modules).
-
-    Outside a job of several ranks, or in eval mode, it is plain batch norm.  Parameters,
-    buffers and state_dict keys are BatchNorm's.
-    """
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f'expected at least 2D input (got {input.dim()}D input)')
-
-    def forward(self, input):
-        if not (self.training and is_distributed() and get_world_size() > 1):
-            return super().forward(input)
-        if input.device.type != 'cpu':
-            raise RuntimeError('CPUSyncBatchNorm got a CUDA tensor: convert a CUDA model with '
-                               'convert_sync_batchnorm after moving it to its device.')
-        self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        track = self.track_running_stats
-        if track:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average, as BatchNorm
-                factor = 1.0 / float(self.num_batches_tracked)
-        return sync_batch_norm_cpu(input, self.running_mean if track else None,
-                                   self.running_var if track else None, self.weight, self.bias,
-                                   factor, self.eps)
-
-
-def is_sync_batchnorm(module):
-    """True for ``torch.nn.SyncBatchNorm`` and :class:`CPUSyncBatchNorm` layers."""
-    return isinstance(module, (nn.SyncBatchNorm, CPUSyncBatchNorm))
-
-
-def _module_device(module):
+def module_device(module):
+    """Device of ``module``'s first parameter or buffer (the CPU for an empty module)."""
     for tensor in list(module.parameters()) + list(module.buffers()):
         return tensor.device
     return torch.device('cpu')
 
 
-def _to_cpu_sync(module):
-    """:class:`CPUSyncBatchNorm` sharing ``module``'s parameters and buffers (same tensors)."""
-    converted = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)
-    if module.affine:
-        converted.weight = module.weight
-        converted.bias = module.bias
-    converted.running_mean = module.running_mean
-    converted.running_var = module.running_var
-    converted.num_batches_tracked = module.num_batches_tracked
-    converted.train(module.training)
-    return converted
-
-
 def convert_sync_batchnorm(module):
-    """Make every BatchNorm{1,2,3}d of ``module`` synchronised over the process group, in place.
+    """Make every BatchNorm layer of a CUDA ``module`` synchronised over the process group.
 
-    A CUDA module gets ``torch.nn.SyncBatchNorm`` (PyTorch's kernels, NCCL); a CPU module
-    :class:`CPUSyncBatchNorm` (gloo).  Both reuse the old parameters and buffers (an
-    optimizer built before keeps working; the state_dict keys do not change).  Convert
-    after moving the model to its device.  Returns the module (a new one only when
-    ``module`` itself is a BatchNorm).
+    PyTorch's ``torch.nn.SyncBatchNorm`` (NCCL) replaces each layer and reuses its
+    parameters and buffers, so an optimizer built before keeps working and the state_dict
+    keys do not change.  Convert after moving the model to its device.  PyTorch's layer
+    runs on GPUs only: a module on the CPU raises :class:`SyncBatchNormUnavailableError`
+    (a CPU job trains with per-process batch norm when the option is off).
     """
-    if _module_device(module).type != 'cpu':
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_sync_batchnorm(module):
-        return _to_cpu_sync(module)
-    for name, child in module.named_children():
-        new_child = convert_sync_batchnorm(child)
-        if new_child is not child:
-            module.add_module(name, new_child)
-    return module
+    device = module_device(module)
+    if device.type != 'cuda':
+        raise SyncBatchNormUnavailableError(
+            f'Synchronised BatchNorm (sync_bn) needs CUDA devices: torch.nn.SyncBatchNorm does not run '
+            f'on {device.type} tensors. Set sync_bn: false for a CPU (gloo) job.')
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 # ----------------------------------------------------------------- logging

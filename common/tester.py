@@ -1,0 +1,237 @@
+"""The test driver: :class:`Tester`.
+
+    tester = Tester(test_epoch)
+    tester.make_batch_generator()   # cfg.testset and its loader
+    tester.make_model()             # snapshot_<test_epoch>, loaded strictly
+    summary = tester.test()         # metrics printed, logged and written
+    tester.close()
+
+Results go to ``<output_dir>/result/``: ``eval_<testset>_snapshot_<epoch>.json`` (the
+dataset's ``summarize()`` dict) and ``predictions_<testset>_snapshot_<epoch>.npz``
+(per-sample SMPL pose and shape, camera translation, sample index; optionally the
+root-relative meshes).  Under torchrun the test batches are dealt out to the ranks
+and rank 0 gathers, prints and writes the same results as one process.
+(docs/METHOD.md, "Evaluation")
+"""
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.runner import Runner
+from common.seeding import seed_worker
+from common.trainer import model_dims
+from common.utils import checkpoint as ckpt_io
+from common.utils import distributed as dist_utils
+from common.utils.batch import batch_size_of, split_batch, to_numpy
+from common.utils.device import move_to_device
+from data.registry import dataset_class
+from main.config import cfg
+
+
+def json_safe(value):
+    """Nested dicts/lists of NumPy/torch scalars and arrays → JSON values (NaN → None)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if torch.is_tensor(value):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(result_dir, stem, summary, predictions):
+    """``<result_dir>/eval_<stem>.json`` (``summary``) and ``predictions_<stem>.npz`` (each
+    key's per-batch arrays concatenated); returns both paths."""
+    os.makedirs(result_dir, exist_ok=True)
+    json_path = os.path.join(result_dir, f'eval_{stem}.json')
+    with open(json_path, 'w') as f:
+        json.dump(json_safe(summary), f, indent=2)
+    arrays = {k: np.concatenate(v, axis=0) for k, v in predictions.items() if v}
+    npz_path = os.path.join(result_dir, f'predictions_{stem}.npz')
+    np.savez(npz_path, **arrays)
+    return json_path, npz_path
+
+
+class Tester(Runner):
+    """Test driver: :meth:`make_batch_generator`, :meth:`make_model` (or :meth:`setup` for
+    both), then :meth:`test`.
+
+    ``test_epoch`` selects ``<model_dir>/snapshot_<test_epoch>.pth.tar``;
+    ``save_meshes`` adds the root-relative meshes to the predictions file;
+    ``max_samples`` evaluates only the first N test samples (smoke runs).
+    """
+
+    log_name = 'test_logs.txt'
+
+    def __init__(self, test_epoch, save_meshes=False, max_samples=None):
+        super().__init__(cfg.log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
+        self.test_epoch = int(test_epoch)
+        self.save_meshes = bool(save_meshes)
+        self.max_samples = None if max_samples is None else int(max_samples)
+        self.render = bool(cfg.render)
+
+    # ------------------------------------------------------------ set-up
+    def setup(self):
+        """:meth:`make_batch_generator`, then :meth:`make_model`."""
+        self.make_batch_generator()
+        self.make_model()
+
+    def make_batch_generator(self):
+        """Build ``cfg.testset`` and its loader (whole batches dealt to the ranks under torchrun)."""
+        from torchvision import transforms
+        self.logger.info('Creating dataset...')
+        self.testset = dataset_class(cfg.testset)(transforms.ToTensor(), 'test')
+        self.vertex_num, self.joint_num = model_dims(self.testset)
+        samples = self.testset
+        if self.max_samples is not None:
+            samples = torch.utils.data.Subset(self.testset, range(min(self.max_samples, len(self.testset))))
+        loader_args = dict(num_workers=cfg.num_thread, pin_memory=self.device_setup.is_cuda,
+                           worker_init_fn=seed_worker)
+        self.test_batch = self.device_setup.num_devices * cfg.test_batch_size
+        if self.distributed:
+            # Whole single-process batches dealt out round-robin: identical per-batch results.
+            sampler = dist_utils.ShardedBatchSampler(len(samples), self.test_batch,
+                                                     self.dist.world_size, self.dist.rank)
+            self.batch_ids = sampler.batch_ids()
+            self.batch_generator = torch.utils.data.DataLoader(
+                dataset=samples, batch_sampler=sampler, **loader_args)
+            self.logger.info(f'Test set: {len(samples)} samples in batches of {self.test_batch}, '
+                             f'shared by {self.dist.world_size} processes.')
+        else:
+            self.batch_generator = torch.utils.data.DataLoader(
+                dataset=samples, batch_size=self.test_batch, shuffle=False, **loader_args)
+
+    @property
+    def checkpoint_path(self):
+        return ckpt_io.snapshot_path(cfg.model_dir, self.test_epoch)
+
+    def make_model(self):
+        """Build the test-mode model and load ``snapshot_<test_epoch>`` strictly.
+
+        Needs ``vertex_num`` / ``joint_num`` (set by :meth:`make_batch_generator`)."""
+        from main.model import get_model
+        path = self.checkpoint_path
+        if not os.path.isfile(path):
+            found = [os.path.basename(p) for _, p in ckpt_io.list_snapshots(cfg.model_dir)]
+            raise FileNotFoundError(
+                f"Cannot find model at {path} (snapshots there: {', '.join(found) or 'none'}; "
+                "pass the experiment folder with --exp_dir and an epoch with --test_epoch).")
+        self.logger.info(f'Load checkpoint from {path}')
+        self.logger.info('Creating graph...')
+        model = get_model(self.vertex_num, self.joint_num, 'test').to(self.device)
+        checkpoint = ckpt_io.load_checkpoint_file(path, map_location=self.device)
+        ckpt_io.load_network_strict(model, ckpt_io.network_state_of(checkpoint, path), source=path)
+        model.eval()
+        self.model = model
+        # Evaluation needs no gradient synchronisation: under torchrun each rank runs the bare model.
+        self.network = model if self.distributed else self.wrap_for_devices(model)
+        self.network.eval()
+
+    # Names of the original code base, for code ported from it.
+    def _make_batch_generator(self):
+        return self.make_batch_generator()
+
+    def _make_model(self):
+        return self.make_model()
+
+    # -------------------------------------------------------- evaluation
+    def _evaluate(self, outs, cur_sample_idx):
+        return self.testset.evaluate(outs, cur_sample_idx)
+
+    def _print_eval_result(self, eval_result):
+        self.testset.print_eval_result(eval_result)
+
+    def _summarize(self, eval_result):
+        if hasattr(self.testset, 'summarize'):
+            return self.testset.summarize(eval_result)
+        return {k: float(np.mean(v)) for k, v in eval_result.items() if len(v)}
+
+    def _camera_translation(self, out, meta_info):
+        """(B,3) camera translation in metres of a test-mode output dict, computed by the
+        model from ``cam_param`` (docs/METHOD.md, "Network")."""
+        if 'cam_trans' in out:
+            return out['cam_trans']
+        return self.model.camera_translation(out['cam_param'], meta_info, render=self.render)
+
+    def test(self):
+        """Run the test set; print, log and write the metrics; return ``summarize()``'s dict.
+
+        Under torchrun every rank runs its share of the batches and rank 0 gathers, prints
+        and writes the results (the same as one process's); other ranks return ``None``.
+        """
+        records = self._run_batches()
+        if self.distributed:
+            gathered = dist_utils.gather_objects(records)
+            if not self.is_main_process:
+                return None
+            records = sorted((r for part in gathered for r in part), key=lambda r: r[0])
+        eval_result, predictions = self._merge_records(records)
+        self._print_eval_result(eval_result)
+        summary = self._summarize(eval_result)
+        stem = f'{cfg.testset}_snapshot_{self.test_epoch}'
+        self.result_paths = write_results(cfg.result_dir, stem, summary, predictions)
+        self.logger.info(f'Metrics: {json.dumps(json_safe(summary))}')
+        self.logger.info(f'Wrote {self.result_paths[0]} and {self.result_paths[1]}')
+        return summary
+
+    def _run_batches(self):
+        """This process's batches: ``[(batch_id, eval_dict, predictions_dict), ...]``.
+
+        One process runs the loader's batches in order (``batch_id`` counts them); under
+        torchrun batch ``k`` of the ``ShardedBatchSampler`` starts at sample ``k*test_batch``.
+        """
+        records = []
+        warned = set()
+        batch_ids = self.batch_ids if self.distributed else itertools.count()
+        cur_sample_idx = 0
+        for batch_id, (inputs, targets, meta_info) in tqdm(zip(batch_ids, self.batch_generator), desc='Test',
+                                                           total=len(self.batch_generator),
+                                                           disable=not self.is_main_process,
+                                                           dynamic_ncols=True):
+            batch = batch_size_of(inputs)
+            if self.distributed:
+                cur_sample_idx = batch_id * self.test_batch
+            inputs, targets, meta_info = move_to_device((inputs, targets, meta_info), self.device,
+                                                        non_blocking=self.device_setup.is_cuda)
+            with torch.no_grad():
+                out = self.network(inputs, targets, meta_info, 'test', render=self.render)
+                cam_trans = to_numpy(self._camera_translation(out, meta_info))
+            out = {k: to_numpy(v) for k, v in out.items()}
+            samples, skipped = split_batch(out, batch)
+            for key in set(skipped) - warned:
+                self.logger.warning(f"Output '{key}' has no per-sample leading dimension; not split.")
+                warned.add(key)
+            preds = {'smpl_pose': out['smpl_pose'], 'smpl_shape': out['smpl_shape'], 'cam_trans': cam_trans,
+                     'sample_idx': np.arange(cur_sample_idx, cur_sample_idx + batch)}
+            if 'aid' in out and 'aid' not in skipped:
+                preds['aid'] = out['aid']
+            if self.save_meshes:
+                preds['mesh_cam'] = out['smpl_mesh_cam'].astype(np.float32)
+            records.append((batch_id, self._evaluate(samples, cur_sample_idx), preds))
+            cur_sample_idx += batch
+        return records
+
+    def _merge_records(self, records):
+        """Concatenate per-batch records (in batch order) into the evaluation lists and the
+        per-key prediction lists."""
+        eval_result = {}
+        predictions = {'smpl_pose': [], 'smpl_shape': [], 'cam_trans': [], 'sample_idx': []}
+        if self.save_meshes:
+            predictions['mesh_cam'] = []
+        for _, cur_eval, preds in records:
+            for key, values in cur_eval.items():
+                eval_result.setdefault(key, []).extend(values)
+            for key, value in preds.items():
+                predictions.setdefault(key, []).append(value)
+        return eval_result, predictions
