@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.nets.layer import set_graph_vectorized
 from common.runner import Runner
 from common.seeding import derive_seed, seed_everything, seed_worker, set_dataset_epoch
 from common.utils import checkpoint as ckpt_io
@@ -202,12 +201,8 @@ class Trainer(Runner):
             if cfg.sync_bn:
                 self.logger.warning('cfg.sync_bn acts only under torchrun (DistributedDataParallel); '
                                     'this single-process run keeps plain BatchNorm.')
-                set_graph_vectorized(model, True)
             return self.wrap_for_devices(model)
         if cfg.sync_bn:
-            # The graph blocks' fast path fuses the per-vertex BatchNorm1d layers; synchronised
-            # layers need the per-vertex path.
-            set_graph_vectorized(model, False)
             plain_before = dist_utils.count_batchnorm_layers(model)
             self.sync_batchnorm_converter(model)  # in place: same parameters, same keys
             count = plain_before - dist_utils.count_batchnorm_layers(model)

@@ -150,7 +150,7 @@ def sync_bn_net():
     adj = torch.eye(3) * 0.5 + 0.5 / 3
     conv = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
     graph = GraphConvBlock(adj, 5, 6)
-    for bn in [conv[1]] + [m[1] for m in graph.fcbn_list]:
+    for bn in (conv[1], graph.bn):
         nn.init.uniform_(bn.weight, 0.5, 1.5)
         nn.init.uniform_(bn.bias, -0.5, 0.5)
     return nn.ModuleDict({'conv': conv, 'graph': graph})
@@ -258,7 +258,7 @@ def test_running_statistics_are_the_batchnorm_buffers():
     own = {f'{prefix}.{name}' for prefix, module in net.named_modules()
            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))
            for name, _ in module.named_buffers(recurse=False)}
-    assert len(own) == 4 * 3 and set(dist_utils.running_statistic_names(net)) == own
+    assert len(own) == 2 * 3 and set(dist_utils.running_statistic_names(net)) == own
     assert 'graph.adj' in dict(net.named_buffers())  # a constant buffer, not a statistic
     converted = convert_to_cpu_sync_batchnorm(sync_bn_net())
     assert set(dist_utils.running_statistic_names(converted)) == own

@@ -313,9 +313,9 @@ def test_snapshot_interval_is_a_constructor_argument(tmp_path, cfg_state):
 def test_sync_bn_in_one_process_keeps_plain_batchnorm_with_a_warning(bare_trainer):
     from common.nets.layer import GraphConvBlock
     cfg.sync_bn = True
-    block = GraphConvBlock(torch.eye(3), 4, 5, vectorized=False)
+    block = GraphConvBlock(torch.eye(3), 4, 5)
     assert bare_trainer._wrap_model(block) is block
-    assert block.vectorized and type(block.fcbn_list[0][1]) is nn.BatchNorm1d
+    assert type(block.bn) is nn.BatchNorm1d
     assert 'cfg.sync_bn acts only under torchrun' in open(bare_trainer.logger.path).read()
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from common.nets import resnet as resnet_mod
 from common.nets.layer import (GraphConvBlock, GraphResBlock, make_conv_layers, make_linear_layers,
-                               set_graph_vectorized, stacked_optimizer_state)
+                               stacked_optimizer_state)
 from common.nets.module import (PositionNet, Pose2Feat, RotationNet, sample_joint_features,
                                 sample_volumes_at, soft_argmax_3d)
 from common.nets.resnet import ResNetBackbone
@@ -326,7 +326,7 @@ def test_graph_block_state_dict_and_sync_bn():
     with pytest.raises(RuntimeError, match='fcbn_list'):
         GraphConvBlock(adj, 4, 3).load_state_dict(state)
     # SyncBatchNorm conversion reaches the stacked BatchNorm; the switch is harmless
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(set_graph_vectorized(GraphConvBlock(adj, 4, 3), False))
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(GraphConvBlock(adj, 4, 3))
     assert type(converted.bn) is nn.SyncBatchNorm and converted.bn.num_features == 15 * 3
     assert list(converted.state_dict()) == expected
 

@@ -15,7 +15,7 @@ num_batches_tracked}``): ``state_dict`` writes them and ``load_state_dict`` read
 
 Distributed training: ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts ``bn`` like any
 BatchNorm layer, and per-channel synchronised statistics are exactly per-vertex ones, so the
-graph layers need no preparation (``set_graph_vectorized`` is kept for callers; see there).
+graph layers need no preparation.
 """
 import torch
 import torch.nn.functional as F
@@ -59,16 +59,14 @@ class GraphConvBlock(nn.Module):
     follows ``.to(device)`` but never enters the state_dict. Input (B, V, dim_in) -> output
     (B, V, dim_out). Parameters: ``weight`` (V, dim_in, dim_out) (vertex v's Linear weight,
     transposed), ``bias`` (V, dim_out), ``bn`` BatchNorm1d(V * dim_out), vertex-major channels.
-    ``vectorized`` is accepted for callers and has no effect (there is one computation path).
     """
 
-    def __init__(self, adj, dim_in, dim_out, vectorized=True):
+    def __init__(self, adj, dim_in, dim_out):
         super().__init__()
         adj = torch.as_tensor(adj, dtype=torch.float32)
         self.register_buffer('adj', adj.clone(), persistent=False)
         self.vertex_num = adj.shape[0]
         self.dim_in, self.dim_out = dim_in, dim_out
-        self.vectorized = vectorized
         self.weight = nn.Parameter(torch.empty(self.vertex_num, dim_in, dim_out))
         self.bias = nn.Parameter(torch.empty(self.vertex_num, dim_out))
         self.bn = nn.BatchNorm1d(self.vertex_num * dim_out)
@@ -232,23 +230,10 @@ def stacked_optimizer_state(model, optimizer, per_vertex_state):
 class GraphResBlock(nn.Module):
     """x + graph_block2(graph_block1(x)), no activation after the sum."""
 
-    def __init__(self, adj, dim, vectorized=True):
+    def __init__(self, adj, dim):
         super().__init__()
-        self.graph_block1 = GraphConvBlock(adj, dim, dim, vectorized)
-        self.graph_block2 = GraphConvBlock(adj, dim, dim, vectorized)
+        self.graph_block1 = GraphConvBlock(adj, dim, dim)
+        self.graph_block2 = GraphConvBlock(adj, dim, dim)
 
     def forward(self, x):
         return x + self.graph_block2(self.graph_block1(x))
-
-
-def set_graph_vectorized(module, enabled):
-    """Record ``enabled`` on every GraphConvBlock inside ``module``; returns ``module``.
-
-    Kept for callers that prepared the graph layers for SyncBatchNorm: the blocks have one
-    computation path, and ``nn.SyncBatchNorm.convert_sync_batchnorm`` synchronises their
-    per-vertex statistics directly (each block's ``bn``), with or without this call.
-    """
-    for sub in module.modules():
-        if isinstance(sub, GraphConvBlock):
-            sub.vectorized = bool(enabled)
-    return module

@@ -311,13 +311,15 @@ class PW3D(SeededDataset):
         written.append(vis.save_image(prefix + 'input.jpg', vis.draw_bbox(
             vis.draw_input_pose(image, annot['input_joints'], POSE_SCORE_THR, show_scores=True), bbox)))
         if 'joint_img' in out:
-            joints = denorm_joints(out['joint_img'], bb2img)
+            joints = denorm_joints(out['joint_img'], bb2img, options.geometry.input_img_shape,
+                                   options.geometry.output_hm_shape)
             scores = out.get('joint_score')
             scores = None if scores is None else np.asarray(scores).reshape(-1)
             written.append(vis.save_image(prefix + 'positionnet.jpg', vis.draw_bbox(
                 vis.draw_skeleton(image, joints, skeleton, scores=scores, show_scores=scores is not None), bbox)))
         if 'joint_proj' in out:
-            joints = denorm_joints(out['joint_proj'], bb2img)
+            joints = denorm_joints(out['joint_proj'], bb2img, options.geometry.input_img_shape,
+                                   options.geometry.output_hm_shape)
             written.append(vis.save_image(prefix + 'final.jpg', vis.draw_skeleton(image, joints, skeleton)))
         if 'smpl_mesh_cam' in out:
             written.append(vis.write_obj(prefix + 'final.obj', out['smpl_mesh_cam'], self.smpl.face))
