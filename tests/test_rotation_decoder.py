@@ -196,18 +196,25 @@ def test_in_place_weight_edits_reach_the_depth_path():
     assert changed == {13, 16, 18, 20, 22}
 
 
-def test_hooks_and_custom_branches_use_the_per_joint_loop():
+def test_hooked_branches_are_called_and_custom_branches_use_the_loop():
     net = make_net(dtype=torch.float64)
+    graph_feat, joint_feat = decoder_inputs(net, dtype=torch.float64)
     calls = []
-    handle = net.pose_branch[3].register_forward_hook(lambda m, i, o: calls.append(1))
+    handle = net.pose_branch[3].register_forward_hook(lambda m, i, o: calls.append(1) or o + 0.25)
     try:
-        assert not net.uses_depth_path()
-        graph_feat, joint_feat = decoder_inputs(net, dtype=torch.float64)
-        net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS)
+        assert net.uses_depth_path()
+        assert_same_decoding(net, SMPL_PARENTS, 1e-12, torch.float64)  # the loop calls it too
+        calls.clear()
+        with torch.no_grad():
+            hooked = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS)
         assert calls == [1]
     finally:
         handle.remove()
-    assert net.uses_depth_path()
+    with torch.no_grad():
+        plain = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS)
+    changed = {j for j in range(24) if not torch.equal(hooked.view(-1, 24, 6)[:, j],
+                                                        plain.view(-1, 24, 6)[:, j])}
+    assert changed == {4, 7, 10}  # joint 4 (branch 3) and its descendants
     net.pose_branch[0][1] = nn.LeakyReLU()
     assert not net.uses_depth_path()
 

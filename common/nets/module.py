@@ -116,9 +116,9 @@ class RotationNet(nn.Module):
     depth inside.  The branches stay 23 ``Linear-ReLU-Linear-ReLU-Linear`` modules (checkpoint
     names ``pose_branch.<j>.{0,2,4}``, no batch norm, so no running statistics); their
     parameters live in one contiguous block per layer (joints in depth order), so the stacked
-    weights are a view, not a copy.  The per-joint loop (``decode_global_6d_per_joint``) is used
-    when a branch carries hooks or is not a plain Linear/ReLU stack, or when ``decode_by_depth``
-    is False.
+    weights are a view, not a copy.  A branch that carries hooks is called as a module (its
+    row of the batched result is replaced).  The per-joint loop (``decode_global_6d_per_joint``)
+    is used when a branch is not a plain Linear/ReLU stack or ``decode_by_depth`` is False.
     """
 
     def __init__(self, graph_adj, graph_joint_idx, parents, joint_num=30, feat_dim=2048,
@@ -321,24 +321,23 @@ class RotationNet(nn.Module):
             return (grad_x, grad_bias, None, None) + tuple(grad_weights)
 
     def uses_depth_path(self):
-        """The depth-batched decoder applies only to plain, hook-free Linear/ReLU branches."""
+        """The depth-batched decoder applies only to plain Linear/ReLU branches."""
         if not self.decode_by_depth:
             return False
         kinds = (nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear)
         for branch in self.pose_branch:
             if type(branch) is not nn.Sequential or len(branch) != len(kinds):
                 return False
-            for module, kind in zip((branch,) + tuple(branch), (nn.Sequential,) + kinds):
-                if type(module) is not kind or self.has_hooks(module):
-                    return False
+            if any(type(module) is not kind for module, kind in zip(branch, kinds)):
+                return False
         return True
 
     @staticmethod
     def has_hooks(module):
-        """Whether ``module`` carries its own forward or backward hooks (which a per-module call
-        would run and the depth-batched decoder would bypass)."""
-        return any(getattr(module, name, None) for name in (
-            '_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks'))
+        """Whether ``module`` or one of its children carries forward or backward hooks, which
+        only a call of the module runs."""
+        names = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')
+        return any(getattr(sub, name, None) for sub in module.modules() for name in names)
 
     def decode_global_6d_per_joint(self, graph_feat, joint_feat, parents):
         """Root from the graph feature, then joints 1..23 in index order, each a residual on its
@@ -370,6 +369,8 @@ class RotationNet(nn.Module):
                     b3.unsqueeze(1).split(plan.sizes), plan.parent_pos)
         decoded = [self.global_rot(graph_feat).unsqueeze(0)]  # (1, B, 6): depth 0, the root
         parents_used = []
+        hooked = [j for j in plan.order if self.has_hooks(self.pose_branch[j - 1])]
+        start = 0
         for pre_d, wp_d, w2_d, b2_d, w3_d, b3_d, parent_pos in steps:
             parent6d = self.select_parents(decoded[-1], parent_pos)
             parents_used.append(parent6d)
@@ -378,13 +379,29 @@ class RotationNet(nn.Module):
             hidden = torch.relu(torch.baddbmm(pre_d, parent6d if parent6d.dtype == pre_d.dtype
                                               else parent6d.to(pre_d.dtype), wp_d))
             hidden = torch.relu(torch.baddbmm(b2_d, hidden, w2_d.transpose(1, 2)))
-            decoded.append(torch.baddbmm(b3_d, hidden, w3_d.transpose(1, 2)) + parent6d)
+            level6d = torch.baddbmm(b3_d, hidden, w3_d.transpose(1, 2)) + parent6d
+            joints = plan.order[start:start + len(parent_pos)]
+            if hooked and any(j in hooked for j in joints):
+                level6d = self.call_hooked_branches(level6d, joints, hooked, graph_feat, joint_feat,
+                                                    parent6d)
+            decoded.append(level6d)
+            start += len(parent_pos)
         with torch.no_grad():
             parent_store.append(torch.cat(parents_used))
         pose6d = torch.cat(decoded)  # (24, B, 6), depth order
         if plan.inverse != tuple(range(len(plan.inverse))):
             pose6d = pose6d.index_select(0, torch.as_tensor(plan.inverse, device=pose6d.device))
         return pose6d.transpose(0, 1).reshape(batch, -1)
+
+    def call_hooked_branches(self, level6d, joints, hooked, graph_feat, joint_feat, parent6d):
+        """Replace the rows of hooked branches in one depth's (M, B, 6) output by a call of the
+        branch module, so its hooks run; the other rows are left untouched."""
+        rows = list(level6d.unbind(0))
+        for row, joint in enumerate(joints):
+            if joint in hooked:
+                branch_in = torch.cat((graph_feat, joint_feat[:, joint], parent6d[row]), dim=1)
+                rows[row] = self.pose_branch[joint - 1](branch_in) + parent6d[row]
+        return torch.stack(rows)
 
     @staticmethod
     def select_parents(previous, positions):
