@@ -235,10 +235,12 @@ def with_reference_heads(model):
 
 
 def with_channels_last_backbone(model):
-    """A copy of ``model`` whose backbone and Pose2Feat keep their weights channels-last."""
+    """A copy of ``model`` whose backbone and Pose2Feat run channels-last (weights and
+    activations); the backbone hands the heads a contiguous feature map, as they expect."""
     variant = copy.deepcopy(model)
     variant.backbone.to(memory_format=torch.channels_last)
     variant.pose2feat.to(memory_format=torch.channels_last)
+    variant.backbone.register_forward_hook(lambda module, args, out: out.contiguous())
     return variant
 
 

@@ -300,6 +300,7 @@ class RotationNet(nn.Module):
             return torch.baddbmm(bias.unsqueeze(1), x, weight_block[..., :lead].transpose(1, 2))
 
         @staticmethod
+        @torch.autograd.function.once_differentiable
         def backward(ctx, grad_pre):
             x, weight_block = ctx.saved_tensors
             parent = ctx.parent_store[-1]
