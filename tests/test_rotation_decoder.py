@@ -253,3 +253,27 @@ def test_cuda_float16_autocast_matches_modules_precision():
     out.float().square().sum().backward()
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
                for p in net.pose_branch.parameters())
+
+
+# ----------------------------------------------------------------------------- benchmark reference
+def test_benchmark_reference_heads_match_and_launch_more_operators():
+    """The benchmark's per-vertex, per-joint RotationNet loads this one's weights and agrees
+    with it; the depth decoder launches fewer operators for the same training step."""
+    from tool.benchmark import ReferenceRotationNet, count_operators
+    net = make_net().train()
+    adj = net.graph_block[0].adj
+    reference = ReferenceRotationNet(adj, GRAPH_JOINT_IDX, SMPL_PARENTS, feat_dim=24, graph_dim=8).train()
+    reference.load_state_dict(net.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(4)
+    feat = torch.randn(3, 24, 8, 8, generator=gen)
+    coord = torch.rand(3, 30, 3, generator=gen) * 7
+    score = torch.rand(3, 30, 1, generator=gen)
+    for ours, theirs in zip(net(feat, coord, score), reference(feat, coord, score)):
+        assert relative_error(ours.detach(), theirs.detach()) < 1e-5
+
+    def step(module):
+        module.zero_grad(set_to_none=True)
+        sum(out.square().sum() for out in module(feat, coord, score)).backward()
+
+    ours, theirs = count_operators(lambda: step(net)), count_operators(lambda: step(reference))
+    assert 0 < ours['compute_ops'] <= ours['ops'] and ours['ops'] < theirs['ops']
