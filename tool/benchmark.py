@@ -1,13 +1,26 @@
-"""Timing benchmark of SGRE on the current device.
+"""Timing and operator-count benchmark of SGRE on the current device.
 
     python tool/benchmark.py [--mode model] [--batch 8] [--runs 10] [--warmup 3] [--smpl DIR]
+                             [--channels-last] [--threads N] [--device cpu|cuda] [--amp]
 
-``--mode model`` times, for the whole model and for the heads alone (backbone and
-Pose2Feat replaced by a cached feature map): the training step (forward + loss +
-backward, no optimizer step) and the test forward (eval mode, no gradient).  Each
-number is the median over ``--runs`` runs after ``--warmup`` runs.  The table is
-printed and written as JSON (ARCHITECTURE.md):
-``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs"}}}``.
+``--mode model`` builds the model (``get_model``) and a copy whose ``rotation_net`` is the
+original heads written out as the authors' code runs them (``ReferenceRotationNet``: per-vertex
+Linear + BatchNorm1d graph layers as separate modules, the 23 pose branches one after the other
+in joint order), with the same weights.  For both it measures the whole training step
+(forward + loss + backward, no optimizer step), the whole test forward (eval mode, no
+gradient), and the same two for the heads + SMPL alone (everything after the backbone, from a
+cached feature map).  The calls of the two models alternate run by run, so a busy machine slows
+both alike; each time is the median over ``--runs`` runs after ``--warmup`` runs.  Every
+measurement also reports the number of operators one call launches, forward and backward
+(``count_operators``: PyTorch profiler on the CPU side; the count is the same on a GPU, where
+each operator is a kernel launch).  ``--channels-last`` adds a copy whose backbone runs in
+channels-last memory format.  Before timing, outputs and losses of the copies are compared
+with the model's.
+
+The table is printed and written as JSON:
+``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs",
+"ops", "compute_ops"}}, "agreement_max_rel_diff": {...}}``; the reference's rows are named
+``reference_<name>``.
 
 ``--mode data`` times ``__getitem__`` of each of the five loaders (one process, one
 thread, seeded draws) on the synthetic tree (or on ``--data DIR``); the numbers are ms
@@ -24,6 +37,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -32,35 +46,78 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-
-# The authors' implementation on a 2-core CPU at batch 8 (issue text), for orientation only.
-AUTHORS_CPU_B8_MS = {
-    'train_step': '1400-1500',
-    'heads_train_step': '110-130',
-    'heads_test_forward': '36',
-}
+from common.nets.module import sample_joint_features  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- timing
-def time_callable(fn, runs, warmup, device):
-    """Run ``fn`` ``warmup`` times, then time ``runs`` calls; returns the stats dict in ms."""
+def time_alternating(fns, runs, warmup, device):
+    """Time several callables side by side: every run calls each once, the order alternating
+    between runs, so slow phases of a shared machine hit all of them alike.
+
+    fns: {name: callable}.  Returns {name: {"median_ms", "min_ms", "max_ms", "runs"}}.
+    """
     def sync():
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
+    names = list(fns)
     for _ in range(warmup):
-        fn()
+        for name in names:
+            fns[name]()
     sync()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+    times = {name: [] for name in names}
+    for run in range(runs):
+        for name in (names if run % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: {'median_ms': statistics.median(values), 'min_ms': min(values),
+                   'max_ms': max(values), 'runs': runs} for name, values in times.items()}
+
+
+def time_callable(fn, runs, warmup, device):
+    """Run ``fn`` ``warmup`` times, then time ``runs`` calls; returns the stats dict in ms."""
+    return time_alternating({'fn': fn}, runs, warmup, device)['fn']
+
+
+# Operators that only make a new view or read metadata: no kernel runs for them on a GPU.
+VIEW_OPERATORS = frozenset(
+    'aten::' + name for name in (
+        'view', 'view_as', '_unsafe_view', 'reshape', '_reshape_alias', 'flatten', 'unflatten',
+        'select', 'slice', 'narrow', 'transpose', 't', 'permute', 'expand', 'expand_as',
+        'unsqueeze', 'squeeze', 'as_strided', 'split', 'split_with_sizes', 'unbind', 'chunk',
+        'detach', 'detach_', 'alias', 'lift_fresh', 'empty', 'empty_like', 'new_empty',
+        'empty_strided', 'new_empty_strided', 'set_', 'result_type', 'resolve_conj', 'resolve_neg',
+        'numpy_T', 'contiguous'))
+
+
+def count_operators(fn):
+    """Operators one call of ``fn`` dispatches, forward and backward, from the PyTorch profiler.
+
+    Counts the top-level ATen operators (those not called from inside another ATen operator),
+    which is what the Python code and the autograd engine launch.  Returns
+    ``{"ops": all of them, "compute_ops": those that are not views (VIEW_OPERATORS)}``.
+    The count is the same on every device, so on a GPU it measures the launch overhead.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {'median_ms': statistics.median(times), 'min_ms': min(times), 'max_ms': max(times),
-            'runs': runs}
+    events = [event for event in prof.events() if event.name.startswith('aten::')]
+
+    def top_level(event):
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith('aten::'):
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    top = [event.name for event in events if top_level(event)]
+    return {'ops': len(top), 'compute_ops': sum(name not in VIEW_OPERATORS for name in top)}
 
 
 def device_name(device):
@@ -85,6 +142,106 @@ def ensure_body_model(smpl_dir, workdir):
     make_synthetic_smpl(workdir, seed=0)
     cfg.smpl_model_dir = cfg.data_dir = str(workdir)
     return f'synthetic body model (no SMPL files in {smpl_dir})'
+
+
+# ----------------------------------------------------------------------------- reference heads
+class PerVertexGraphConvBlock(nn.Module):
+    """The original graph layer: vertex v's features through its own ``Linear`` then
+    ``BatchNorm1d`` (``fcbn_list.<v>.{0,1}``), one module call per vertex, then ReLU(A @ F).
+
+    adj: (V, V) normalised adjacency.  (B, V, dim_in) -> (B, V, dim_out).
+    """
+
+    def __init__(self, adj, dim_in, dim_out):
+        super().__init__()
+        self.adj = torch.as_tensor(adj, dtype=torch.float32)
+        self.fcbn_list = nn.ModuleList(nn.Sequential(nn.Linear(dim_in, dim_out), nn.BatchNorm1d(dim_out))
+                                       for _ in range(self.adj.shape[0]))
+
+    def forward(self, x):
+        feat = torch.stack([fcbn(x[:, v]) for v, fcbn in enumerate(self.fcbn_list)], dim=1)
+        # a plain attribute, copied to the feature's device on every call
+        return torch.relu(torch.matmul(self.adj.to(feat.device), feat))
+
+
+class PerVertexGraphResBlock(nn.Module):
+    """x + graph_block2(graph_block1(x)) over two ``PerVertexGraphConvBlock``."""
+
+    def __init__(self, adj, dim):
+        super().__init__()
+        self.graph_block1 = PerVertexGraphConvBlock(adj, dim, dim)
+        self.graph_block2 = PerVertexGraphConvBlock(adj, dim, dim)
+
+    def forward(self, x):
+        return x + self.graph_block2(self.graph_block1(x))
+
+
+def linear_stack(dims):
+    """Linear-ReLU-...-Linear over consecutive ``dims`` (no ReLU after the last)."""
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ReferenceRotationNet(nn.Module):
+    """The original RotationNet, written the way the authors' code runs it: per-vertex graph
+    layers as separate modules and the 23 pose branches one after the other in joint index
+    order.  Same parameter names as the library's ``RotationNet``, so either loads the other's
+    state_dict.  Inputs and outputs as ``RotationNet.forward``.
+    """
+
+    def __init__(self, graph_adj, graph_joint_idx, parents, feat_dim=2048, graph_dim=128,
+                 shape_dim=10, smpl_joint_num=24):
+        super().__init__()
+        self.graph_joint_idx = list(graph_joint_idx)
+        self.parents = [int(p) for p in parents]
+        self.graph_block = nn.Sequential(PerVertexGraphConvBlock(graph_adj, feat_dim + 4, graph_dim),
+                                         *[PerVertexGraphResBlock(graph_adj, graph_dim) for _ in range(4)])
+        graph_flat = len(self.graph_joint_idx) * graph_dim
+        self.shape_out = linear_stack([graph_flat, shape_dim])
+        self.cam_out = linear_stack([graph_flat, 3])
+        self.global_rot = linear_stack([graph_flat, 6])
+        self.pose_branch = nn.ModuleList(linear_stack([graph_flat + feat_dim + 6, graph_dim, graph_dim, 6])
+                                         for _ in range(smpl_joint_num - 1))
+
+    def forward(self, img_feat, joint_coord, joint_score, parents=None):
+        parents = self.parents if parents is None else parents
+        joint_feat = sample_joint_features(img_feat.float(), joint_coord)
+        idx = self.graph_joint_idx
+        graph_in = torch.cat((joint_feat[:, idx], joint_coord[:, idx], joint_score[:, idx]), dim=2)
+        graph_feat = self.graph_block(graph_in)
+        graph_feat = graph_feat.view(graph_feat.shape[0], -1)
+        rot6d = [self.global_rot(graph_feat)]
+        for j in range(1, len(self.pose_branch) + 1):
+            parent6d = rot6d[parents[j]]
+            branch_in = torch.cat((graph_feat, joint_feat[:, j], parent6d), dim=1)
+            rot6d.append(self.pose_branch[j - 1](branch_in) + parent6d)
+        return torch.cat(rot6d, dim=1), self.shape_out(graph_feat), self.cam_out(graph_feat)
+
+
+def with_reference_heads(model):
+    """A copy of ``model`` whose ``rotation_net`` is the ``ReferenceRotationNet`` with the same
+    weights and batch-norm state."""
+    human_model = model.human_model
+    graph_joint_idx = [human_model.joints_name.index(name) for name in human_model.graph_joints_name]
+    reference = copy.deepcopy(model)
+    heads = ReferenceRotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents)
+    heads.load_state_dict(model.rotation_net.state_dict(), strict=True)
+    reference.rotation_net = heads.to(next(model.parameters()).device)
+    return reference
+
+
+def with_channels_last_backbone(model):
+    """A copy of ``model`` whose backbone and Pose2Feat run channels-last (weights and
+    activations); the backbone hands the heads a contiguous feature map, as they expect."""
+    variant = copy.deepcopy(model)
+    variant.backbone.to(memory_format=torch.channels_last)
+    variant.pose2feat.to(memory_format=torch.channels_last)
+    variant.backbone.register_forward_hook(lambda module, args, out: out.contiguous())
+    return variant
 
 
 # ----------------------------------------------------------------------------- model mode
@@ -113,55 +270,109 @@ def random_batch(batch, device, seed=0):
     return inputs, targets, meta_info
 
 
+def total_loss(loss):
+    return sum(value.mean() for value in loss.values())
+
+
+class StepFunctions:
+    """The four measured calls of one model: whole training step (forward + loss + backward,
+    no optimizer step), whole test forward, and the same two for the heads + SMPL alone
+    (everything after the backbone, from a cached feature map)."""
+
+    def __init__(self, model, inputs, targets, meta_info, amp):
+        self.model, self.inputs, self.targets, self.meta_info, self.amp = model, inputs, targets, meta_info, amp
+        model.train()
+        with torch.no_grad():
+            self.feat_train = model.extract_features(inputs)
+        model.eval()
+        with torch.no_grad():
+            self.feat_test = model.extract_features(inputs)
+
+    def train_step(self):
+        self.model.zero_grad(set_to_none=True)
+        with self.amp:
+            loss = self.model(self.inputs, self.targets, self.meta_info, 'train')
+        total_loss(loss).backward()
+
+    def test_forward(self):
+        with torch.no_grad(), self.amp:
+            return self.model(self.inputs, self.targets, self.meta_info, 'test')
+
+    def heads_train_step(self):
+        self.model.zero_grad(set_to_none=True)
+        with self.amp:
+            loss = self.model.heads(self.feat_train, self.inputs, self.targets, self.meta_info, 'train')
+        total_loss(loss).backward()
+
+    def heads_test_forward(self):
+        with torch.no_grad(), self.amp:
+            return self.model.heads(self.feat_test, self.inputs, self.targets, self.meta_info, 'test')
+
+
+# name -> (StepFunctions method, module train mode)
+MEASUREMENTS = (('heads_train_step', True), ('heads_test_forward', False), ('train_step', True),
+                ('test_forward', False))
+
+
+def max_relative_difference(first, second):
+    """Largest |a - b| / max|b| over the tensors of two output dicts with the same keys."""
+    worst = 0.0
+    for key, value in second.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            scale = value.detach().abs().max().clamp_min(1e-12)
+            diff = (first[key].detach().double() - value.detach().double()).abs().max()
+            worst = max(worst, float(diff / scale))
+    return worst
+
+
+def agreement(models, inputs, targets, meta_info):
+    """Test outputs and train-mode losses of each model against the first, in eval mode with
+    the same weights (max relative difference)."""
+    outputs = {}
+    for name, model in models.items():
+        model.eval()
+        with torch.no_grad():
+            test = model(inputs, targets, meta_info, 'test')
+            train = model(inputs, targets, meta_info, 'train')
+        outputs[name] = {**test, **{'loss_' + k: v for k, v in train.items()}}
+    base_name = next(iter(models))
+    return {name: max_relative_difference(out, outputs[base_name])
+            for name, out in outputs.items() if name != base_name}
+
+
 def benchmark_model(args, device):
-    """Times of the whole model and of the heads (cached features), train step and test forward."""
+    """Time and operator counts of this model and of the reference heads, side by side."""
     from main.model import get_model
+    torch.manual_seed(0)
     model = get_model(6890, 30, 'train').to(device)
+    models = {'current': model, 'reference': with_reference_heads(model)}
+    if args.channels_last:
+        models['channels_last'] = with_channels_last_backbone(model)
     inputs, targets, meta_info = random_batch(args.batch, device)
+    batches = {name: (inputs, targets, meta_info) for name in models}
+    if args.channels_last:
+        batches['channels_last'] = ({**inputs, 'img': inputs['img'].contiguous(memory_format=torch.channels_last)},
+                                    targets, meta_info)
+    differences = agreement(models, inputs, targets, meta_info)
     amp = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=args.amp)
-
-    def total_loss(loss):
-        return sum(value.mean() for value in loss.values())
-
-    def train_step():
-        model.zero_grad(set_to_none=True)
-        with amp:
-            loss = model(inputs, targets, meta_info, 'train')
-        total_loss(loss).backward()
-
-    def test_forward():
-        with torch.no_grad(), amp:
-            model(inputs, targets, meta_info, 'test')
-
-    model.train()
-    with torch.no_grad():
-        feat_train = model.extract_features(inputs)
-    model.eval()
-    with torch.no_grad():
-        feat_test = model.extract_features(inputs)
-
-    def heads_train_step():
-        model.zero_grad(set_to_none=True)
-        with amp:
-            loss = model.heads(feat_train, inputs, targets, meta_info, 'train')
-        total_loss(loss).backward()
-
-    def heads_test_forward():
-        with torch.no_grad(), amp:
-            model.heads(feat_test, inputs, targets, meta_info, 'test')
+    steps = {name: StepFunctions(m, *batches[name], amp) for name, m in models.items()}
 
     results = {}
-    for name, fn, train in (('train_step', train_step, True), ('test_forward', test_forward, False),
-                            ('heads_train_step', heads_train_step, True),
-                            ('heads_test_forward', heads_test_forward, False)):
-        model.train(train)
-        results[name] = time_callable(fn, args.runs, args.warmup, device)
-    return results
+    for measurement, train in MEASUREMENTS:
+        for m in models.values():
+            m.train(train)
+        fns = {name: getattr(step, measurement) for name, step in steps.items()}
+        stats = time_alternating(fns, args.runs, args.warmup, device)
+        for name, fn in fns.items():
+            key = measurement if name == 'current' else f'{name}_{measurement}'
+            results[key] = {**stats[name], **count_operators(fn)}
+    return results, {'agreement_max_rel_diff': differences}
 
 
 DATA_LOADERS = (('Human36M', 'train'), ('MuCo', 'train'), ('MSCOCO', 'train'), ('MPII', 'train'),
                 ('PW3D', 'test'))
-# The authors' loaders on a comparable synthetic tree, ms per sample (issue text, orientation only).
+# The authors' loaders on a comparable synthetic tree, ms per sample on a 2-core CPU
+# (orientation only).
 AUTHORS_DATA_MS = {'Human36M': '25', 'MuCo': '67', 'MSCOCO': '25', 'MPII': '25', 'PW3D': '25'}
 
 
@@ -199,7 +410,7 @@ def benchmark_data(args, device):
         stats = time_callable(one_pass, args.runs, args.warmup, torch.device('cpu'))
         results[name] = {key: (value / count if key.endswith('_ms') else value) for key, value in stats.items()}
         results[name]['samples'] = count
-    return results
+    return results, {}
 
 
 MODES = {'model': benchmark_model, 'data': benchmark_data}
@@ -207,20 +418,45 @@ MODES = {'model': benchmark_model, 'data': benchmark_data}
 
 # ----------------------------------------------------------------------------- report
 def print_table(report, authors=None):
+    """Plain table of every result (name, median/min/max ms, runs, operator counts)."""
     authors = authors or {}
     print(f"device: {report['device']}   torch {report['torch']}   batch {report['batch']}")
-    header = f"{'name':<22}{'median ms':>12}{'min ms':>10}{'max ms':>10}{'runs':>6}"
+    header = f"{'name':<36}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'runs':>6}{'ops':>7}{'compute':>9}"
     if authors:
         header += f"{'authors ms*':>14}"
     print(header)
     for name, row in report['results'].items():
-        line = (f"{name:<22}{row['median_ms']:>12.1f}{row['min_ms']:>10.1f}{row['max_ms']:>10.1f}"
-                f"{row['runs']:>6}")
+        line = (f"{name:<36}{row['median_ms']:>11.1f}{row['min_ms']:>9.1f}{row['max_ms']:>9.1f}"
+                f"{row['runs']:>6}{row.get('ops', '-'):>7}{row.get('compute_ops', '-'):>9}")
         if authors:
             line += f"{authors.get(name, '-'):>14}"
         print(line)
     if authors:
-        print('* the authors\' implementation on a 2-core CPU (orientation only)')
+        print("* the authors' loaders on a 2-core CPU, for orientation only")
+
+
+def print_comparison(report):
+    """Before (reference heads) / after (this model) table: time, operators, ratios."""
+    results = report['results']
+    print('\nreference = the original heads (per-vertex graph layers, 23 sequential branches);'
+          ' current = this model; same weights, same batch, timed alternately')
+    print(f"{'step':<20}{'ref ms':>9}{'cur ms':>9}{'ratio':>7}{'ref ops':>9}{'cur ops':>9}{'ratio':>7}"
+          f"{'ref comp':>10}{'cur comp':>10}{'ratio':>7}")
+    for name, _ in MEASUREMENTS:
+        cur, ref = results.get(name), results.get('reference_' + name)
+        if cur is None or ref is None:
+            continue
+        print(f"{name:<20}{ref['median_ms']:>9.1f}{cur['median_ms']:>9.1f}"
+              f"{cur['median_ms'] / ref['median_ms']:>7.2f}{ref['ops']:>9}{cur['ops']:>9}"
+              f"{cur['ops'] / ref['ops']:>7.2f}{ref['compute_ops']:>10}{cur['compute_ops']:>10}"
+              f"{cur['compute_ops'] / ref['compute_ops']:>7.2f}")
+    for name, _ in MEASUREMENTS:
+        variant = results.get('channels_last_' + name)
+        if variant is not None:
+            print(f"channels-last backbone, {name}: {variant['median_ms']:.1f} ms "
+                  f"({variant['median_ms'] / results[name]['median_ms']:.2f}x current)")
+    for name, diff in report.get('agreement_max_rel_diff', {}).items():
+        print(f'outputs and losses of {name} vs current: max relative difference {diff:.2e}')
 
 
 def parse_args(argv=None):
@@ -231,6 +467,8 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (default: cuda if available)")
     parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA only)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='model mode: also time a copy with a channels-last backbone')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--smpl', default=None,
                         help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
@@ -254,10 +492,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix='sgre_bench_') as workdir:
         args.workdir = workdir
         print(ensure_body_model(args.smpl, workdir))
-        results = MODES[args.mode](args, device)
+        results, extra = MODES[args.mode](args, device)
     report = {'device': device_name(device), 'torch': torch.__version__, 'batch': args.batch,
-              'results': results}
-    print_table(report, AUTHORS_CPU_B8_MS if args.mode == 'model' else AUTHORS_DATA_MS)
+              'results': results, **extra}
+    print_table(report, AUTHORS_DATA_MS if args.mode == 'data' else None)
+    if args.mode == 'model':
+        print_comparison(report)
     out = Path(args.out or Path(cfg.output_root) / 'benchmark' / f'{args.mode}_b{args.batch}.json')
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
