@@ -120,7 +120,7 @@ class RotationNet(nn.Module):
     """
 
     def __init__(self, graph_adj, graph_joint_idx, parents, joint_num=30, feat_dim=2048,
-                 graph_dim=128, shape_dim=10, smpl_joint_num=24, vectorized=True):
+                 graph_dim=128, shape_dim=10, smpl_joint_num=24):
         super().__init__()
         graph_joint_num = len(graph_joint_idx)
         self.joint_num = joint_num
@@ -130,8 +130,8 @@ class RotationNet(nn.Module):
         self.register_buffer('graph_joint_idx', torch.as_tensor(graph_joint_idx, dtype=torch.long),
                              persistent=False)
         self.graph_block = nn.Sequential(
-            GraphConvBlock(graph_adj, feat_dim + 4, graph_dim, vectorized),
-            *[GraphResBlock(graph_adj, graph_dim, vectorized) for _ in range(4)])
+            GraphConvBlock(graph_adj, feat_dim + 4, graph_dim),
+            *[GraphResBlock(graph_adj, graph_dim) for _ in range(4)])
         graph_flat = graph_joint_num * graph_dim
         self.shape_out = make_linear_layers([graph_flat, shape_dim], relu_final=False)
         self.cam_out = make_linear_layers([graph_flat, 3], relu_final=False)
