@@ -4,18 +4,6 @@ import pytest
 from main.config import cfg
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    """Every test starts from, and leaves behind, the same configuration.
-
-    Automatic because several test modules still set ``cfg`` options directly before
-    building a dataset; the fixtures below restore ``cfg`` themselves.
-    """
-    state = cfg.snapshot()
-    yield cfg
-    cfg.restore(state)
-
-
 @pytest.fixture
 def cfg_state():
     """``cfg`` for the test to change; restored to the state before the test afterwards."""

@@ -20,6 +20,9 @@ from common.utils import device as device_utils
 from main.config import cfg
 from tests.helpers import run_in_process
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 ANSI_LINE = re.compile(r'^\x1b\[92m\d\d-\d\d \d\d:\d\d:\d\d\x1b\[0m (.*)$')
 
 

@@ -21,6 +21,7 @@ A module with stacked storage implements two methods, the single definition of i
 ``stacked_items(canonical)``
     The inverse: {per-item name: tensor} -> {own parameter name: tensor}.
 """
+import torch
 
 
 def is_stacked(module):
@@ -44,49 +45,52 @@ def _owners(model):
     return {id(param): module for module in stacked_modules(model) for param in module.parameters()}
 
 
-def _split_state(module, names, states):
-    """Per-item optimizer states of one stacked module from the states of its own parameters.
+def _follows_layout(value):
+    """Whether an optimizer-state value is shaped like its parameter (a moment) rather than
+    shared by all items (Adam's scalar ``step``, hyper-parameters)."""
+    return torch.is_tensor(value) and value.dim() > 0
 
-    ``states``: one dict per own parameter (same keys).  Tensors shaped like the parameter are
-    split with ``canonical_items``; other values (e.g. Adam's scalar ``step``) are shared by
-    every item and copied.  Returns a list of per-item state dicts in per-item order.
-    """
-    params = dict(module.named_parameters())
-    count = len(module.canonical_items(params))
-    per_item = [dict() for _ in range(count)]
+
+def _copy(value):
+    return value.clone() if torch.is_tensor(value) else value
+
+
+def _split_state(module, names, states):
+    """Per-item optimizer states of one stacked module from the states of its own parameters
+    ``names`` (one dict per parameter, same keys); returns per-item dicts in per-item order."""
+    per_item = None
     for key in states[0]:
         values = {name: state[key] for name, state in zip(names, states)}
-        if all(getattr(values[name], 'shape', None) == params[name].shape for name in names):
-            for item, (_, tensor) in zip(per_item, module.canonical_items(values)):
-                item[key] = tensor.clone()
+        if _follows_layout(values[names[0]]):
+            pieces = [tensor.clone() for _, tensor in module.canonical_items(values)]
         else:
-            for item in per_item:
-                item[key] = values[names[0]].clone() if hasattr(values[names[0]], 'clone') else values[names[0]]
+            pieces = [_copy(values[names[0]]) for _ in range(_item_count(module))]
+        per_item = per_item or [dict() for _ in pieces]
+        for item, piece in zip(per_item, pieces):
+            item[key] = piece
     return per_item
 
 
 def _merge_state(module, names, per_item_states):
-    """Inverse of ``_split_state``: the states of a stacked module's own parameters."""
-    params = dict(module.named_parameters())
-    item_names = [name for name, _ in module.canonical_items(params)]
+    """Inverse of ``_split_state``: one state dict per own parameter, in ``names`` order."""
+    item_names = [name for name, _ in module.canonical_items(dict(module.named_parameters()))]
     merged = [dict() for _ in names]
     for key in per_item_states[0]:
         values = {item: state[key] for item, state in zip(item_names, per_item_states)}
-        first = values[item_names[0]]
-        if getattr(first, 'dim', lambda: 0)() > 0:
+        if _follows_layout(values[item_names[0]]):
             stacked = module.stacked_items(values)
-            for state, name in zip(merged, names):
-                state[key] = stacked[name].clone()
+            pieces = [stacked[name].clone() for name in names]
         else:
-            for state in merged:
-                state[key] = first.clone() if hasattr(first, 'clone') else first
+            pieces = [_copy(values[item_names[0]]) for _ in names]
+        for state, piece in zip(merged, pieces):
+            state[key] = piece
     return merged
 
 
 def _copied(state):
     """A copy of one parameter's optimizer state: ``load_state_dict`` keeps tensors it need not
     convert, so a state shared with another optimizer would be updated by both."""
-    return {key: value.clone() if hasattr(value, 'clone') else value for key, value in state.items()}
+    return {key: _copy(value) for key, value in state.items()}
 
 
 def _walk_groups(model, optimizer):
@@ -109,35 +113,63 @@ def _walk_groups(model, optimizer):
         yield group, runs
 
 
+def _item_count(module):
+    """How many per-item parameters a stacked module stands for."""
+    return len(module.canonical_items(dict(module.named_parameters())))
+
+
+def _relayout(model, optimizer, saved, to_items):
+    """Re-index an optimizer state dict between the stacked and the per-item layouts.
+
+    saved: a state dict in the source layout whose groups match ``optimizer.param_groups``.
+    to_items: True for stacked -> per-item, False for per-item -> stacked. Plain parameters keep
+    one state each; a stacked module's run of states is split or merged. Returns a new state dict
+    (tensors copied, so it shares nothing with ``saved``).
+    """
+    if len(saved['param_groups']) != len(optimizer.param_groups):
+        raise ValueError(f"the saved optimizer state has {len(saved['param_groups'])} parameter groups, "
+                         f'the optimizer {len(optimizer.param_groups)}')
+    state, groups, new_index = {}, [], 0
+    for (_, runs), saved_group in zip(_walk_groups(model, optimizer), saved['param_groups']):
+        saved_ids, position, ids = list(saved_group['params']), 0, []
+        for module, params in runs:
+            stacked_count = len(params)
+            item_count = stacked_count if module is None else _item_count(module)
+            count_in, count_out = (stacked_count, item_count) if to_items else (item_count, stacked_count)
+            if position + count_in > len(saved_ids):
+                raise ValueError(f'a saved optimizer group lists {len(saved_ids)} parameters, '
+                                 'fewer than the model has in that group')
+            states_in = [saved['state'].get(i) for i in saved_ids[position:position + count_in]]
+            position += count_in
+            if all(entry is None for entry in states_in):
+                states_out = [None] * count_out
+            elif any(entry is None for entry in states_in):
+                raise ValueError('the saved optimizer state covers only some parameters of '
+                                 f'{type(module).__name__}')
+            elif module is None:
+                states_out = [_copied(states_in[0])]
+            else:
+                names = [name for name, _ in module.named_parameters()]
+                convert = _split_state if to_items else _merge_state
+                states_out = convert(module, names, states_in)
+            for entry in states_out:
+                if entry is not None:
+                    state[new_index] = entry
+                ids.append(new_index)
+                new_index += 1
+        if position != len(saved_ids):
+            raise ValueError(f'a saved optimizer group lists {len(saved_ids)} parameters, the model '
+                             f'has {position} in that group')
+        groups.append({**saved_group, 'params': ids})
+    return {'state': state, 'param_groups': groups}
+
+
 def canonical_optimizer_state(model, optimizer):
     """``optimizer.state_dict()`` in the per-item layout (what snapshots store).
 
     model: the module whose parameters ``optimizer`` holds (a DataParallel/DDP wrapper is fine).
     """
-    saved = optimizer.state_dict()
-    state, groups, new_index = {}, [], 0
-    for (group, runs), saved_group in zip(_walk_groups(model, optimizer), saved['param_groups']):
-        saved_ids, position, ids = saved_group['params'], 0, []
-        for module, params in runs:
-            old_ids = saved_ids[position:position + len(params)]
-            position += len(params)
-            present = [i in saved['state'] for i in old_ids]
-            if module is None:
-                pieces = [_copied(saved['state'][old_ids[0]]) if present[0] else None]
-            elif all(present):
-                names = [name for name, _ in module.named_parameters()]
-                pieces = _split_state(module, names, [saved['state'][i] for i in old_ids])
-            elif not any(present):
-                pieces = [None] * len(module.canonical_items(dict(module.named_parameters())))
-            else:
-                raise ValueError(f'optimizer state exists for only some parameters of {type(module).__name__}')
-            for piece in pieces:
-                if piece is not None:
-                    state[new_index] = piece
-                ids.append(new_index)
-                new_index += 1
-        groups.append({**saved_group, 'params': ids})
-    return {'state': state, 'param_groups': groups}
+    return _relayout(model, optimizer, optimizer.state_dict(), to_items=True)
 
 
 def stacked_optimizer_state(model, optimizer, canonical_state):
@@ -146,38 +178,4 @@ def stacked_optimizer_state(model, optimizer, canonical_state):
     Returns a state dict for ``optimizer.load_state_dict``.  Raises ValueError when the saved
     groups or parameter counts do not fit the model.
     """
-    saved_groups = canonical_state['param_groups']
-    if len(saved_groups) != len(optimizer.param_groups):
-        raise ValueError(f'the saved optimizer state has {len(saved_groups)} parameter groups, '
-                         f'the optimizer {len(optimizer.param_groups)}')
-    saved_state = canonical_state['state']
-    state, groups, new_index = {}, [], 0
-    for (group, runs), saved_group in zip(_walk_groups(model, optimizer), saved_groups):
-        saved_ids, position, ids = list(saved_group['params']), 0, []
-        for module, params in runs:
-            count = 1 if module is None else len(module.canonical_items(dict(module.named_parameters())))
-            if position + count > len(saved_ids):
-                raise ValueError(f'a saved optimizer group lists {len(saved_ids)} parameters, '
-                                 'fewer than the model has')
-            item_ids = saved_ids[position:position + count]
-            position += count
-            present = [i in saved_state for i in item_ids]
-            if module is None:
-                merged = [_copied(saved_state[item_ids[0]]) if present[0] else None]
-            elif all(present):
-                names = [name for name, _ in module.named_parameters()]
-                merged = _merge_state(module, names, [saved_state[i] for i in item_ids])
-            elif not any(present):
-                merged = [None] * len(params)
-            else:
-                raise ValueError(f'the saved optimizer state covers only some items of {type(module).__name__}')
-            for piece in merged:
-                if piece is not None:
-                    state[new_index] = piece
-                ids.append(new_index)
-                new_index += 1
-        if position != len(saved_ids):
-            raise ValueError(f'a saved optimizer group lists {len(saved_ids)} parameters, the model '
-                             f'has {position} in that group')
-        groups.append({**saved_group, 'params': ids})
-    return {'state': state, 'param_groups': groups}
+    return _relayout(model, optimizer, canonical_state, to_items=False)
