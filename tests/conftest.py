@@ -15,7 +15,7 @@ def cfg_state():
 @pytest.fixture(scope='session')
 def synthetic_smpl_dir(tmp_path_factory):
     """Folder with the three synthetic SMPL pkl files and the regressor .npy files."""
-    from tool.make_synthetic_smpl import make_synthetic_smpl
+    from tool.synthetic.body_model import make_synthetic_smpl
     out = tmp_path_factory.mktemp('smpl_model')
     make_synthetic_smpl(out, seed=0)
     return out
@@ -33,7 +33,7 @@ def smpl_cfg(cfg_state, synthetic_smpl_dir):
 @pytest.fixture(scope='session')
 def synthetic_data_root(tmp_path_factory, synthetic_smpl_dir):
     """A small data tree of all five datasets in their real on-disk formats."""
-    from tool.make_synthetic_data import make_synthetic_data
+    from tool.synthetic.tree import make_synthetic_data
     root = tmp_path_factory.mktemp('data')
     make_synthetic_data(root, synthetic_smpl_dir, seed=0)
     return root
