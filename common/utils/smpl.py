@@ -15,10 +15,10 @@ from common.options import BodyModelPaths
 from common.utils.transforms import build_adj, normalize_adj
 from common.utils.smpl_layer import (  # noqa: F401  (load_smpl_model is part of this module's API)
     GENDERS, NUM_VERTICES, SMPL_MODEL_FILES, SYNTHETIC_HINT, SMPLFileError, SMPLFormatError, SMPLLayer,
-    load_smpl_model, smpl_model_path)
+    SMPLUnsafeFileError, load_smpl_model, smpl_model_path)
 
 __all__ = ['SMPL', 'get_smpl', 'load_smpl_model', 'load_regressor', 'smpl_model_path', 'build_joint_regressor',
-           'SMPLFileError', 'SMPLFormatError', 'GENDERS', 'SMPL_MODEL_FILES']
+           'SMPLFileError', 'SMPLFormatError', 'SMPLUnsafeFileError', 'GENDERS', 'SMPL_MODEL_FILES']
 
 JOINTS_NAME = (
     'Pelvis', 'L_Hip', 'R_Hip', 'Torso', 'L_Knee', 'R_Knee', 'Spine', 'L_Ankle', 'R_Ankle', 'Chest',

@@ -5,8 +5,10 @@ chumpy or a Python-2 runtime and caches the arrays per file.  ``SMPLLayer`` repr
 forward pass of smplpytorch's ``SMPL_Layer`` (docs/METHOD.md, "Body model") with the same
 buffer names, so the released SGRE checkpoints load into it.
 """
+import importlib
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,11 @@ class SMPLFileError(FileNotFoundError):
 
 class SMPLFormatError(ValueError):
     """A body-model file has a missing field or a field of the wrong shape."""
+
+
+class SMPLUnsafeFileError(SMPLFormatError, pickle.UnpicklingError):
+    """A body-model pickle names a global (function or class) that no SMPL file contains, such as
+    ``os.system``: loading stops before anything from the file is called."""
 
 
 def smpl_model_path(gender, model_dir):
@@ -95,17 +102,77 @@ def _stand_in_class(source_name):
     return _STAND_IN_CLASSES[source_name]
 
 
+def _numpy_module(name):
+    """NumPy's ``numpy._core.<name>`` (NumPy 2) or ``numpy.core.<name>`` (NumPy 1)."""
+    try:
+        return importlib.import_module(f'numpy._core.{name}')
+    except ImportError:
+        return importlib.import_module(f'numpy.core.{name}')
+
+
+def _latin1_bytes(text, encoding):
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol < 3: ``(str, 'latin1') -> bytes``;
+    any other use is refused, so the codec machinery cannot be driven by a file."""
+    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as (str, 'latin1'), got {encoding!r}")
+    return text.encode('latin1')
+
+
+def _allowed_plain_globals():
+    """(module, name) -> object for every non-stand-in global an SMPL pickle may name.
+
+    NumPy arrays, dtypes and scalars under both spellings of NumPy's core package (Python-2
+    files say ``numpy.core``, NumPy 2 writes ``numpy._core``), ``_frombuffer`` of protocol-5
+    array pickles, the ``set`` of chumpy's pickled state (``__builtin__`` in Python-2 files) and
+    the latin-1 bytes idiom of Python 3 at protocol 2.  Nothing here can run code or touch files.
+    """
+    multiarray, numeric = _numpy_module('multiarray'), _numpy_module('numeric')
+    table = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
+             ('_codecs', 'encode'): _latin1_bytes}
+    for core in ('numpy.core', 'numpy._core'):
+        table[(f'{core}.multiarray', '_reconstruct')] = multiarray._reconstruct
+        table[(f'{core}.multiarray', 'scalar')] = multiarray.scalar
+        table[(f'{core}.numeric', '_frombuffer')] = numeric._frombuffer
+    for builtins_module in ('__builtin__', 'builtins'):
+        table[(builtins_module, 'set')] = set
+        table[(builtins_module, 'frozenset')] = frozenset
+    return table
+
+
+_SPARSE_CLASS_NAME = re.compile(r'[a-z]+_(matrix|array)')
+
+
+def _is_package_path(module, package):
+    """True for ``package`` itself and its submodules (``package.x.y``), by name only."""
+    return module == package or (module.startswith(package + '.')
+                                 and all(part.isidentifier() for part in module.split('.')))
+
+
 class _ChumpyFreeUnpickler(pickle.Unpickler):
-    """Unpickler for the Python-2 SMPL files that never imports chumpy (nor scipy's private modules)."""
+    """Unpickler for the Python-2 SMPL files that never imports chumpy (nor scipy's private modules).
+
+    Only the globals the official files are made of resolve: chumpy classes and scipy.sparse
+    matrix classes become inert stand-ins that record their pickled state, and a short table of
+    NumPy functions rebuilds arrays.  Any other global (``os.system``, ``builtins.eval``,
+    ``copyreg._reconstructor``, ...) raises ``SMPLUnsafeFileError`` before it is called.
+    """
+
+    def __init__(self, handle, source, **kwargs):
+        super().__init__(handle, **kwargs)
+        self.source = source
+        self.allowed = _allowed_plain_globals()
 
     def find_class(self, module, name):
-        if module == 'chumpy' or module.startswith('chumpy.'):
-            return _stand_in_class(f'{module}.{name}')
-        if module.startswith('scipy.sparse') and name.endswith(('_matrix', '_array')):
-            return _stand_in_class(f'scipy.sparse.{name}')
-        if module.startswith('numpy.core'):  # NumPy 2 renamed numpy.core to numpy._core
-            module = 'numpy._core' + module[len('numpy.core'):]
-        return super().find_class(module, name)
+        if name.isidentifier():
+            if _is_package_path(module, 'chumpy'):
+                return _stand_in_class(f'{module}.{name}')
+            if _is_package_path(module, 'scipy.sparse') and _SPARSE_CLASS_NAME.fullmatch(name):
+                return _stand_in_class(f'scipy.sparse.{name}')
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        raise SMPLUnsafeFileError(
+            f"SMPL model file '{self.source}' refers to '{module}.{name}', which is not part of an SMPL "
+            f"body model (allowed: NumPy arrays, SciPy sparse matrices, chumpy objects); refusing to load it.")
 
 
 def _chumpy_value(obj, field):
@@ -169,7 +236,7 @@ def _parse_smpl_pickle(path):
     """Read one official SMPL pkl into ``{field: value}`` with NumPy arrays for the layer's fields."""
     with open(path, 'rb') as handle:
         try:
-            raw = _ChumpyFreeUnpickler(handle, encoding='latin1').load()
+            raw = _ChumpyFreeUnpickler(handle, source=path, encoding='latin1').load()
         except SMPLFormatError:
             raise
         except Exception as err:  # corrupt / truncated / not a pickle
