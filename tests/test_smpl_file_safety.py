@@ -183,7 +183,8 @@ def test_the_refused_files_are_live_exploits_for_plain_pickle(payload_template, 
 
 
 # ----------------------------------------------------------------------------- files that load
-@pytest.mark.parametrize('gender', ('neutral', 'male', 'female'))
+@pytest.mark.parametrize('gender', ('neutral', pytest.param('male', marks=pytest.mark.slow),
+                                    pytest.param('female', marks=pytest.mark.slow)))
 def test_synthetic_official_format_loads_bit_identically(synthetic_smpl_dir, gender):
     path = Path(synthetic_smpl_dir) / SMPL_MODEL_FILES[gender]
     with open(path, 'rb') as handle:
