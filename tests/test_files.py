@@ -196,3 +196,21 @@ def test_resume_copy_is_atomic_and_cleans_stale_temporaries(tmp_path, monkeypatc
 
     ckpt_io.link_or_copy(str(src_dir / 'snapshot_1.pth.tar'), str(new_dir / 'snapshot_1.pth.tar'))
     assert (new_dir / 'snapshot_1.pth.tar').read_bytes() == (src_dir / 'snapshot_1.pth.tar').read_bytes()
+
+
+def test_resume_removes_the_killed_saves_temporary_of_the_resumed_run(tmp_path):
+    from torch import nn
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    old = tmp_path / 'old'
+    state = {'epoch': 3, 'network': {'module.' + k: v for k, v in model.state_dict().items()}}
+    ckpt_io.save_checkpoint(state, old / 'checkpoint' / 'snapshot_3.pth.tar')
+    stale = old / 'checkpoint' / f'.snapshot_4.pth.tar.tmp-{dead_pid()}-0badf00d'
+    stale.write_bytes(b'PK\x03\x04 a killed save of epoch 4')
+    new_dir = tmp_path / 'new' / 'checkpoint'
+    new_dir.mkdir(parents=True)
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    result = ckpt_io.resume_training(old, new_dir, model, optimizer, scaler)
+    assert result.next_epoch == 4 and not stale.exists()
+    assert os.listdir(old / 'checkpoint') == ['snapshot_3.pth.tar']
+    assert os.listdir(new_dir) == ['snapshot_3.pth.tar']

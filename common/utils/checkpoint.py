@@ -334,9 +334,13 @@ def resume_training(exp_dir, model_dir, model, optimizer, scaler, is_main_proces
     The snapshot is linked (or copied) into ``model_dir`` and loaded strictly into
     ``model``, with the optimizer state and, when ``scaler`` is enabled, the GradScaler
     state.  No state depends on the number of processes, so a run may resume with
-    another one.  Returns a :class:`ResumeResult`.
+    another one.  Temporary files of killed saves in both folders are removed.
+    Returns a :class:`ResumeResult`.
     """
     source_dir = Path(exp_dir) / 'checkpoint'
+    if is_main_process:
+        # a save killed in the resumed run left its temporary file (up to a snapshot's size)
+        remove_stale_temp_files(source_dir)
     latest = latest_snapshot(source_dir)
     if latest is None:
         raise FileNotFoundError(
