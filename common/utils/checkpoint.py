@@ -101,20 +101,36 @@ def latest_snapshot(model_dir):
 
 
 # -------------------------------------------------------------- save / load
-def non_finite_tensors(state, prefix=''):
-    """Names (``'network/module.x.weight'``, ``'optimizer/state/3/exp_avg'``) of the floating
-    tensors in the nested dicts/lists ``state`` that hold a NaN or an infinity."""
-    found = []
+def floating_tensors(state, prefix=''):
+    """``[(name, tensor), ...]`` of the floating (and complex) tensors in the nested
+    dicts/lists ``state``, named by their path (``'optimizer/state/3/exp_avg'``)."""
     if torch.is_tensor(state):
-        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
-            found.append(prefix or '<tensor>')
-    elif isinstance(state, dict):
+        return [(prefix or '<tensor>', state)] if (state.is_floating_point() or state.is_complex()) else []
+    found = []
+    if isinstance(state, dict):
         for key, value in state.items():
-            found += non_finite_tensors(value, f'{prefix}/{key}' if prefix else str(key))
+            found += floating_tensors(value, f'{prefix}/{key}' if prefix else str(key))
     elif isinstance(state, (list, tuple)):
         for i, value in enumerate(state):
-            found += non_finite_tensors(value, f'{prefix}/{i}' if prefix else str(i))
+            found += floating_tensors(value, f'{prefix}/{i}' if prefix else str(i))
     return found
+
+
+def non_finite_tensors(state):
+    """Names (``'network/module.x.weight'``, ``'optimizer/state/3/exp_avg'``) of the floating
+    tensors in the nested dicts/lists ``state`` that hold a NaN or an infinity.
+
+    One flag per tensor is computed on the tensor's device and read back once per device
+    (a GPU state costs a single synchronisation, not one per tensor).
+    """
+    by_device = {}
+    for name, tensor in floating_tensors(state):
+        by_device.setdefault(tensor.device, []).append((name, torch.isfinite(tensor).all()))
+    bad = []
+    for entries in by_device.values():
+        flags = torch.stack([flag for _, flag in entries]).tolist()
+        bad += [name for (name, _), finite in zip(entries, flags) if not finite]
+    return bad
 
 
 def save_checkpoint(state, path):
