@@ -6,10 +6,12 @@
     summary = tester.test()         # metrics printed, logged and written
     tester.close()
 
-Results go to ``<output_dir>/result/``: ``eval_<testset>_snapshot_<epoch>.json`` (the
-dataset's ``summarize()`` dict) and ``predictions_<testset>_snapshot_<epoch>.npz``
-(per-sample SMPL pose and shape, camera translation, sample index; optionally the
-root-relative meshes).  Under torchrun the test batches are dealt out to the ranks
+Results go to ``<output_dir>/result/`` (or the tester's ``result_dir``):
+``eval_<testset>[-crowd]_snapshot_<epoch>.json`` (the dataset's ``summarize()`` dict) and
+``predictions_<testset>[-crowd]_snapshot_<epoch>.npz`` (per-sample SMPL pose and shape,
+camera translation, sample index; optionally the root-relative meshes), each written
+atomically.  When the experiment folder cannot be written (a released, read-only one),
+results and the log go to ``<output_root>/results/<experiment name>/`` instead.  Under torchrun the test batches are dealt out to the ranks
 and rank 0 gathers, prints and writes the same results as one process.
 (docs/METHOD.md, "Evaluation")
 """
@@ -29,6 +31,7 @@ from common.utils import checkpoint as ckpt_io
 from common.utils import distributed as dist_utils
 from common.utils.batch import batch_size_of, split_batch, to_numpy
 from common.utils.device import move_to_device
+from common.utils.files import FileWriteError, atomic_write, is_writable_dir
 from data.registry import dataset_class
 from main.config import cfg
 
@@ -50,16 +53,45 @@ def json_safe(value):
     return value
 
 
+# Test sets whose cfg.crowd option selects another evaluation split (3DPW-Crowd).
+CROWD_TESTSETS = ('PW3D',)
+
+
+def result_stem(testset, epoch, crowd=False):
+    """``<testset>[-crowd]_snapshot_<epoch>``: the evaluation (set and mode) and the snapshot,
+    so that 3DPW and 3DPW-Crowd results of one snapshot never overwrite each other."""
+    mode = '-crowd' if crowd and testset in CROWD_TESTSETS else ''
+    return f'{testset}{mode}_snapshot_{int(epoch)}'
+
+
+def fallback_dir(output_root, exp_dir, *parts):
+    """``<output_root>/results/<experiment folder name>/<parts...>``: where the results (and
+    log) of a read-only experiment folder go."""
+    return os.path.join(str(output_root), 'results', os.path.basename(os.path.normpath(str(exp_dir))), *parts)
+
+
+def writable_or_fallback(preferred, fallback):
+    """``(folder, moved)``: ``preferred`` when it is (or can be made) a writable folder, else
+    ``fallback`` (created); ``moved`` tells which.  Raises :class:`FileWriteError`
+    naming both when neither can be written."""
+    if is_writable_dir(preferred):
+        return str(preferred), False
+    if is_writable_dir(fallback):
+        return str(fallback), True
+    raise FileWriteError(f"Cannot write into {preferred} (read-only?) nor into the fallback {fallback}; "
+                         "set output_root (--cfg) to a writable folder.")
+
+
 def write_results(result_dir, stem, summary, predictions):
     """``<result_dir>/eval_<stem>.json`` (``summary``) and ``predictions_<stem>.npz`` (each
-    key's per-batch arrays concatenated); returns both paths."""
+    key's per-batch arrays concatenated), each written atomically; returns both paths."""
     os.makedirs(result_dir, exist_ok=True)
     json_path = os.path.join(result_dir, f'eval_{stem}.json')
-    with open(json_path, 'w') as f:
-        json.dump(json_safe(summary), f, indent=2)
+    text = json.dumps(json_safe(summary), indent=2)
+    atomic_write(json_path, lambda f: f.write(text), binary=False)
     arrays = {k: np.concatenate(v, axis=0) for k, v in predictions.items() if v}
     npz_path = os.path.join(result_dir, f'predictions_{stem}.npz')
-    np.savez(npz_path, **arrays)
+    atomic_write(npz_path, lambda f: np.savez(f, **arrays))
     return json_path, npz_path
 
 
@@ -69,13 +101,27 @@ class Tester(Runner):
 
     ``test_epoch`` selects ``<model_dir>/snapshot_<test_epoch>.pth.tar``;
     ``save_meshes`` adds the root-relative meshes to the predictions file;
-    ``max_samples`` evaluates only the first N test samples (smoke runs).
+    ``max_samples`` evaluates only the first N test samples (smoke runs);
+    ``result_dir`` / ``log_dir``: where the results and the log go (default: the experiment
+    folder's ``result/`` and ``log/``, or ``<output_root>/results/<experiment>/`` and its
+    ``log/`` when those cannot be written, e.g. a read-only released experiment).
     """
 
     log_name = 'test_logs.txt'
 
-    def __init__(self, test_epoch, save_meshes=False, max_samples=None):
-        super().__init__(cfg.log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
+    def __init__(self, test_epoch, save_meshes=False, max_samples=None, result_dir=None, log_dir=None):
+        log_moved = result_moved = False
+        if log_dir is None:
+            log_dir, log_moved = writable_or_fallback(
+                cfg.log_dir, fallback_dir(cfg.output_root, cfg.output_dir, 'log'))
+        super().__init__(log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
+        if result_dir is None:
+            result_dir, result_moved = writable_or_fallback(
+                cfg.result_dir, fallback_dir(cfg.output_root, cfg.output_dir))
+        self.result_dir = str(result_dir)
+        if self.is_main_process and (log_moved or result_moved):
+            self.logger.warning(f'{cfg.output_dir} cannot be written: the log goes to {log_dir} '
+                                f'and the results to {self.result_dir}.')
         self.test_epoch = int(test_epoch)
         self.save_meshes = bool(save_meshes)
         self.max_samples = None if max_samples is None else int(max_samples)
@@ -179,8 +225,8 @@ class Tester(Runner):
         eval_result, predictions = self._merge_records(records)
         self._print_eval_result(eval_result)
         summary = self._summarize(eval_result)
-        stem = f'{cfg.testset}_snapshot_{self.test_epoch}'
-        self.result_paths = write_results(cfg.result_dir, stem, summary, predictions)
+        stem = result_stem(cfg.testset, self.test_epoch, cfg.crowd)
+        self.result_paths = write_results(self.result_dir, stem, summary, predictions)
         self.logger.info(f'Metrics: {json.dumps(json_safe(summary))}')
         self.logger.info(f'Wrote {self.result_paths[0]} and {self.result_paths[1]}')
         return summary

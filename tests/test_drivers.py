@@ -244,6 +244,67 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(bare_trainer):
     assert log.count('non-finite loss (a); step skipped') == 4
 
 
+class BatchNormLossModel(TinyModel):
+    """A BatchNorm layer in the backbone and a loss against ``targets['y']`` (the original's
+    unreduced loss dict)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+
+    def forward(self, inputs, targets, meta_info, mode):
+        out = self.rotation_net(self.position_net(self.pose2feat(self.backbone(inputs['img']))))
+        return {'fit': (out - targets['y']).pow(2), 'size': out.abs()}
+
+
+def training_state(model, optimizer, scaler):
+    """Copies of every parameter and buffer, every optimizer state tensor/number and the
+    scaler state, by name."""
+    state = {f'model/{k}': v.detach().clone() for k, v in model.state_dict().items()}
+    for index, entry in optimizer.state_dict()['state'].items():
+        for key, value in entry.items():
+            state[f'optimizer/{index}/{key}'] = value.clone() if torch.is_tensor(value) else value
+    state['scaler'] = dict(scaler.state_dict())
+    return state
+
+
+def assert_bit_identical(before, after):
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if torch.is_tensor(value):
+            assert value.dtype == after[key].dtype and torch.equal(value, after[key]), key
+        else:
+            assert value == after[key], key
+
+
+@pytest.mark.parametrize('use_amp', [False, True])
+def test_a_nan_target_leaves_model_optimizer_and_batchnorm_statistics_unchanged(bare_trainer, use_amp):
+    from common.utils.device import make_grad_scaler
+    torch.manual_seed(0)
+    model = BatchNormLossModel()
+    trainer = bare_trainer
+    trainer.model = trainer.network = model
+    trainer.optimizer = trainer.get_optimizer(model)
+    trainer.use_amp = use_amp
+    trainer.scaler = make_grad_scaler(trainer.device, use_amp, 256.0)
+    inputs = {'img': torch.randn(4, 2)}
+    good = {'y': torch.randn(4, 1)}
+    assert trainer.train_step(inputs, good, {}) is not None  # Adam has state, BN has statistics
+    assert model.backbone[1].num_batches_tracked.item() == 1
+
+    before = training_state(model, trainer.optimizer, trainer.scaler)
+    poisoned = {'y': good['y'].clone()}
+    poisoned['y'][2, 0] = float('nan')
+    assert trainer.train_step(inputs, poisoned, {}) is None
+    assert_bit_identical(before, training_state(model, trainer.optimizer, trainer.scaler))
+    assert trainer.nonfinite_total == 1
+
+    # training goes on with finite statistics
+    assert trainer.train_step(inputs, good, {}) is not None
+    assert model.backbone[1].num_batches_tracked.item() == 2
+    assert torch.isfinite(model.backbone[1].running_var).all()
+
+
 @pytest.mark.parametrize('dynamic', [False, True])
 def test_amp_overflow_skips_the_step_and_resets_the_scale(bare_trainer, dynamic):
     """GradScaler.step skips a step with inf gradients; the original then resets the
@@ -378,6 +439,102 @@ def test_tester_passes_the_render_option_as_an_argument(tmp_path, cfg_state, ren
     assert cfg.render == render  # read, not toggled
 
 
+class SummarisingTestSet(CountingTestSet):
+    def print_eval_result(self, eval_result):
+        pass
+
+    def summarize(self, eval_result):
+        return {'count': len(eval_result['index'])}
+
+
+def run_tester(**kwargs):
+    """A Tester of snapshot 10 over two fake batches; returns it after ``test()``."""
+    from common.tester import Tester
+    tester = Tester(10, **kwargs)
+    try:
+        tester.model = tester.network = RecordingTestModel()
+        tester.testset = SummarisingTestSet()
+        tester.batch_generator = [({'img': torch.zeros(n, 1)}, {}, {}) for n in (3, 2)]
+        tester.test()
+    finally:
+        tester.close()
+    return tester
+
+
+def released_experiment(tmp_path):
+    """``<tmp>/released/exp_A`` with a checkpoint folder, and ``output_root`` ``<tmp>/out``."""
+    exp = tmp_path / 'released' / 'exp_A'
+    (exp / 'checkpoint').mkdir(parents=True)
+    cfg.set_args('0', is_test=True, exp_dir=str(exp))
+    cfg.output_root = str(tmp_path / 'out')
+    cfg.testset = 'PW3D'
+    return exp
+
+
+def test_3dpw_and_3dpw_crowd_results_do_not_overwrite_each_other(tmp_path, cfg_state):
+    from common.tester import result_stem
+    assert result_stem('PW3D', 10) == 'PW3D_snapshot_10'
+    assert result_stem('PW3D', 10, crowd=True) == 'PW3D-crowd_snapshot_10'
+    assert result_stem('Human36M', 3, crowd=True) == 'Human36M_snapshot_3'  # crowd means nothing there
+    exp = released_experiment(tmp_path)
+    cfg.make_run_dirs()
+    run_tester()
+    cfg.crowd = True
+    run_tester()
+    assert sorted(os.listdir(exp / 'result')) == [
+        'eval_PW3D-crowd_snapshot_10.json', 'eval_PW3D_snapshot_10.json',
+        'predictions_PW3D-crowd_snapshot_10.npz', 'predictions_PW3D_snapshot_10.npz']
+    assert json.loads((exp / 'result' / 'eval_PW3D_snapshot_10.json').read_text()) == {'count': 5}
+
+
+def test_a_read_only_experiment_is_evaluated_into_the_fallback_folder(tmp_path, cfg_state, monkeypatch):
+    exp = released_experiment(tmp_path)
+    before = sorted(str(p.relative_to(exp)) for p in exp.rglob('*'))
+    real_access = os.access
+    # running as root makes chmod ineffective: the experiment folder reports itself read-only
+    monkeypatch.setattr(os, 'access', lambda path, mode: (not str(path).startswith(str(exp))
+                                                          and real_access(path, mode)))
+    monkeypatch.setattr(Path, 'mkdir', read_only_mkdir(exp, Path.mkdir))
+    tester = run_tester()
+    fallback = tmp_path / 'out' / 'results' / 'exp_A'
+    assert tester.result_dir == str(fallback)
+    assert sorted(os.listdir(fallback)) == ['eval_PW3D_snapshot_10.json', 'log', 'predictions_PW3D_snapshot_10.npz']
+    assert sorted(str(p.relative_to(exp)) for p in exp.rglob('*')) == before  # nothing written there
+    log = (fallback / 'log' / 'test_logs.txt').read_text()
+    assert f'{exp} cannot be written' in log and str(fallback) in log
+
+
+def read_only_mkdir(folder, real_mkdir):
+    """``Path.mkdir`` refusing to create anything inside ``folder`` (a read-only mount)."""
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(folder)):
+            if self.is_dir() and kwargs.get('exist_ok'):
+                return None
+            raise PermissionError(13, 'Read-only file system', str(self))
+        return real_mkdir(self, *args, **kwargs)
+    return mkdir
+
+
+def test_a_result_path_that_is_a_file_sends_results_elsewhere(tmp_path, cfg_state):
+    exp = released_experiment(tmp_path)
+    (exp / 'result').write_text('not a folder')
+    (exp / 'log').mkdir()
+    tester = run_tester()
+    fallback = tmp_path / 'out' / 'results' / 'exp_A'
+    assert sorted(os.listdir(fallback)) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
+    assert (exp / 'result').read_text() == 'not a folder'
+    assert 'cannot be written' in (exp / 'log' / 'test_logs.txt').read_text()
+    assert tester.result_paths[0] == str(fallback / 'eval_PW3D_snapshot_10.json')
+
+
+def test_explicit_result_dir_is_used(tmp_path, cfg_state):
+    released_experiment(tmp_path)
+    tester = run_tester(result_dir=str(tmp_path / 'mine'), log_dir=str(tmp_path / 'mine_log'))
+    assert sorted(os.listdir(tmp_path / 'mine')) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
+    assert os.listdir(tmp_path / 'mine_log') == ['test_logs.txt']
+    assert tester.result_dir == str(tmp_path / 'mine')
+
+
 def test_split_batch_uses_the_batch_size_not_the_last_key():
     from common.utils.batch import split_batch
     out = {'smpl_pose': np.arange(6).reshape(3, 2), 'aid': np.array([5, 6, 7]), 'k': np.ones((1, 4))}
@@ -461,6 +618,7 @@ def released_key_shapes():
     return [(key, () if shape == 'scalar' else tuple(int(n) for n in shape.split('x'))) for key, shape in rows]
 
 
+@pytest.mark.slow
 def test_two_iteration_run_writes_snapshot_log_and_config(trained_snapshot):
     assert sorted(p.name for p in (trained_snapshot / 'checkpoint').iterdir()) == ['snapshot_0.pth.tar']
     state = load(snapshot(trained_snapshot, 0))

@@ -18,13 +18,13 @@ load it; they take every location and object explicitly (the trainer passes them
 import os
 import pickle
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from common.nets.stacked import stacked_optimizer_state
+from common.utils.files import FileWriteError, atomic_copy, atomic_write, remove_stale_temp_files
 
 MODULE_PREFIX = 'module.'
 SNAPSHOT_RE = re.compile(r'^snapshot_(\d+)\.pth\.tar$')
@@ -33,6 +33,15 @@ _SMPL_BUFFER_RE = re.compile(r'(^|\.)human_model_layer\.th_[A-Za-z_]+$')
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or lacks a required entry."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A snapshot could not be written (disk full, no permission); the message names the
+    path and says which previous snapshot is intact."""
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """A snapshot holds NaN or infinite values; the message names the tensors (and the file)."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -92,43 +101,68 @@ def latest_snapshot(model_dir):
 
 
 # -------------------------------------------------------------- save / load
+def floating_tensors(state, prefix=''):
+    """``[(name, tensor), ...]`` of the floating (and complex) tensors in the nested
+    dicts/lists ``state``, named by their path (``'optimizer/state/3/exp_avg'``)."""
+    if torch.is_tensor(state):
+        return [(prefix or '<tensor>', state)] if (state.is_floating_point() or state.is_complex()) else []
+    found = []
+    if isinstance(state, dict):
+        for key, value in state.items():
+            found += floating_tensors(value, f'{prefix}/{key}' if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            found += floating_tensors(value, f'{prefix}/{i}' if prefix else str(i))
+    return found
+
+
+def non_finite_tensors(state):
+    """Names (``'network/module.x.weight'``, ``'optimizer/state/3/exp_avg'``) of the floating
+    tensors in the nested dicts/lists ``state`` that hold a NaN or an infinity.
+
+    One flag per tensor is computed on the tensor's device and read back once per device
+    (a GPU state costs a single synchronisation, not one per tensor).
+    """
+    by_device = {}
+    for name, tensor in floating_tensors(state):
+        by_device.setdefault(tensor.device, []).append((name, torch.isfinite(tensor).all()))
+    bad = []
+    for entries in by_device.values():
+        flags = torch.stack([flag for _, flag in entries]).tolist()
+        bad += [name for (name, _), finite in zip(entries, flags) if not finite]
+    return bad
+
+
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
 
-    An interrupted save (crash, Ctrl-C, full disk) leaves any previous file at
-    ``path`` untouched and removes the temporary file where it can.
+    A state holding a non-finite tensor is refused (:class:`NonFiniteCheckpointError`
+    naming it) before anything is written.  An interrupted save (crash, Ctrl-C, full
+    disk) leaves any previous file at ``path`` untouched and removes the temporary file;
+    temporary files of killed earlier saves are removed.  A full disk or a permission
+    error raises :class:`CheckpointWriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"Refusing to write {path}: non-finite values (NaN/inf) in {format_keys(bad)}. "
+            f"{_kept_note(path)}")
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return str(path)
+        return atomic_write(path, lambda f: torch.save(state, f), kept_note=_kept_note(path))
+    except FileWriteError as exc:
+        raise CheckpointWriteError(str(exc)) from exc
 
 
-def _fsync_dir(folder):
-    """Make the rename durable where the OS allows it (best effort)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _kept_note(path):
+    """What a failed write of ``path`` leaves intact, for error messages."""
+    path = Path(path)
+    if path.exists():
+        return f'The previous {path.name} is intact.'
+    latest = latest_snapshot(path.parent)
+    if latest is not None:
+        return f'The previous snapshot {latest[1]} is intact.'
+    return 'No snapshot was written.'
 
 
 def load_checkpoint_file(path, map_location='cpu'):
@@ -141,7 +175,7 @@ def load_checkpoint_file(path, map_location='cpu'):
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"Checkpoint {path} holds Python objects other than tensors, numbers and plain "
@@ -149,6 +183,12 @@ def load_checkpoint_file(path, map_location='cpu'):
             f"re-save it with torch.save({{k: v}}) of plain values. Details: {exc}") from exc
     except (EOFError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"Checkpoint {path} cannot be read (truncated or corrupt?): {exc}") from exc
+    bad = non_finite_tensors(checkpoint)
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"Checkpoint {path} holds non-finite values (NaN/inf) in {format_keys(bad)}; it is not "
+            "loaded (a run poisoned by a non-finite step?). Use an earlier snapshot.")
+    return checkpoint
 
 
 def network_state_of(checkpoint, source):
@@ -260,7 +300,11 @@ def load_network_partial(model, network_state):
 
 # ------------------------------------------------------------ resume / warm start
 def link_or_copy(src, dst):
-    """Put ``src`` at ``dst`` without writing to ``src``'s folder: a hard link where possible."""
+    """Put ``src`` at ``dst`` without writing to ``src``'s folder: a hard link where possible,
+    else an atomic copy (a full disk or a kill never leaves a partial file under ``dst``'s
+    name for a later resume to pick).  Stale temporary files of dead writers in ``dst``'s
+    folder are removed first.  A failed copy raises :class:`CheckpointWriteError`."""
+    remove_stale_temp_files(os.path.dirname(os.path.abspath(dst)))
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return
     if os.path.exists(dst):
@@ -268,7 +312,10 @@ def link_or_copy(src, dst):
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copy2(src, dst)
+        try:
+            atomic_copy(src, dst, kept_note=f'The source {src} is intact.')
+        except FileWriteError as exc:
+            raise CheckpointWriteError(str(exc)) from exc
 
 
 def _local_copy_then_load(source, model_dir, is_main_process, map_location):
@@ -303,9 +350,13 @@ def resume_training(exp_dir, model_dir, model, optimizer, scaler, is_main_proces
     The snapshot is linked (or copied) into ``model_dir`` and loaded strictly into
     ``model``, with the optimizer state and, when ``scaler`` is enabled, the GradScaler
     state.  No state depends on the number of processes, so a run may resume with
-    another one.  Returns a :class:`ResumeResult`.
+    another one.  Temporary files of killed saves in both folders are removed.
+    Returns a :class:`ResumeResult`.
     """
     source_dir = Path(exp_dir) / 'checkpoint'
+    if is_main_process:
+        # a save killed in the resumed run left its temporary file (up to a snapshot's size)
+        remove_stale_temp_files(source_dir)
     latest = latest_snapshot(source_dir)
     if latest is None:
         raise FileNotFoundError(
