@@ -249,7 +249,8 @@ class Human36M(MocapTrainDataset):
                 'num_overlap': 0,
                 'near_joints': np.zeros((1, len(COCO17), 3), dtype=np.float32),
             })
-        fit_files = ', '.join(self.annotation_path(s, 'smpl_param') for s in SPLIT_SUBJECTS[self.data_split])
+        subjects = ','.join(str(subject) for subject in SPLIT_SUBJECTS[self.data_split])
+        fit_files = self.annotation_path(f'{{{subjects}}}', 'smpl_param')
         if self.data_split == 'test' and not datalist and self.frames_without_fit:
             raise AnnotationError(f"{fit_files}: none of the {self.frames_without_fit} Human36M test frames has an "
                                   "SMPL fit (empty, or keyed differently from the joint files).")
