@@ -254,10 +254,20 @@ def test_pw3d_camera_without_focal_names_file_and_image(tree):
     refused('PW3D', 'test', path, f"image id {img['id']}", 'focal')
 
 
-@pytest.mark.parametrize('field, edit', [('smpl_param.trans', lambda a: a['smpl_param']['trans'].__setitem__(2, float('nan'))),
-                                         ('smpl_param.pose', lambda a: a['smpl_param']['pose'].__setitem__(7, float('inf'))),
-                                         ('openpose_result', lambda a: a['openpose_result'][3].__setitem__(0, float('nan'))),
-                                         ('bbox', lambda a: a['bbox'].__setitem__(0, float('nan')))])
+def set_nan(*keys):
+    """An edit writing NaN at ``annotation[keys[0]][keys[1]]...``."""
+    def edit(ann):
+        node = ann
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = float('nan')
+    return edit
+
+
+@pytest.mark.parametrize('field, edit', [('smpl_param.trans', set_nan('smpl_param', 'trans', 2)),
+                                         ('smpl_param.pose', set_nan('smpl_param', 'pose', 7)),
+                                         ('openpose_result', set_nan('openpose_result', 3, 0)),
+                                         ('bbox', set_nan('bbox', 0))])
 def test_pw3d_non_finite_values_name_file_annotation_and_field(tree, field, edit):
     path, content = pw3d_file(tree)
     ann = content['annotations'][2]
