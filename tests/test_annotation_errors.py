@@ -279,3 +279,17 @@ def test_pw3d_non_finite_values_name_file_annotation_and_field(tree, field, edit
 def test_annotation_error_is_a_value_error():
     """Callers catching ValueError (as before) still catch every annotation error."""
     assert issubclass(AnnotationError, ValueError)
+
+
+def test_pw3d_crowd_nan_detection_names_crowd_file_and_annotation(tree, data_cfg):
+    data_cfg.crowd = True
+    path = tree / PW3D / '3DPW_validation_crowd_hhrnet_result.json'
+    content = load(path)
+    if not content:
+        pytest.skip('the synthetic crowd file has no detections')
+    key = next(iter(content))
+    content[key]['coco_joints'][5][1] = float('nan')
+    save(path, content)
+    refused('PW3D', 'test', path, f'annotation id {key}', 'coco_joints', 'non-finite')
+    save(path, [])
+    refused('PW3D', 'test', path, 'keyed by str(annotation id)')

@@ -121,6 +121,8 @@ class PW3D(SeededDataset):
         crowd = self.options.crowd
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         hhrnet = read_json(self.crowd_pose_path(), LAYOUT_HINT) if crowd else None
+        if crowd and not isinstance(hhrnet, dict):
+            raise AnnotationError(f"{self.crowd_pose_path()}: expected a JSON object keyed by str(annotation id).")
         rootnet = self._load_rootnet() if self.uses_rootnet() else None
 
         datalist = []
@@ -212,6 +214,9 @@ class PW3D(SeededDataset):
         entry = hhrnet.get(str(aid))
         if entry is None:
             return transfer_joints(openpose, OPENPOSE19.names, COCO19.names)
+        if not isinstance(entry, dict):
+            raise AnnotationError(f"{self.crowd_pose_path()}: the entry for annotation id {aid} must be an object "
+                                  "with 'coco_joints' (17 x [x, y, score]).")
         joints = _float_array(entry.get('coco_joints'), (17, 3), 'coco_joints', self.crowd_pose_path(), aid)
         joints = add_pelvis(joints, COCO17.names)
         return add_neck(joints, COCO17.names + ('Pelvis',))
