@@ -95,7 +95,7 @@ def read_json(path, layout_hint):
         with open(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"Annotation file {path} is not valid JSON ({err}).") from err
+        raise AnnotationError(f"Annotation file {path} is not valid JSON ({err}).") from err
 
 
 def coco_index(content, description):
@@ -109,7 +109,7 @@ def coco_index(content, description):
         try:
             db.createIndex()
         except KeyError as err:
-            raise ValueError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
+            raise AnnotationError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
     return db
 
 
@@ -118,7 +118,7 @@ def read_coco(path, layout_hint):
     content = read_json(path, layout_hint)
     if not isinstance(content, dict) or not isinstance(content.get('images'), list) \
             or not isinstance(content.get('annotations'), list):
-        raise ValueError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
+        raise AnnotationError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
     return coco_index(content, path)
 
 

@@ -61,17 +61,17 @@ def merge_subject_data(contents, paths):
     merged = {}
     for content, path in zip(contents, paths):
         if not isinstance(content, dict):
-            raise ValueError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
+            raise AnnotationError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
         for key, value in content.items():
             if not isinstance(value, list):
-                raise ValueError(f"{path}: top-level '{key}' must be a list (lists of all subjects are merged).")
+                raise AnnotationError(f"{path}: top-level '{key}' must be a list (the subjects' lists are merged).")
         if not merged:
             merged = {key: list(value) for key, value in content.items()}
             continue
         for key, value in content.items():
             if key not in merged:
-                raise ValueError(f"{path}: top-level key '{key}' is missing from the earlier subject files; "
-                                 "all Human36M_subject*_data.json files must share their keys.")
+                raise AnnotationError(f"{path}: top-level key '{key}' is missing from the earlier subject files; "
+                                      "all Human36M_subject*_data.json files must share their keys.")
             merged[key].extend(value)
     merged.setdefault('images', [])
     merged.setdefault('annotations', [])
@@ -197,8 +197,8 @@ class Human36M(MocapTrainDataset):
             if frame % step != 0:
                 continue
             if subject not in per_subject:
-                raise ValueError(f"Human36M image {img['id']} has subject {subject}, which is not one of the "
-                                 f"'{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
+                raise AnnotationError(f"{data_path}: image id {img['id']} has subject {subject}, which is not one of "
+                                      f"the '{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
             tables = per_subject[subject]
             frame_keys = (str(action), str(subaction), str(frame))
             fit_path = self.annotation_path(subject, 'smpl_param')
