@@ -7,6 +7,7 @@ helpers build are described in ``data/train_dataset.py``.
 import contextlib
 import io
 import json
+import logging
 import os.path as osp
 from typing import NamedTuple, Tuple
 
@@ -17,6 +18,8 @@ from common.utils.joints import H36M17
 from common.utils.preprocessing import compute_iou, process_bbox
 from common.utils.smpl import load_regressor
 
+logger = logging.getLogger(__name__)
+
 H36M_REGRESSOR_FILE = 'J_regressor_h36m_correct.npy'
 NEIGHBOUR_IOU_THRESHOLD = 0.1
 
@@ -24,6 +27,63 @@ NEIGHBOUR_IOU_THRESHOLD = 0.1
 SMPL_PARAM_SIZES = (('pose', 72), ('shape', 10), ('trans', 3))
 NEURALANNOT_CAMERA_SIZES = (('focal', 2), ('princpt', 2))
 IMAGE_FIELDS = ('file_name', 'width', 'height')
+
+
+class AnnotationError(ValueError):
+    """A missing, malformed or non-finite annotation value; the message names the file and the record."""
+
+
+def finite_array(value, shape, path, record, field, dtype=np.float32):
+    """``value`` as an array of ``shape`` (``dtype``), every entry finite.
+
+    path: the annotation file; record: which record (e.g. "annotation id 7"); field: the
+    field name.  A missing value (None), a wrong number of entries, a non-numeric entry or a
+    NaN/inf raises ``AnnotationError`` naming all three.
+    """
+    if value is None:
+        raise AnnotationError(f"{path}: {record} lacks the field '{field}'.")
+    try:
+        array = np.asarray(value, dtype=dtype).reshape(shape)
+    except (ValueError, TypeError) as err:
+        raise AnnotationError(f"{path}: {record}: '{field}' must hold {int(np.prod(shape))} numbers {shape} "
+                              f"({err}).") from err
+    check_finite(array, path, record, field)
+    return array
+
+
+def check_finite(array, path, record, field):
+    """Raise ``AnnotationError`` naming file, record and field when ``array`` holds a NaN or inf."""
+    values = np.asarray(array)
+    if values.dtype.kind in 'fc' and not np.isfinite(values).all():
+        position = np.unravel_index(int(np.argmin(np.isfinite(values))), values.shape)
+        bad = values[position]
+        raise AnnotationError(f"{path}: {record}: '{field}' holds a non-finite value ({bad}) at index "
+                              f"{tuple(int(i) for i in position)}.")
+    return array
+
+
+def check_finite_number(value, path, record, field):
+    """``float(value)``, refused (``AnnotationError``) when missing, non-numeric or non-finite."""
+    return float(finite_array(value, (), path, record, field, dtype=np.float64))
+
+
+def count_missing_fits(dataset, datalist, fit_path):
+    """Report the samples of ``datalist`` whose ``smpl_param`` is None (no SMPL fit).
+
+    One warning line with the count when some lack a fit; ``AnnotationError`` naming
+    ``fit_path`` when none of a non-empty datalist has one (an empty fit file, or one keyed
+    differently from the annotations, would otherwise remove all SMPL supervision).
+    Returns the number of samples without a fit.
+    """
+    missing = sum(1 for data in datalist if data.get('smpl_param') is None)
+    if datalist and missing == len(datalist):
+        raise AnnotationError(
+            f"{fit_path}: none of the {len(datalist)} {dataset} samples has an SMPL fit in this file "
+            "(empty, or keyed differently from the annotations; see docs/METHOD.md, \"Data on disk\").")
+    if missing:
+        logger.warning('%s: %d of %d samples have no SMPL fit in %s (trained without SMPL supervision).',
+                       dataset, missing, len(datalist), fit_path)
+    return missing
 
 
 def read_json(path, layout_hint):
@@ -35,7 +95,7 @@ def read_json(path, layout_hint):
         with open(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"Annotation file {path} is not valid JSON ({err}).") from err
+        raise AnnotationError(f"Annotation file {path} is not valid JSON ({err}).") from err
 
 
 def coco_index(content, description):
@@ -49,7 +109,7 @@ def coco_index(content, description):
         try:
             db.createIndex()
         except KeyError as err:
-            raise ValueError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
+            raise AnnotationError(f"{description}: malformed COCO-style annotations (missing field {err}).") from err
     return db
 
 
@@ -58,25 +118,31 @@ def read_coco(path, layout_hint):
     content = read_json(path, layout_hint)
     if not isinstance(content, dict) or not isinstance(content.get('images'), list) \
             or not isinstance(content.get('annotations'), list):
-        raise ValueError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
+        raise AnnotationError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
     return coco_index(content, path)
 
 
 def require_fields(record, fields, path, kind):
     """Raise naming the file and the record when a JSON record lacks one of ``fields``."""
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{path}: a {kind} record must be a JSON object, got {type(record).__name__}.")
     missing = [field for field in fields if field not in record]
     if missing:
-        raise ValueError(f"{path}: {kind} id {record.get('id')} lacks the field(s) {missing} "
+        raise AnnotationError(f"{path}: {kind} id {record.get('id')} lacks the field(s) {missing} "
                          "(file formats: docs/METHOD.md, \"Data on disk\").")
 
 
 def float32_fields(record, sizes):
     """``{key: float32 array of shape size}`` for the (key, size) pairs of a JSON record.
 
-    Raises KeyError, ValueError or TypeError on a missing or wrongly sized field (callers
-    turn them into a message naming the file and the entry).
+    Raises KeyError, ValueError or TypeError on a missing, wrongly sized or non-finite
+    field (callers turn them into a message naming the file and the entry).
     """
-    return {key: np.asarray(record[key], dtype=np.float32).reshape(size) for key, size in sizes}
+    fields = {key: np.asarray(record[key], dtype=np.float32).reshape(size) for key, size in sizes}
+    for key, values in fields.items():
+        if not np.isfinite(values).all():
+            raise ValueError(f"'{key}' holds a non-finite value ({values[~np.isfinite(values)][0]})")
+    return fields
 
 
 def parse_smpl_param(param, path, entry):
@@ -87,8 +153,8 @@ def parse_smpl_param(param, path, entry):
     try:
         return float32_fields(param, SMPL_PARAM_SIZES)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: malformed SMPL fit {entry} (needs pose[72], shape[10], trans[3]): {err}") \
-            from err
+        raise AnnotationError(f"{path}: malformed SMPL fit {entry} (needs finite pose[72], shape[10], trans[3]): "
+                              f"{err}") from err
 
 
 def parse_neuralannot(entry, path, ann_id):
@@ -100,19 +166,26 @@ def parse_neuralannot(entry, path, ann_id):
         smpl_param = float32_fields(entry['smpl_param'], SMPL_PARAM_SIZES)
         cam_param = float32_fields(entry['cam_param'], NEURALANNOT_CAMERA_SIZES)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(
-            f"{path}: malformed NeuralAnnot entry for annotation id {ann_id} "
-            f"(needs smpl_param.pose[72], shape[10], trans[3] and cam_param.focal[2], princpt[2]): {err}") from err
+        raise AnnotationError(
+            f"{path}: malformed NeuralAnnot entry for annotation id {ann_id} (needs finite smpl_param.pose[72], "
+            f"shape[10], trans[3] and cam_param.focal[2], princpt[2]): {err}") from err
     return smpl_param, cam_param
 
 
 def parse_keypoints(ann, num_joints, path):
-    """COCO-style ``keypoints`` -> (num_joints, 3) float32; a wrong length names file and annotation."""
+    """COCO-style ``keypoints`` -> (num_joints, 3) float32; a wrong length or a NaN names file and annotation."""
     try:
-        return np.asarray(ann['keypoints'], dtype=np.float32).reshape(num_joints, 3)
+        keypoints = np.asarray(ann['keypoints'], dtype=np.float32).reshape(num_joints, 3)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: annotation id {ann.get('id')} needs 'keypoints' with "
-                         f"{num_joints} x [x, y, v] values ({err}).") from err
+        raise AnnotationError(f"{path}: annotation id {ann.get('id')} needs 'keypoints' with "
+                              f"{num_joints} x [x, y, v] values ({err}).") from err
+    return check_finite(keypoints, path, f"annotation id {ann.get('id')}", 'keypoints')
+
+
+def parse_bbox(ann, path):
+    """Annotated ``bbox`` [x, y, w, h] -> (4,) float32, refused (``AnnotationError``) when missing,
+    malformed or non-finite (a NaN box would otherwise be dropped silently as degenerate)."""
+    return finite_array(ann.get('bbox'), (4,), path, f"annotation id {ann.get('id')}", 'bbox')
 
 
 def split_validity(joint_img):
@@ -165,21 +238,27 @@ def load_neuralannot_people(files, person_joints, neighbour_joints=None, keep_an
     the neighbours' joints for the synthesiser are ``neighbour_joints(joint_img)``
     (default: joint_img).  Boxes are processed to ``aspect_ratio`` (W/H of the input
     crop).  People without a fit get ``smpl_param = cam_param = None``.
-    Returns (datalist, number of degenerate boxes).
+    Returns (datalist, number of degenerate boxes).  Missing or non-finite values raise
+    ``AnnotationError`` naming the file and the record.
     """
     annot_path, fit_path, image_dir, ann_fields, layout_hint = files
     db = read_coco(annot_path, layout_hint)
     fits = read_json(fit_path, layout_hint)
+    if not isinstance(fits, dict):
+        raise AnnotationError(f"{fit_path}: expected a JSON object keyed by str(annotation id).")
     datalist, degenerate = [], 0
     for img_id, img in db.imgs.items():
         require_fields(img, IMAGE_FIELDS, annot_path, 'image')
         width, height = img['width'], img['height']
+        for field in ('width', 'height'):
+            check_finite_number(img[field], annot_path, f'image id {img_id}', field)
         img_path = osp.join(image_dir, img['file_name'])
         people = []
         for ann in db.imgToAnns.get(img_id, []):
             require_fields(ann, ann_fields, annot_path, 'annotation')
             if keep_annotation is not None and not keep_annotation(ann):
                 continue
+            parse_bbox(ann, annot_path)
             bbox = process_bbox(ann['bbox'], width, height, aspect_ratio=aspect_ratio)
             if bbox is None:
                 degenerate += 1

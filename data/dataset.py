@@ -27,13 +27,27 @@ def body_model(options):
     return get_smpl(options.body_model)
 
 
+def fetch_visit(dataset, index, visit):
+    """``dataset[index]`` for the visit ``visit`` (tuple of ints, see ``SeededDataset``).
+
+    Datasets without ``get_sample`` (e.g. test sets, foreign datasets) take no visit key.
+    """
+    get_sample = getattr(dataset, 'get_sample', None)
+    if get_sample is None:
+        return dataset[index]
+    return get_sample(index, visit)
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """Base class giving each sample its own random generator.
 
     Subclasses set ``self.options`` (a ``DataOptions``) in their constructor.  With
     ``options.seed`` set, the generator of sample ``index`` in epoch ``epoch`` is
-    seeded by (seed, dataset name, epoch, index), so a batch does not depend on the
-    number of workers or processes, nor on an interruption and resume.  With
+    seeded by (seed, dataset name, epoch, index, stream, *visit), so a batch does not
+    depend on the number of workers or processes, nor on an interruption and resume.
+    ``visit`` is empty for a sample's first visit in an epoch; a balanced
+    ``MultipleDatasets`` that visits a member's sample again in the same epoch passes the
+    visit's slot in that member (unique per visit), so each repeat draws afresh.  With
     ``seed = None`` every call draws fresh OS entropy, as the original did.
     """
 
@@ -44,13 +58,17 @@ class SeededDataset(torch.utils.data.Dataset):
         """Select the epoch whose random draws ``__getitem__`` reproduces."""
         self.epoch = int(epoch)
 
-    def sample_rng(self, index, stream=0):
-        """``np.random.Generator`` for one sample (``stream`` separates independent uses)."""
+    def sample_rng(self, index, stream=0, visit=()):
+        """``np.random.Generator`` for one sample (``stream`` separates independent uses).
+
+        ``visit``: tuple of ints naming a repeated visit (empty: the first one).
+        """
         seed = self.options.seed
         if seed is None:
             return np.random.default_rng()
         name_key = zlib.crc32(type(self).__name__.encode())
-        return np.random.default_rng([int(seed), name_key, self.epoch, int(index), int(stream)])
+        return np.random.default_rng([int(seed), name_key, self.epoch, int(index), int(stream),
+                                      *(int(v) for v in visit)])
 
 
 class MultipleDatasets(SeededDataset):
@@ -62,6 +80,11 @@ class MultipleDatasets(SeededDataset):
     member (``k % len``) except in its last incomplete cycle, where the local index is a
     uniform random pick.  That pick comes from ``sample_rng`` (seeded by ``options.seed``,
     epoch and index when the seed is set; ``options`` None: the run configuration's).
+
+    Repeats: slot ``k >= len`` of a member is a repeated visit; the member's sample gets
+    the visit key ``visit + (k,)`` (``get_sample``), so its random draws differ from those
+    of the other visits in the epoch.  The first ``len`` slots pass ``visit`` unchanged:
+    their draws are those of the member's own ``__getitem__``.
     """
 
     def __init__(self, dbs, make_same_len=True, options=None):
@@ -91,20 +114,29 @@ class MultipleDatasets(SeededDataset):
             if hasattr(db, 'set_epoch'):
                 db.set_epoch(epoch)
 
-    def locate(self, index):
+    def locate(self, index, visit=()):
         """Global ``index`` -> (member index, local index) under the mixing rule above."""
+        return self.locate_visit(index, visit)[:2]
+
+    def locate_visit(self, index, visit=()):
+        """Global ``index`` -> (member index, local index, the member sample's visit key)."""
         if not 0 <= index < len(self):
             raise IndexError(f'index {index} out of range for MultipleDatasets of length {len(self)}')
         if not self.make_same_len:
             db_idx = int(np.searchsorted(self.db_len_cumsum, index, side='right'))
             start = int(self.db_len_cumsum[db_idx - 1]) if db_idx > 0 else 0
-            return db_idx, index - start
-        db_idx, local = divmod(index, self.max_db_data_num)
+            return db_idx, index - start, tuple(visit)
+        db_idx, slot = divmod(index, self.max_db_data_num)
         db_len = self.db_lengths[db_idx]
-        if local >= db_len * (self.max_db_data_num // db_len):
-            return db_idx, int(self.sample_rng(index).integers(0, db_len))
-        return db_idx, local % db_len
+        member_visit = tuple(visit) if slot < db_len else tuple(visit) + (slot,)
+        if slot >= db_len * (self.max_db_data_num // db_len):
+            return db_idx, int(self.sample_rng(index, visit=visit).integers(0, db_len)), member_visit
+        return db_idx, slot % db_len, member_visit
+
+    def get_sample(self, index, visit=()):
+        """The sample at global ``index`` for the visit ``visit`` (see the class docstring)."""
+        db_idx, local, member_visit = self.locate_visit(index, visit)
+        return fetch_visit(self.dbs[db_idx], local, member_visit)
 
     def __getitem__(self, index):
-        db_idx, local = self.locate(index)
-        return self.dbs[db_idx][local]
+        return self.get_sample(index)

@@ -6,7 +6,7 @@ implements ``load_data()`` returning the datalist.  ``TrainDataset.__getitem__``
 runs the steps of ``data/sample_steps.py`` and ``data/smpl_targets.py``
 (docs/METHOD.md, "Training samples").
 
-Every random draw comes from the per-sample generator ``self.sample_rng(idx)``, in the
+Every random draw comes from the per-sample generator ``self.sample_rng(idx, visit=visit)``, in the
 order: augmentation parameters, then the PoseFix synthesiser.
 ``options.fix_flip_neighbours`` switches on the corrected neighbour handling
 (docs/METHOD.md, "Differences from the original"; off: SGRE's behaviour).
@@ -88,9 +88,13 @@ class TrainDataset(SeededDataset):
         return len(self.datalist)
 
     def __getitem__(self, idx):
+        return self.get_sample(idx)
+
+    def get_sample(self, idx, visit=()):
+        """Sample ``idx``; ``visit`` keys the random draws of a repeated visit (``data/dataset.py``)."""
         data = dict(self.datalist[idx])
         if self.data_split == 'train':
-            return self.get_train_sample(data, self.sample_rng(idx), augment=True)
+            return self.get_train_sample(data, self.sample_rng(idx, visit=visit), augment=True)
         return self.get_test_sample(idx, data)
 
     def fit_is_valid(self, data, fit, gt):

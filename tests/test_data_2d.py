@@ -443,6 +443,32 @@ def test_seeded_samples_repeat_and_change_with_the_epoch(seeded):
     assert any(not np.array_equal(a, b) for a, b in zip(flat(first[idx]), flat(second[idx])))
 
 
+def test_repeated_visits_in_a_balanced_mix_draw_afresh(seeded):
+    """The smaller 2D group is cycled: each visit of one sample gets its own flip, colour and errors,
+    and the first visit is the sample the dataset gives on its own."""
+    from data.dataset import MultipleDatasets
+    mpii = MPII(ToTensor(), 'train')
+    larger = MPII(ToTensor(), 'train')
+    larger.datalist = larger.datalist * 4
+    mix = MultipleDatasets([MultipleDatasets([larger], make_same_len=False),
+                            MultipleDatasets([mpii], make_same_len=False)], make_same_len=True)
+    mix.set_epoch(3)
+    mpii_slots = [len(larger) + cycle * len(mpii) for cycle in range(4)]   # local sample 0, four cycles
+
+    def flat(sample):
+        return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for part in sample
+                               for _, v in sorted(part.items())])
+
+    visits = [flat(mix[slot]) for slot in mpii_slots]
+    np.testing.assert_array_equal(visits[0], flat(mpii[0]))
+    for i in range(len(visits)):
+        for j in range(i):
+            assert not np.array_equal(visits[i], visits[j])
+    again = [flat(mix[slot]) for slot in reversed(mpii_slots)][::-1]
+    for a, b in zip(visits, again):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_seeded_batches_do_not_depend_on_workers(seeded):
     ds = MPII(ToTensor(), 'train')

@@ -46,20 +46,76 @@ def load_img(path, order='RGB'):
     return img.astype(np.float32)
 
 
-def _is_truncated_jpeg(path, tail_bytes=1024):
-    """True for a JPEG without an end-of-image marker near its end.
+# JPEG markers (ITU-T T.81, table B.1).
+_SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])   # TEM, RST0..7: no length field
 
-    OpenCV decodes a truncated JPEG silently (grey lower part).  0xFFD9 cannot occur
-    inside entropy-coded data (0xFF is byte-stuffed there), so its absence from the
-    last bytes means the file was cut.
+
+def _is_truncated_jpeg(path):
+    """True for a JPEG file whose main image ends before its end-of-image marker.
+
+    OpenCV decodes a truncated JPEG silently (grey lower part), so the file's segment
+    structure is walked: SOI, then length-prefixed segments (an EXIF APP1 segment may hold
+    a whole thumbnail JPEG with its own EOI, which is skipped with the segment), each SOS
+    followed by entropy-coded data up to the next marker that is neither byte stuffing
+    (0xFF00) nor a restart marker (progressive files have several scans), and finally
+    EOI.  Anything after EOI (camera trailers, motion-photo videos) is ignored.  Files
+    that do not start with SOI are not JPEGs and are never called truncated here.
     """
     with open(path, 'rb') as f:
-        if f.read(2) != b'\xff\xd8':
-            return False
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - tail_bytes))
-        return b'\xff\xd9' not in f.read()
+        data = f.read()
+    if data[:2] != b'\xff\xd8':
+        return False
+    return _jpeg_end_of_image(data) is None
+
+
+def _jpeg_end_of_image(data):
+    """Offset just past the main image's EOI marker in JPEG bytes ``data``, or None if it is missing."""
+    pos, size = 2, len(data)
+    while True:
+        # Markers may be preceded by any number of 0xFF fill bytes.
+        if pos >= size or data[pos] != 0xFF:
+            return None
+        while pos < size and data[pos] == 0xFF:
+            pos += 1
+        if pos >= size:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == _EOI:
+            return pos
+        if marker in _STANDALONE_MARKERS or marker == _SOI:
+            continue
+        if pos + 2 > size:
+            return None
+        length = int.from_bytes(data[pos:pos + 2], 'big')   # includes the two length bytes
+        if length < 2 or pos + length > size:
+            return None
+        pos += length
+        if marker == _SOS:
+            pos = _skip_entropy_coded_data(data, pos)
+            if pos is None:
+                return None
+
+
+def _skip_entropy_coded_data(data, pos):
+    """Offset of the first marker after the entropy-coded data starting at ``pos`` (None: none follows).
+
+    Inside the scan 0xFF is followed by 0x00 (byte stuffing) or a restart marker RST0..7;
+    any other byte after 0xFF starts the next marker.
+    """
+    size = len(data)
+    while True:
+        pos = data.find(b'\xff', pos)
+        if pos < 0 or pos + 1 >= size:
+            return None
+        follower = data[pos + 1]
+        if follower == 0x00 or 0xD0 <= follower <= 0xD7:
+            pos += 2
+        elif follower == 0xFF:
+            pos += 1          # fill byte before a marker
+        else:
+            return pos
 
 
 # ------------------------------------------------------------------------------ boxes

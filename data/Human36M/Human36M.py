@@ -23,7 +23,8 @@ from common.utils.metrics import joint_error, regress_joints
 from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
                                         process_bbox)
 from common.utils.transforms import cam2pixel, world2cam
-from data.annotations import coco_index, parse_smpl_param, read_json
+from data.annotations import (AnnotationError, check_finite, check_finite_number, coco_index, count_missing_fits,
+                              finite_array, parse_bbox, parse_smpl_param, read_json, require_fields)
 from data.dataset import resolve_data_options
 from data.sample_steps import CropState, input_image
 from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, SmplFit, fitting_error, smpl_fit_targets
@@ -37,6 +38,8 @@ SPLIT_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
 FRAME_STEP = {'train': 5, 'test': 64}
 TEST_CAMERA = 4
 ANNOTATION_KINDS = ('data', 'camera', 'joint_3d', 'smpl_param')
+IMAGE_FIELDS = ('id', 'file_name', 'width', 'height', 'subject', 'action_idx', 'subaction_idx', 'cam_idx',
+                'frame_idx')
 
 LAYOUT_HINT = (
     "<data_dir>/Human36M/annotations/Human36M_subject{S}_{data,camera,joint_3d,smpl_param}.json for "
@@ -58,17 +61,17 @@ def merge_subject_data(contents, paths):
     merged = {}
     for content, path in zip(contents, paths):
         if not isinstance(content, dict):
-            raise ValueError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
+            raise AnnotationError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
         for key, value in content.items():
             if not isinstance(value, list):
-                raise ValueError(f"{path}: top-level '{key}' must be a list (lists of all subjects are merged).")
+                raise AnnotationError(f"{path}: top-level '{key}' must be a list (the subjects' lists are merged).")
         if not merged:
             merged = {key: list(value) for key, value in content.items()}
             continue
         for key, value in content.items():
             if key not in merged:
-                raise ValueError(f"{path}: top-level key '{key}' is missing from the earlier subject files; "
-                                 "all Human36M_subject*_data.json files must share their keys.")
+                raise AnnotationError(f"{path}: top-level key '{key}' is missing from the earlier subject files; "
+                                      "all Human36M_subject*_data.json files must share their keys.")
             merged[key].extend(value)
     merged.setdefault('images', [])
     merged.setdefault('annotations', [])
@@ -76,24 +79,28 @@ def merge_subject_data(contents, paths):
 
 
 def nested_lookup(table, keys, path, what):
-    """``table[k0][k1]...`` for string keys; a missing entry raises naming the file and the keys."""
+    """``table[k0][k1]...`` for string keys; a missing entry raises ``AnnotationError`` naming the file and keys."""
     node = table
     for key in keys:
         if not isinstance(node, dict) or key not in node:
-            raise KeyError(f"{path}: no {what} entry for [{']['.join(repr(k) for k in keys)}].")
+            raise AnnotationError(f"{path}: no {what} entry for [{']['.join(repr(k) for k in keys)}].")
         node = node[key]
     return node
 
 
 def parse_camera(camera, path, cam_idx):
-    """Camera entry -> dict of float32 ``R`` (3,3), ``t`` (3,) mm, ``focal`` (2,), ``princpt`` (2,)."""
+    """Camera entry -> dict of float32 ``R`` (3,3), ``t`` (3,) mm, ``focal`` (2,), ``princpt`` (2,), all finite."""
     try:
-        return {'R': np.asarray(camera['R'], dtype=np.float32).reshape(3, 3),
-                't': np.asarray(camera['t'], dtype=np.float32).reshape(3),
-                'focal': np.asarray(camera['f'], dtype=np.float32).reshape(2),
-                'princpt': np.asarray(camera['c'], dtype=np.float32).reshape(2)}
+        camera = {'R': np.asarray(camera['R'], dtype=np.float32).reshape(3, 3),
+                  't': np.asarray(camera['t'], dtype=np.float32).reshape(3),
+                  'focal': np.asarray(camera['f'], dtype=np.float32).reshape(2),
+                  'princpt': np.asarray(camera['c'], dtype=np.float32).reshape(2)}
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: malformed camera {cam_idx!r} (needs R 3x3, t[3], f[2], c[2]): {err}") from err
+        raise AnnotationError(f"{path}: malformed camera {cam_idx!r} (needs R 3x3, t[3], f[2], c[2]): {err}") \
+            from err
+    for key, value in camera.items():
+        check_finite(value, path, f'camera {cam_idx!r}', key)
+    return camera
 
 
 class Human36M(MocapTrainDataset):
@@ -118,6 +125,7 @@ class Human36M(MocapTrainDataset):
         options = resolve_data_options(options)
         self.img_dir = osp.join(options.data_dir, 'Human36M', 'images')
         self.skipped_bbox_count = 0
+        self.frames_without_fit = 0   # test split: frames dropped for lack of an SMPL fit
         super().__init__(transform, data_split, options)
 
     def annotation_path(self, subject, kind):
@@ -125,16 +133,28 @@ class Human36M(MocapTrainDataset):
 
     # ------------------------------------------------------------------ loading
     def load_annotations(self):
-        """Read the four files of every subject once -> (COCO index, {subject: (cameras, joints, fits)})."""
+        """Read the four files of every subject once.
+
+        Returns (COCO index, {subject: {kind: table}}, {image id: its data file}).
+        """
         subjects = SPLIT_SUBJECTS[self.data_split]
         data_paths = [self.annotation_path(s, 'data') for s in subjects]
-        db = coco_index(merge_subject_data([read_json(p, LAYOUT_HINT) for p in data_paths], data_paths),
-                              'Human36M ' + ', '.join(data_paths))
+        contents = [read_json(p, LAYOUT_HINT) for p in data_paths]
+        db = coco_index(merge_subject_data(contents, data_paths), 'Human36M ' + ', '.join(data_paths))
+        image_files = {}
+        for content, path in zip(contents, data_paths):
+            for img in content.get('images', []):
+                if isinstance(img, dict):
+                    image_files.setdefault(img.get('id'), path)
         per_subject = {}
         for subject in subjects:
             per_subject[subject] = {kind: read_json(self.annotation_path(subject, kind), LAYOUT_HINT)
                                     for kind in ANNOTATION_KINDS[1:]}
-        return db, per_subject
+            for kind, table in per_subject[subject].items():
+                if not isinstance(table, dict):
+                    raise AnnotationError(f"{self.annotation_path(subject, kind)}: expected a JSON object "
+                                          f"(see docs/METHOD.md, \"Data on disk\").")
+        return db, per_subject, image_files
 
     def load_rootnet(self):
         """RootNet detections ``{image_id: (bbox (4,), root depth mm)}`` (test with use_gt_info=False)."""
@@ -146,14 +166,17 @@ class Human36M(MocapTrainDataset):
                 "set use_gt_info=True to use the GT boxes instead.")
         entries = read_json(path, 'a JSON list of {image_id, bbox, root_cam}')
         try:
-            return {int(e['image_id']): (np.asarray(e['bbox'], dtype=np.float32).reshape(4),
-                                         float(e['root_cam'][2])) for e in entries}
+            rootnet = {int(e['image_id']): (np.asarray(e['bbox'], dtype=np.float32).reshape(4),
+                                            float(e['root_cam'][2])) for e in entries}
         except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise ValueError(f"{path}: malformed RootNet entry ({err}).") from err
+            raise AnnotationError(f"{path}: malformed RootNet entry ({err}).") from err
+        for image_id, (bbox, depth) in rootnet.items():
+            check_finite(np.append(bbox, depth), path, f'image_id {image_id}', 'bbox/root_cam')
+        return rootnet
 
     def load_data(self):
         """The datalist (one entry per kept frame and camera)."""
-        db, per_subject = self.load_annotations()
+        db, per_subject, image_files = self.load_annotations()
         use_rootnet = self.data_split == 'test' and not self.options.use_gt_info
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         rootnet = self.load_rootnet() if use_rootnet else None
@@ -161,17 +184,21 @@ class Human36M(MocapTrainDataset):
         datalist = []
         for ann_id in db.anns:
             ann = db.anns[ann_id]
+            if ann['image_id'] not in db.imgs:
+                raise AnnotationError(f"Human36M {', '.join(sorted(set(image_files.values())))}: annotation id "
+                                      f"{ann_id} refers to the unknown image id {ann['image_id']}.")
             img = db.imgs[ann['image_id']]
-            try:
-                subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
-                frame, cam_idx = img['frame_idx'], img['cam_idx']
-            except KeyError as err:
-                raise ValueError(f"Human36M image {img.get('id')}: missing field {err}.") from err
+            data_path = image_files.get(img.get('id'), 'Human36M data files')
+            require_fields(img, IMAGE_FIELDS, data_path, 'image')
+            require_fields(ann, ('bbox',), data_path, 'annotation')
+            subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
+            frame, cam_idx = img['frame_idx'], img['cam_idx']
+            check_finite_number(frame, data_path, f"image id {img['id']}", 'frame_idx')
             if frame % step != 0:
                 continue
             if subject not in per_subject:
-                raise ValueError(f"Human36M image {img['id']} has subject {subject}, which is not one of the "
-                                 f"'{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
+                raise AnnotationError(f"{data_path}: image id {img['id']} has subject {subject}, which is not one of "
+                                      f"the '{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
             tables = per_subject[subject]
             frame_keys = (str(action), str(subaction), str(frame))
             fit_path = self.annotation_path(subject, 'smpl_param')
@@ -179,6 +206,7 @@ class Human36M(MocapTrainDataset):
             # World-frame fit (the translation in metres).
             fit = None if fit is None else parse_smpl_param(fit, fit_path, f'at {list(frame_keys)}')
             if self.data_split == 'test' and fit is None:
+                self.frames_without_fit += 1
                 continue
             cam_path = self.annotation_path(subject, 'camera')
             cam_param = parse_camera(nested_lookup(tables['camera'], (str(cam_idx),), cam_path, 'camera'),
@@ -187,17 +215,18 @@ class Human36M(MocapTrainDataset):
                 continue
 
             joint_path = self.annotation_path(subject, 'joint_3d')
-            joint_world = np.asarray(nested_lookup(tables['joint_3d'], frame_keys, joint_path, 'joint'),
-                                     dtype=np.float32).reshape(len(H36M17), 3)
+            joint_world = finite_array(nested_lookup(tables['joint_3d'], frame_keys, joint_path, 'joint'),
+                                       (len(H36M17), 3), joint_path, f'entry {list(frame_keys)}', 'joints')
             joint_cam = world2cam(joint_world, cam_param['R'], cam_param['t']).astype(np.float32)
             joint_img = cam2pixel(joint_cam, cam_param['focal'], cam_param['princpt']).astype(np.float32)
             joint_valid = np.ones((len(H36M17), 1), dtype=np.float32)
 
-            img_shape = (int(img['height']), int(img['width']))
-            tight_bbox = np.asarray(ann['bbox'], dtype=np.float32).reshape(4)
+            img_shape = (int(check_finite_number(img['height'], data_path, f"image id {img['id']}", 'height')),
+                         int(check_finite_number(img['width'], data_path, f"image id {img['id']}", 'width')))
+            tight_bbox = parse_bbox(ann, data_path)
             if use_rootnet:
                 if img['id'] not in rootnet:
-                    raise KeyError(f"RootNet output has no entry for Human36M image id {img['id']}.")
+                    raise AnnotationError(f"RootNet output has no entry for Human36M image id {img['id']}.")
                 bbox, root_depth = rootnet[img['id']]
             else:
                 bbox = process_bbox(tight_bbox, img_shape[1], img_shape[0], aspect_ratio=aspect_ratio)
@@ -220,6 +249,12 @@ class Human36M(MocapTrainDataset):
                 'num_overlap': 0,
                 'near_joints': np.zeros((1, len(COCO17), 3), dtype=np.float32),
             })
+        subjects = ','.join(str(subject) for subject in SPLIT_SUBJECTS[self.data_split])
+        fit_files = self.annotation_path(f'{{{subjects}}}', 'smpl_param')
+        if self.data_split == 'test' and not datalist and self.frames_without_fit:
+            raise AnnotationError(f"{fit_files}: none of the {self.frames_without_fit} Human36M test frames has an "
+                                  "SMPL fit (empty, or keyed differently from the joint files).")
+        count_missing_fits(f'Human36M {self.data_split}', datalist, fit_files)
         if self.skipped_bbox_count:
             logger.warning('Human36M %s: skipped %d annotations with a degenerate bbox.', self.data_split,
                            self.skipped_bbox_count)

@@ -14,7 +14,8 @@ import os.path as osp
 
 from common.utils.joints import COCO18, MPII16, transfer_joints
 from common.utils.preprocessing import input_aspect_ratio
-from data.annotations import NeuralAnnotFiles, load_neuralannot_people, parse_keypoints, split_validity
+from data.annotations import (NeuralAnnotFiles, count_missing_fits, load_neuralannot_people, parse_keypoints,
+                              split_validity)
 from data.dataset import resolve_data_options
 from data.train_dataset import TrainDataset
 
@@ -48,6 +49,7 @@ class MPII(TrainDataset):
             # Neighbours are stored in COCO-18 (face joints zero) for the synthesiser.
             lambda joint_img: transfer_joints(joint_img, MPII16.names, COCO18.names),
             aspect_ratio=input_aspect_ratio(self.options.geometry))
+        count_missing_fits('MPII', datalist, files.fit_path)
         if degenerate:
             logger.warning('MPII: skipped %d annotation(s) with a degenerate bbox.', degenerate)
         return datalist

@@ -17,8 +17,9 @@ import numpy as np
 
 from common.utils.joints import COCO17, COCO18, SMPL30, add_pelvis, transfer_joints
 from common.utils.preprocessing import crop_for_test, in_bounds_mask, input_aspect_ratio, load_img, process_bbox
-from data.annotations import (IMAGE_FIELDS, NeuralAnnotFiles, load_neuralannot_people, parse_keypoints, read_coco,
-                              require_fields, split_validity)
+from data.annotations import (IMAGE_FIELDS, AnnotationError, NeuralAnnotFiles, count_missing_fits,
+                              load_neuralannot_people, parse_bbox, parse_keypoints, read_coco, require_fields,
+                              split_validity)
 from data.dataset import resolve_data_options
 from data.sample_steps import input_image
 from data.train_dataset import TrainDataset
@@ -73,6 +74,7 @@ class MSCOCO(TrainDataset):
         datalist, degenerate = load_neuralannot_people(
             files, lambda ann: self._person_joints(ann, annot_path), keep_annotation=is_single_person_with_keypoints,
             aspect_ratio=input_aspect_ratio(self.options.geometry))
+        count_missing_fits('MSCOCO train', datalist, files.fit_path)
         if degenerate:
             logger.warning('MSCOCO train: skipped %d annotation(s) with a degenerate bbox.', degenerate)
         return datalist
@@ -87,10 +89,11 @@ class MSCOCO(TrainDataset):
             if not is_single_person_with_keypoints(ann):
                 continue
             if ann['image_id'] not in db.imgs:
-                raise ValueError(f"{annot_path}: annotation id {ann['id']} refers to the unknown image id "
-                                 f"{ann['image_id']}.")
+                raise AnnotationError(f"{annot_path}: annotation id {ann['id']} refers to the unknown image id "
+                                      f"{ann['image_id']}.")
             img = db.imgs[ann['image_id']]
             require_fields(img, IMAGE_FIELDS, annot_path, 'image')
+            parse_bbox(ann, annot_path)
             bbox = process_bbox(ann['bbox'], img['width'], img['height'], aspect_ratio=aspect_ratio)
             if bbox is None:
                 degenerate += 1

@@ -18,7 +18,8 @@ import numpy as np
 
 from common.utils.joints import COCO17, H36M17, MUCO21, transfer_joints
 from common.utils.preprocessing import input_aspect_ratio, process_bbox
-from data.annotations import find_neighbours, parse_smpl_param, read_coco, read_json
+from data.annotations import (AnnotationError, check_finite, count_missing_fits, find_neighbours, parse_smpl_param,
+                              read_coco, read_json, require_fields)
 from data.dataset import resolve_data_options
 from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, fitting_error
 from data.train_dataset import MocapTrainDataset
@@ -35,14 +36,20 @@ LAYOUT_HINT = ("<data_dir>/MuCo/data/MuCo-3DHP.json (COCO-style), <data_dir>/MuC
 
 
 def parse_person(ann, path):
-    """(keypoints_cam (21, 3) mm, keypoints_img (21, 2) px, tight bbox (4,)) float32 of one annotation."""
+    """(keypoints_cam (21, 3) mm, keypoints_img (21, 2) px, tight bbox (4,)) float32 of one annotation.
+
+    A missing, malformed or non-finite field raises ``AnnotationError`` naming file and annotation.
+    """
     try:
         joint_cam = np.asarray(ann['keypoints_cam'], dtype=np.float32).reshape(len(MUCO21), 3)
         joint_xy = np.asarray(ann['keypoints_img'], dtype=np.float32).reshape(len(MUCO21), 2)
         bbox = np.asarray(ann['bbox'], dtype=np.float32).reshape(4)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: annotation id {ann.get('id')} needs keypoints_cam (21x3, mm), "
-                         f"keypoints_img (21x2) and bbox[4] ({err}).") from err
+        raise AnnotationError(f"{path}: annotation id {ann.get('id')} needs keypoints_cam (21x3, mm), "
+                              f"keypoints_img (21x2) and bbox[4] ({err}).") from err
+    record = f"annotation id {ann.get('id')}"
+    for field, value in (('keypoints_cam', joint_cam), ('keypoints_img', joint_xy), ('bbox', bbox)):
+        check_finite(value, path, record, field)
     return joint_cam, joint_xy, bbox
 
 
@@ -75,7 +82,7 @@ class MuCo(MocapTrainDataset):
         db = read_coco(ann_path, LAYOUT_HINT)
         fits = read_json(fit_path, LAYOUT_HINT)
         if not isinstance(fits, dict):
-            raise ValueError(f"{fit_path}: expected an object keyed by str(annotation id).")
+            raise AnnotationError(f"{fit_path}: expected an object keyed by str(annotation id).")
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         datalist = []
         for img_id in db.imgs:
@@ -84,6 +91,7 @@ class MuCo(MocapTrainDataset):
             if not anns:
                 self.skipped_empty_count += 1
                 continue
+            require_fields(img, ('file_name',), ann_path, 'image')
             people = [parse_person(ann, ann_path) for ann in anns]
             root_depths = np.array([joint_cam[MUCO21.root, 2] for joint_cam, _, _ in people])
             chosen = int(np.argmin(root_depths))  # first one on ties
@@ -93,8 +101,10 @@ class MuCo(MocapTrainDataset):
                 cam_param = {'focal': np.asarray(img['f'], dtype=np.float32).reshape(2),
                              'princpt': np.asarray(img['c'], dtype=np.float32).reshape(2)}
             except (KeyError, ValueError, TypeError) as err:
-                raise ValueError(f"{ann_path}: image id {img_id} needs width, height, f[2] and c[2] ({err}).") \
+                raise AnnotationError(f"{ann_path}: image id {img_id} needs width, height, f[2] and c[2] ({err}).") \
                     from err
+            for field, value in cam_param.items():
+                check_finite(value, ann_path, f'image id {img_id}', {'focal': 'f', 'princpt': 'c'}[field])
             bbox = process_bbox(tight_bbox, img_shape[1], img_shape[0], aspect_ratio=aspect_ratio)
             if bbox is None:
                 self.skipped_bbox_count += 1
@@ -126,6 +136,7 @@ class MuCo(MocapTrainDataset):
                 'num_overlap': len(neighbours),
                 'near_joints': near_joints,
             })
+        count_missing_fits('MuCo', datalist, fit_path)
         if self.skipped_bbox_count or self.skipped_empty_count:
             logger.warning('MuCo: skipped %d images whose closest person has a degenerate bbox and %d images '
                            'without annotations.', self.skipped_bbox_count, self.skipped_empty_count)

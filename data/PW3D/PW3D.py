@@ -30,7 +30,7 @@ from common.utils.metrics import joint_error, regress_joints, vertex_error
 from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask,
                                         input_aspect_ratio, load_img, process_bbox)
 from common.utils.transforms import cam2pixel, denorm_joints
-from data.annotations import load_h36m_regressor, read_coco, read_json
+from data.annotations import AnnotationError, check_finite, load_h36m_regressor, read_coco, read_json, require_fields
 from data.dataset import SeededDataset, body_model, resolve_data_options
 from data.sample_steps import input_image
 
@@ -48,12 +48,38 @@ LAYOUT_HINT = (
     "synthetic stand-in.")
 
 
+IMAGE_FIELDS = ('file_name', 'sequence', 'width', 'height', 'cam_param')
+ANNOTATION_FIELDS = ('bbox', 'smpl_param', 'openpose_result')
+
+
 def _float_array(value, shape, what, path, ann_id):
+    """``value`` as a float64 array of ``shape``; missing, malformed or non-finite: ``AnnotationError``."""
+    if value is None:
+        raise AnnotationError(f"{path}: annotation id {ann_id} lacks the field '{what}'.")
     try:
-        return np.asarray(value, dtype=np.float64).reshape(shape)
+        array = np.asarray(value, dtype=np.float64).reshape(shape)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: annotation id {ann_id}: '{what}' must have {int(np.prod(shape))} numbers "
-                         f"{shape} ({err}).") from err
+        raise AnnotationError(f"{path}: annotation id {ann_id}: '{what}' must have {int(np.prod(shape))} numbers "
+                              f"{shape} ({err}).") from err
+    return check_finite(array, path, f'annotation id {ann_id}', what)
+
+
+def _camera(img, path, ann_id):
+    """The image's ``cam_param`` -> {name: float32 array}; ``focal`` and ``princpt`` (2,) required, all finite."""
+    cam_param = img['cam_param']
+    record = f"image id {img.get('id')} (annotation id {ann_id})"
+    if not isinstance(cam_param, dict) or 'focal' not in cam_param or 'princpt' not in cam_param:
+        raise AnnotationError(f"{path}: {record}: 'cam_param' needs 'focal' [fx, fy] and 'princpt' [cx, cy].")
+    try:
+        camera = {k: np.array(v, dtype=np.float32) for k, v in cam_param.items()}
+    except (ValueError, TypeError) as err:
+        raise AnnotationError(f"{path}: {record}: 'cam_param' entries must be numeric ({err}).") from err
+    for key in ('focal', 'princpt'):
+        if camera[key].size != 2:
+            raise AnnotationError(f"{path}: {record}: 'cam_param.{key}' must have 2 numbers.")
+    for key, value in camera.items():
+        check_finite(value, path, record, f'cam_param.{key}')
+    return camera
 
 
 class PW3D(SeededDataset):
@@ -95,11 +121,18 @@ class PW3D(SeededDataset):
         crowd = self.options.crowd
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         hhrnet = read_json(self.crowd_pose_path(), LAYOUT_HINT) if crowd else None
+        if crowd and not isinstance(hhrnet, dict):
+            raise AnnotationError(f"{self.crowd_pose_path()}: expected a JSON object keyed by str(annotation id).")
         rootnet = self._load_rootnet() if self.uses_rootnet() else None
 
         datalist = []
         for aid, ann in db.anns.items():
+            if ann['image_id'] not in db.imgs:
+                raise AnnotationError(f"{ann_path}: annotation id {aid} refers to the unknown image id "
+                                      f"{ann['image_id']}.")
             img = db.imgs[ann['image_id']]
+            require_fields(img, IMAGE_FIELDS, ann_path, 'image')
+            require_fields(ann, ANNOTATION_FIELDS, ann_path, 'annotation')
             sequence = img['sequence']
             if crowd and not any(name in sequence for name in CROWD_SEQUENCES):
                 continue
@@ -130,9 +163,12 @@ class PW3D(SeededDataset):
                 self.pose_fallback_aids.append(aid)
                 input_bbox = np.array(bbox, dtype=np.float32)
 
+            if not isinstance(ann['smpl_param'], dict):
+                raise AnnotationError(f"{ann_path}: annotation id {aid}: 'smpl_param' must be an object with "
+                                      "pose, shape, trans and gender.")
             smpl_param = dict(ann['smpl_param'])
             if smpl_param.get('gender') not in ('male', 'female', 'neutral'):
-                raise ValueError(f"{ann_path}: annotation id {aid}: smpl_param.gender must be 'male', 'female' "
+                raise AnnotationError(f"{ann_path}: annotation id {aid}: smpl_param.gender must be 'male', 'female' "
                                  f"or 'neutral', got {smpl_param.get('gender')!r}.")
             datalist.append({
                 'ann_id': aid,
@@ -140,7 +176,7 @@ class PW3D(SeededDataset):
                 'img_path': osp.join(self.img_dir, sequence, img['file_name']),
                 'sequence': sequence,
                 'img_shape': (height, width),
-                'cam_param': {k: np.array(v, dtype=np.float32) for k, v in img['cam_param'].items()},
+                'cam_param': _camera(img, ann_path, aid),
                 'smpl_param': {
                     'pose': _float_array(smpl_param.get('pose'), (72,), 'smpl_param.pose', ann_path, aid),
                     'shape': _float_array(smpl_param.get('shape'), (10,), 'smpl_param.shape', ann_path, aid),
@@ -165,19 +201,22 @@ class PW3D(SeededDataset):
         try:
             return {str(entry['ann_id']): entry for entry in entries}
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{path}: expected a list of {{ann_id, bbox, root_cam}} objects ({err}).") from err
+            raise AnnotationError(f"{path}: expected a list of {{ann_id, bbox, root_cam}} objects ({err}).") from err
 
     def _rootnet_entry(self, rootnet, aid):
         try:
             return rootnet[str(aid)]
         except KeyError:
-            raise KeyError(f"{self.rootnet_path()} has no entry for annotation id {aid}.") from None
+            raise AnnotationError(f"{self.rootnet_path()} has no entry for annotation id {aid}.") from None
 
     def _crowd_pose(self, hhrnet, aid, openpose):
         """COCO-19 input pose: HigherHRNet with pelvis and neck, or the OpenPose pose if absent."""
         entry = hhrnet.get(str(aid))
         if entry is None:
             return transfer_joints(openpose, OPENPOSE19.names, COCO19.names)
+        if not isinstance(entry, dict):
+            raise AnnotationError(f"{self.crowd_pose_path()}: the entry for annotation id {aid} must be an object "
+                                  "with 'coco_joints' (17 x [x, y, score]).")
         joints = _float_array(entry.get('coco_joints'), (17, 3), 'coco_joints', self.crowd_pose_path(), aid)
         joints = add_pelvis(joints, COCO17.names)
         return add_neck(joints, COCO17.names + ('Pelvis',))
