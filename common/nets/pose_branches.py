@@ -46,11 +46,12 @@ def _index_tensor(values, device):
 
 
 def _select_rows(x, parent_sel):
-    """Rows of ``x`` (M, B, 6) named by a ``TreePlan`` level's ``parent_sel``: a view for a
-    contiguous run, else a gather."""
+    """Rows of ``x`` (M, B, 6) named by a ``TreePlan`` level's ``parent_sel``: ``x`` itself or
+    a view for a contiguous run, else a gather."""
     kind, *args = parent_sel
     if kind == 'slice':
-        return x[args[0]:args[1]]
+        # all rows: no slice, whose backward would zero-fill and copy the gradient
+        return x if (args[0], args[1]) == (0, len(x)) else x[args[0]:args[1]]
     return x.index_select(0, _index_tensor(tuple(args[0]), x.device))
 
 
