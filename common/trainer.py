@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.nets.stacked import canonical_optimizer_state
 from common.runner import Runner
 from common.seeding import derive_seed, seed_everything, seed_worker, set_dataset_epoch
 from common.utils import checkpoint as ckpt_io
@@ -270,7 +271,8 @@ class Trainer(Runner):
                 'epoch': int(epoch),
                 # the bare model's keys + 'module.': the same file from DDP, DataParallel or one device
                 'network': ckpt_io.add_module_prefix(self.model.state_dict()),
-                'optimizer': self.optimizer.state_dict(),
+                # per-item layout of the original model (graph vertices, pose branches)
+                'optimizer': canonical_optimizer_state(self.model, self.optimizer),
                 'scaler': self.scaler.state_dict(),
                 'config': cfg.plain_options(),
             }

@@ -4,18 +4,6 @@ import pytest
 from main.config import cfg
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    """Every test starts from, and leaves behind, the same configuration.
-
-    Automatic because several test modules still set ``cfg`` options directly before
-    building a dataset; the fixtures below restore ``cfg`` themselves.
-    """
-    state = cfg.snapshot()
-    yield cfg
-    cfg.restore(state)
-
-
 @pytest.fixture
 def cfg_state():
     """``cfg`` for the test to change; restored to the state before the test afterwards."""
@@ -27,7 +15,7 @@ def cfg_state():
 @pytest.fixture(scope='session')
 def synthetic_smpl_dir(tmp_path_factory):
     """Folder with the three synthetic SMPL pkl files and the regressor .npy files."""
-    from tool.make_synthetic_smpl import make_synthetic_smpl
+    from tool.synthetic.body_model import make_synthetic_smpl
     out = tmp_path_factory.mktemp('smpl_model')
     make_synthetic_smpl(out, seed=0)
     return out
@@ -45,7 +33,7 @@ def smpl_cfg(cfg_state, synthetic_smpl_dir):
 @pytest.fixture(scope='session')
 def synthetic_data_root(tmp_path_factory, synthetic_smpl_dir):
     """A small data tree of all five datasets in their real on-disk formats."""
-    from tool.make_synthetic_data import make_synthetic_data
+    from tool.synthetic.tree import make_synthetic_data
     root = tmp_path_factory.mktemp('data')
     make_synthetic_data(root, synthetic_smpl_dir, seed=0)
     return root

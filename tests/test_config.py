@@ -9,6 +9,9 @@ import pytest
 
 from main.config import Config, ROOT_DIR, cfg, parse_gpu_ids
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 
 @pytest.mark.parametrize('text, expected', [
     ('0', '0'), ('3', '3'), ('0,1', '0,1'), ('0,2,5', '0,2,5'),

@@ -20,6 +20,9 @@ from torchvision.transforms import ToTensor
 from data.MPII.MPII import MPII
 from data.MSCOCO.MSCOCO import MSCOCO
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 SMPL30 = ('Pelvis', 'L_Hip', 'R_Hip', 'Torso', 'L_Knee', 'R_Knee', 'Spine', 'L_Ankle', 'R_Ankle', 'Chest',
           'L_Toe', 'R_Toe', 'Neck', 'L_Thorax', 'R_Thorax', 'Head', 'L_Shoulder', 'R_Shoulder', 'L_Elbow',
           'R_Elbow', 'L_Wrist', 'R_Wrist', 'L_Hand', 'R_Hand', 'Nose', 'L_Eye', 'R_Eye', 'L_Ear', 'R_Ear',

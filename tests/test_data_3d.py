@@ -17,6 +17,9 @@ from scipy.spatial.transform import Rotation
 
 from main.config import cfg
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 H36M_SUBJECTS = {'train': (1, 5, 6, 7, 8), 'test': (9, 11)}
 H36M_KINDS = ('data', 'camera', 'joint_3d', 'smpl_param')
 # Joint conventions: H36M-17 / MuCo-21 index -> SMPL-30 index (None = dropped).

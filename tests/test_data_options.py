@@ -11,6 +11,9 @@ import pytest
 
 from main.config import ROOT_DIR, cfg
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 # Library modules of the data side: they must not import ``main`` at all.
 LEAF_MODULES = ('data/annotations.py', 'data/sample_steps.py', 'data/smpl_targets.py', 'data/train_dataset.py',
                 'data/registry.py', 'common/utils/preprocessing.py', 'common/utils/posefix.py',

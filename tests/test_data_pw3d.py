@@ -12,6 +12,9 @@ from scipy.spatial.transform import Rotation
 from main.config import cfg
 from tests.reference import ref_square_box
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 THR = 0.05
 # Joint conventions: OpenPose-19 and COCO-19 index k -> SMPL-30 index.
 OPENPOSE19_TO_SMPL30 = (24, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 26, 25, 28, 27, 0)

@@ -16,6 +16,9 @@ from common.options import GeometryOptions
 from main.config import cfg
 from tests.reference import ref_square_box
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2,
                            camera_3d_size=2.5, focal=(5000, 5000), sigma=2.5)
 

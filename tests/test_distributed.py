@@ -27,6 +27,9 @@ from main.config import cfg
 from tests.cpu_sync_batchnorm import convert_to_cpu_sync_batchnorm
 from tests.helpers import run_command, run_in_process
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_STATE_ENTRIES = 1423  # the released checkpoints' network entries (tests/data/state_dict_keys.txt)
 

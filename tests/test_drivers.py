@@ -20,6 +20,9 @@ from common.utils import device as device_utils
 from main.config import cfg
 from tests.helpers import run_in_process
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 ANSI_LINE = re.compile(r'^\x1b\[92m\d\d-\d\d \d\d:\d\d:\d\d\x1b\[0m (.*)$')
 
 
@@ -451,6 +454,13 @@ def two_epoch_runs(trained_snapshot, tiny_schedule_yaml, tmp_path_factory):
 
 
 @pytest.mark.slow
+def released_key_shapes():
+    """(key, shape) of every entry of the released checkpoints, in their order."""
+    rows = (line.split() for line in (Path(__file__).parent / 'data' / 'state_dict_keys.txt').read_text().splitlines()
+            if line.strip())
+    return [(key, () if shape == 'scalar' else tuple(int(n) for n in shape.split('x'))) for key, shape in rows]
+
+
 def test_two_iteration_run_writes_snapshot_log_and_config(trained_snapshot):
     assert sorted(p.name for p in (trained_snapshot / 'checkpoint').iterdir()) == ['snapshot_0.pth.tar']
     state = load(snapshot(trained_snapshot, 0))
@@ -463,6 +473,17 @@ def test_two_iteration_run_writes_snapshot_log_and_config(trained_snapshot):
     assert len(groups) == 4 and all(g['lr'] == 1e-3 for g in groups)
     steps = {float(s['step']) for s in state['optimizer']['state'].values()}
     assert steps == {2.0}  # both iterations stepped every parameter
+    # The optimizer entry lists the released files' learnable tensors one by one, in their
+    # order within each module group, whatever the in-memory storage (stacked graph vertices).
+    learnable = [(key, shape) for key, shape in released_key_shapes()
+                 if not key.startswith('module.human_model_layer.')
+                 and not re.search(r'running_(mean|var)$|num_batches_tracked$', key)]
+    by_group = [[shape for key, shape in learnable if key.startswith(f'module.{name}.')]
+                for name in ('backbone', 'pose2feat', 'position_net', 'rotation_net')]
+    assert [len(g['params']) for g in groups] == [len(shapes) for shapes in by_group]
+    for group, shapes in zip(groups, by_group):
+        for index, shape in zip(group['params'], shapes):
+            assert tuple(state['optimizer']['state'][index]['exp_avg'].shape) == shape, (index, shape)
     assert state['config']['seed'] == 0 and state['config']['train_batch_size'] == 2
 
     messages = log_messages(trained_snapshot / 'log' / 'train_logs.txt')

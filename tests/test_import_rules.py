@@ -3,18 +3,17 @@
 1. Library code never imports the ``main`` package (the global configuration lives in
    ``main/config.py``; library code gets explicit arguments or the records of
    ``common/options.py``): every module under ``common/nets`` and ``common/utils`` (except the
-   CLI/device glue ``cli.py`` and ``device.py``), ``common/options.py`` and the data
+   command-line glue ``cli.py``), ``common/{options,demo,runner,seeding}.py`` and the data
    pipeline's step modules. Imports at any nesting level count (a lazy import inside a
    function is still a dependency), and so do ``importlib.import_module('main...')`` /
    ``__import__('main...')`` with a literal name.
 
 2. Entry scripts (``main/*.py``, ``tool/*.py``) never import another entry script. They may
    import ``common``, ``data``, the assembly layer ``main.config`` / ``main.model``, and the
-   library-like generators of synthetic data under ``tool``: the ``tool.synthetic`` package
-   and the ``tool.make_synthetic_*`` modules (they hold importable functions that tests and
-   the benchmark call; their command line is a thin wrapper). Every other ``main.*`` or
-   ``tool.*`` module (``main.train``, ``main.test``, ``main.demo``, ``tool.quickstart``,
-   ``tool.benchmark``, ...) is an entry script.
+   synthetic-data library ``tool.synthetic`` (the generators that ``tool/make_synthetic_*.py``,
+   the quickstart, the benchmark and the tests call). Every other ``main.*`` or ``tool.*``
+   module (``main.train``, ``main.demo``, ``tool.quickstart``, ``tool.make_synthetic_smpl``,
+   ...) is an entry script.
 """
 import ast
 import sys
@@ -25,8 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LIBRARY_DIRS = ('common/nets', 'common/utils')
-LIBRARY_GLUE = {'common/utils/cli.py', 'common/utils/device.py'}
-LIBRARY_FILES = ('common/options.py', 'data/annotations.py', 'data/smpl_targets.py', 'data/sample_steps.py',
+LIBRARY_GLUE = {'common/utils/cli.py'}
+LIBRARY_FILES = ('common/options.py', 'common/demo.py', 'common/runner.py', 'common/seeding.py',
+                 'data/annotations.py', 'data/smpl_targets.py', 'data/sample_steps.py',
                  'data/train_dataset.py')
 ASSEMBLY_MODULES = {'main.config', 'main.model'}
 ENTRY_DIRS = ('main', 'tool')
@@ -91,7 +91,7 @@ def is_entry_script(name):
     if parts[0] not in ENTRY_DIRS or len(parts) < 2:
         return False
     head = '.'.join(parts[:2])
-    if head in ASSEMBLY_MODULES or head == 'tool.synthetic' or head.startswith('tool.make_synthetic_'):
+    if head in ASSEMBLY_MODULES or head == 'tool.synthetic':
         return False
     # ``from main import config`` names main.config; ``from tool import x`` names tool.x.
     return (ROOT / parts[0] / (parts[1] + '.py')).is_file()
@@ -142,5 +142,6 @@ def test_rules_see_every_import_form(tmp_path, monkeypatch):
             'tool.make_synthetic_smpl'} <= set(names)
     assert names['main.train.Trainer'] == 3 and names['tool.quickstart'] == 5
     entries = sorted({name for name in names if is_entry_script(name)})
-    assert entries == ['main.train', 'main.train.Trainer', 'main.train.x', 'tool.quickstart']
+    assert entries == ['main.train', 'main.train.Trainer', 'main.train.x', 'tool.make_synthetic_smpl',
+                       'tool.quickstart']
     assert is_within('main.config', 'main') and not is_within('mainframe', 'main')

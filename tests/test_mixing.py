@@ -9,6 +9,9 @@ import torch
 from data.dataset import MultipleDatasets, SeededDataset, resolve_data_options
 from main.config import cfg
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 
 class Numbered(SeededDataset):
     """``n`` samples; sample i is (tag, i, a random draw from its per-sample generator)."""

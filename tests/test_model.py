@@ -19,6 +19,9 @@ from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
 from common.options import BodyModelPaths, GeometryOptions, ModelOptions
 from common.utils.smpl import SMPL
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 KEY_FILE = Path(__file__).parent / 'data' / 'state_dict_keys.txt'
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 GRAPH_JOINT_IDX = [0, 1, 2, 4, 5, 7, 8, 12, 29, 16, 17, 18, 19, 20, 21]
@@ -638,7 +641,7 @@ def test_render_variant_scales_depth_by_bbox(reference_case):
     assert torch.equal(rendered[:, :2], cam[:, :2])
 
 
-def test_render_is_a_forward_argument(reference_case, restore_cfg):
+def test_render_is_a_forward_argument(reference_case, cfg_state):
     """``render=True`` moves only the translated mesh (and its projection) in test mode; the
     global configuration's ``render`` flag is not read."""
     case = reference_case
@@ -648,7 +651,7 @@ def test_render_is_a_forward_argument(reference_case, restore_cfg):
     meta = {'bbox': bbox}
     with torch.no_grad():
         plain = model(case['inputs'], {}, meta, 'test')
-        restore_cfg.render = True
+        cfg_state.render = True
         assert torch.equal(model(case['inputs'], {}, meta, 'test')['mesh_cam_render'], plain['mesh_cam_render'])
         rendered = model(case['inputs'], {}, meta, 'test', render=True)
     for key in ('cam_param', 'joint_img', 'joint_score', 'smpl_pose', 'smpl_shape'):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.nets import resnet as resnet_mod
-from common.nets.layer import (GraphConvBlock, GraphResBlock, make_conv_layers, make_linear_layers,
-                               stacked_optimizer_state)
+from common.nets.layer import GraphConvBlock, GraphResBlock, make_conv_layers, make_linear_layers
+from common.nets.stacked import canonical_optimizer_state, stacked_optimizer_state
 from common.nets.module import (PositionNet, Pose2Feat, RotationNet, sample_joint_features,
                                 sample_volumes_at, soft_argmax_3d)
 from common.nets.resnet import ResNetBackbone
@@ -245,6 +245,8 @@ def test_per_vertex_optimizer_state_resumes_on_stacked_blocks():
         ref_state = ref_opt.state[reference[2].graph_block2.fcbn_list[v][1].bias]
         assert torch.equal(opt.state[stacked[2].graph_block2.bn.bias]['exp_avg'][v * 8:(v + 1) * 8],
                            ref_state['exp_avg'])
+    # written back in the per-vertex layout, the state is the reference optimizer's, exactly
+    _optimizer_states_equal(canonical_optimizer_state(stacked, opt), ref_opt.state_dict(), exact=True)
     for model, optimizer in ((reference, ref_opt), (stacked, opt)):
         optimizer.zero_grad()
         model(inputs[2]).pow(2).mean().backward()
@@ -259,12 +261,29 @@ def test_per_vertex_optimizer_state_resumes_on_stacked_blocks():
             assert torch.equal(fast_state[name], ref), name
         else:  # Adam divides by the moments' root: float32 rounding of small gradients shows more
             assert rel_err(fast_state[name], ref) <= 1e-4, name
+    _optimizer_states_equal(canonical_optimizer_state(stacked, opt), ref_opt.state_dict(), exact=False)
     with pytest.raises(ValueError, match='parameter'):  # other groups than the saved ones
         small = torch.optim.Adam(stacked[1].parameters())
         stacked_optimizer_state(stacked, small, ref_opt.state_dict())
     with pytest.raises(ValueError, match='parameters'):
         fewer = torch.optim.Adam([{'params': stacked[1].parameters()}, {'params': stacked[0].parameters()}])
         stacked_optimizer_state(stacked, fewer, ref_opt.state_dict())
+
+
+def _optimizer_states_equal(ours, reference, exact):
+    """Same groups, same parameter indices, same per-parameter state (exactly, or up to the
+    float32 rounding that different summation orders give Adam's moments)."""
+    assert ours['param_groups'] == reference['param_groups']
+    assert sorted(ours['state']) == sorted(reference['state'])
+    for index, ref in reference['state'].items():
+        assert sorted(ours['state'][index]) == sorted(ref)
+        for key, value in ref.items():
+            mine = ours['state'][index][key]
+            assert mine.shape == value.shape, (index, key)
+            if exact or value.dim() == 0:
+                assert torch.equal(mine, value), (index, key)
+            else:  # rounding-noise gradients (biases before BatchNorm) differ at the 1e-9 level
+                assert torch.allclose(mine, value, rtol=1e-3, atol=1e-7), (index, key)
 
 
 def test_graph_block_initialisation_draws_like_per_vertex_linears():

@@ -221,7 +221,7 @@ def test_same_seed_gives_byte_identical_files(synthetic_data_root, synthetic_smp
 @pytest.mark.slow
 def test_other_seed_gives_other_annotations(synthetic_data_root, synthetic_smpl_dir, tmp_path, monkeypatch):
     """A different seed changes the annotations (images skipped to stay fast)."""
-    from tool.make_synthetic_data import make_synthetic_data
+    from tool.synthetic.tree import make_synthetic_data
     from tool.synthetic import common
     monkeypatch.setattr(common, 'write_jpeg', lambda path, img: None)
     monkeypatch.setattr(common, 'render_people', lambda w, h, meshes, faces, f, c, rng: None)
@@ -231,7 +231,7 @@ def test_other_seed_gives_other_annotations(synthetic_data_root, synthetic_smpl_
 
 
 def test_generator_errors(synthetic_smpl_dir, tmp_path):
-    from tool.make_synthetic_data import make_synthetic_data
+    from tool.synthetic.tree import make_synthetic_data
     with pytest.raises(ValueError, match='unknown dataset'):
         make_synthetic_data(tmp_path / 'x', synthetic_smpl_dir, datasets=('PW3D', 'CrowdPose'))
     with pytest.raises(FileNotFoundError, match='J_regressor_extra.npy'):

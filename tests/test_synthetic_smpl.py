@@ -10,7 +10,8 @@ import scipy.sparse
 import torch
 
 from common.utils.smpl_layer import SMPLLayer
-from tool.make_synthetic_smpl import MIRROR_INDEX_FILE, build_synthetic_model, main as cli_main
+from tool.make_synthetic_smpl import main as cli_main
+from tool.synthetic.body_model import MIRROR_INDEX_FILE, build_synthetic_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILES = {'neutral': 'basicModel_neutral_lbs_10_207_0_v1.0.0.pkl',

@@ -10,6 +10,9 @@ import torch
 from common.utils import vis
 from main.config import cfg
 
+# These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
+pytestmark = pytest.mark.usefixtures('cfg_state')
+
 
 # ------------------------------------------------------------------------------ helpers
 def parse_obj(path):

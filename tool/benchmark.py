@@ -138,7 +138,7 @@ def ensure_body_model(smpl_dir, workdir):
         if (smpl_dir / 'J_regressor_extra.npy').is_file():
             cfg.data_dir = str(smpl_dir)
         return f'SMPL files in {smpl_dir}'
-    from tool.make_synthetic_smpl import make_synthetic_smpl
+    from tool.synthetic.body_model import make_synthetic_smpl
     make_synthetic_smpl(workdir, seed=0)
     cfg.smpl_model_dir = cfg.data_dir = str(workdir)
     return f'synthetic body model (no SMPL files in {smpl_dir})'
@@ -381,7 +381,7 @@ def ensure_data_tree(data_dir, workdir):
     if data_dir:
         cfg.data_dir = str(data_dir)
         return f'data tree {data_dir}'
-    from tool.make_synthetic_data import make_synthetic_data
+    from tool.synthetic.tree import make_synthetic_data
     root = Path(workdir) / 'data'
     make_synthetic_data(root, cfg.smpl_model_dir, seed=0)
     cfg.data_dir = str(root)

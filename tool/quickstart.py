@@ -77,8 +77,8 @@ def _generate_once(folder, make, regenerate):
 
 def ensure_synthetic_data(work_dir, regenerate=False):
     """``(smpl_dir, data_dir)`` of the synthetic body model and data tree under ``work_dir``."""
-    from tool.make_synthetic_data import make_synthetic_data
-    from tool.make_synthetic_smpl import make_synthetic_smpl
+    from tool.synthetic.tree import make_synthetic_data
+    from tool.synthetic.body_model import make_synthetic_smpl
     smpl_dir = Path(work_dir) / 'smpl'
     data_dir = Path(work_dir) / 'data'
     made = _generate_once(smpl_dir, lambda d: make_synthetic_smpl(d, seed=SYNTHETIC_SEED), regenerate)

@@ -92,6 +92,18 @@ class GraphConvBlock(nn.Module):
             self.weight[v].copy_(nn.init.normal_(weight, std=std).t())
         self.bias.zero_()
 
+    def canonical_items(self, tensors):
+        """Per-vertex layout of tensors shaped like this block's parameters (see
+        ``common/nets/stacked.py``): ``fcbn_list.<v>.{0,1}.{weight,bias}``, vertex after vertex."""
+        return [(f'fcbn_list.{v}.{suffix}', _vertex_value(self, tensors[name], name, v))
+                for v in range(self.vertex_num) for suffix, name in _PER_VERTEX_PARAMETERS]
+
+    def stacked_items(self, canonical):
+        """Inverse of ``canonical_items``: {per-vertex name: tensor} -> {parameter name: tensor}."""
+        return {name: _stack_vertices(name, [canonical[f'fcbn_list.{v}.{suffix}']
+                                             for v in range(self.vertex_num)])
+                for suffix, name in _PER_VERTEX_PARAMETERS}
+
     def forward(self, x):
         batch = x.shape[0]
         # (V, B, C_in) @ (V, C_in, C_out) + bias -> (V, B, C_out) -> (B, V*C_out), vertex-major
@@ -108,6 +120,7 @@ _PER_VERTEX_ENTRIES = (
     ('1.running_mean', 'bn.running_mean'), ('1.running_var', 'bn.running_var'),
     ('1.num_batches_tracked', 'bn.num_batches_tracked'),
 )
+_PER_VERTEX_PARAMETERS = _PER_VERTEX_ENTRIES[:4]
 
 
 def _vertex_value(block, stacked, name, v):
@@ -141,90 +154,18 @@ def _stacked_state_dict(block, state_dict, prefix, local_metadata, strict, missi
         keys = [f'{prefix}fcbn_list.{v}.{suffix}' for v in range(block.vertex_num)]
         if not all(key in state_dict for key in keys):
             continue
-        values = [state_dict.pop(key) for key in keys]
-        if name == 'weight':
-            state_dict[prefix + name] = torch.stack([value.t() for value in values])
-        elif name == 'bias':
-            state_dict[prefix + name] = torch.stack(values)
-        elif name == 'bn.num_batches_tracked':
-            state_dict[prefix + name] = torch.stack(values).max()
-        else:
-            state_dict[prefix + name] = torch.cat(values)
+        state_dict[prefix + name] = _stack_vertices(name, [state_dict.pop(key) for key in keys])
 
 
-def _stack_vertex_states(kind, states):
-    """One optimizer state of a stacked parameter from its V per-vertex states (same keys);
-    ``kind`` None: a parameter outside the graph blocks (one state, copied). New tensors, so
-    the result shares no memory with the input."""
-    merged = {}
-    for key, first in states[0].items():
-        values = [state[key] for state in states]
-        if not torch.is_tensor(first):
-            merged[key] = first
-        elif kind is None or first.dim() == 0:
-            merged[key] = first.clone()  # scalars such as Adam's step count agree over the vertices
-        elif kind == 'weight':
-            merged[key] = torch.stack([value.t() for value in values])
-        elif kind == 'bias':
-            merged[key] = torch.stack(values)
-        else:
-            merged[key] = torch.cat(values)
-    return merged
-
-
-def stacked_optimizer_state(model, optimizer, per_vertex_state):
-    """An optimizer state_dict saved with per-vertex graph layers, re-indexed for ``optimizer``.
-
-    Snapshots written when every graph vertex had its own ``Linear`` and ``BatchNorm1d``
-    (the released SGRE files among them) list, per GraphConvBlock, 4*V parameters in the order
-    (linear weight, linear bias, bn weight, bn bias) of vertex 0, 1, ...; ``optimizer`` (built
-    over ``model``'s parameters, in the same groups) holds 4 stacked ones per block. Returns
-    a state_dict for ``optimizer.load_state_dict`` with every per-parameter state (e.g. Adam's
-    moments) stacked like the parameters; the groups' hyper-parameters are kept.
-    """
-    blocks = {}
-    for module in model.modules():
-        if isinstance(module, GraphConvBlock):
-            blocks[id(module.weight)] = module
-    old_groups = per_vertex_state['param_groups']
-    if len(old_groups) != len(optimizer.param_groups):
-        raise ValueError(f'the saved optimizer state has {len(old_groups)} parameter groups, '
-                         f'the optimizer {len(optimizer.param_groups)}')
-    state, groups, new_index = {}, [], 0
-    for group, old_group in zip(optimizer.param_groups, old_groups):
-        old_ids = list(old_group['params'])
-        position, params = 0, []
-        group_params = group['params']
-        i = 0
-        while i < len(group_params):
-            block = blocks.get(id(group_params[i]))
-            if block is None:
-                if position >= len(old_ids):
-                    raise ValueError(f'the saved optimizer group has {len(old_ids)} parameters, '
-                                     'fewer than the per-vertex layout of this model')
-                pieces = [(None, [old_ids[position]])]
-                position += 1
-                i += 1
-            else:
-                count = block.vertex_num
-                if position + 4 * count > len(old_ids):
-                    raise ValueError(f'the saved optimizer group has {len(old_ids)} parameters, '
-                                     'fewer than the per-vertex layout of this model')
-                ids = old_ids[position:position + 4 * count]
-                pieces = [(kind, ids[k::4]) for k, kind in enumerate(('weight', 'bias', 'bn', 'bn'))]
-                position += 4 * count
-                i += 4
-            for kind, ids in pieces:
-                old_states = [per_vertex_state['state'][j] for j in ids if j in per_vertex_state['state']]
-                if len(old_states) == len(ids):
-                    state[new_index] = _stack_vertex_states(kind, old_states)
-                params.append(new_index)
-                new_index += 1
-        if position != len(old_ids):
-            raise ValueError(f'the saved optimizer group has {len(old_ids)} parameters, the per-vertex '
-                             f'layout of this model {position}')
-        groups.append({**old_group, 'params': params})
-    return {'state': state, 'param_groups': groups}
+def _stack_vertices(name, values):
+    """The stacked entry ``name`` from its V per-vertex values (inverse of ``_vertex_value``)."""
+    if name == 'weight':
+        return torch.stack([value.t() for value in values])
+    if name == 'bias':
+        return torch.stack(values)
+    if name == 'bn.num_batches_tracked':
+        return torch.stack(values).max()
+    return torch.cat(values)
 
 
 class GraphResBlock(nn.Module):

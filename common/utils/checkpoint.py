@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from common.nets.stacked import stacked_optimizer_state
+
 MODULE_PREFIX = 'module.'
 SNAPSHOT_RE = re.compile(r'^snapshot_(\d+)\.pth\.tar$')
 _SMPL_BUFFER_RE = re.compile(r'(^|\.)human_model_layer\.th_[A-Za-z_]+$')
@@ -313,7 +315,7 @@ def resume_training(exp_dir, model_dir, model, optimizer, scaler, is_main_proces
     had_optimizer = 'optimizer' in checkpoint
     if had_optimizer:
         try:
-            optimizer.load_state_dict(checkpoint['optimizer'])
+            optimizer.load_state_dict(stacked_optimizer_state(model, optimizer, checkpoint['optimizer']))
         except (ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"The optimizer state in {local} does not fit this model's Adam groups: {exc}") from exc
