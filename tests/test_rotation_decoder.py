@@ -323,3 +323,47 @@ def test_benchmark_reference_heads_match_and_launch_more_operators():
 
     ours, theirs = count_operators(lambda: step(net)), count_operators(lambda: step(reference))
     assert 0 < ours['compute_ops'] <= ours['ops'] and ours['ops'] < theirs['ops']
+
+
+# ----------------------------------------------------------------------------- optimizer state
+def test_per_joint_optimizer_state_round_trip_and_resume():
+    """Adam state of 23 per-joint branches, converted to the stacked parameters: written back it
+    is the same state, and the next step equals the per-joint run's next step."""
+    from common.nets.stacked import canonical_optimizer_state, stacked_optimizer_state
+    net = make_net(dtype=torch.float64, parents=SHUFFLED_PARENTS)
+    stacked = nn.ModuleDict({'global_rot': net.global_rot, 'pose_branch': net.pose_branch})
+    reference = nn.ModuleDict({'global_rot': nn.Sequential(nn.Linear(120, 6)).double(),
+                               'pose_branch': per_joint_branches(net.pose_branch)})
+    reference['global_rot'].load_state_dict(net.global_rot.state_dict())
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    inputs = [decoder_inputs(net, dtype=torch.float64, seed=s) for s in (1, 2, 3)]
+
+    def ref_step(graph_feat, joint_feat):
+        ref_opt.zero_grad()
+        out = per_joint_reference(reference, reference['pose_branch'], graph_feat, joint_feat,
+                                  SHUFFLED_PARENTS)
+        out.tanh().sum().backward()
+        ref_opt.step()
+
+    for graph_feat, joint_feat in inputs[:2]:
+        ref_step(graph_feat, joint_feat)
+    stacked.load_state_dict(reference.state_dict(), strict=True)
+    opt = torch.optim.Adam(stacked.parameters(), lr=1e-3)
+    opt.load_state_dict(stacked_optimizer_state(stacked, opt, ref_opt.state_dict()))
+    row = net.pose_branch.joint_order.index(6)
+    assert torch.equal(opt.state[net.pose_branch.parent_weight]['exp_avg'][row],
+                       ref_opt.state[reference['pose_branch'][5][0].weight]['exp_avg'][:, -6:])
+    saved = canonical_optimizer_state(stacked, opt)
+    expected = ref_opt.state_dict()
+    assert saved['param_groups'] == expected['param_groups']
+    assert saved['state'].keys() == expected['state'].keys()
+    for index, state in expected['state'].items():
+        assert all(torch.equal(saved['state'][index][k], v) for k, v in state.items()), index
+    ref_step(*inputs[2])
+    opt.zero_grad()
+    net.decode_global_6d(*inputs[2], SHUFFLED_PARENTS).tanh().sum().backward()
+    opt.step()
+    ours, theirs = stacked.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    for name, ref in theirs.items():
+        assert relative_error(ours[name], ref) < 1e-12, name
