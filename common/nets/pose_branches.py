@@ -204,7 +204,9 @@ class PoseBranches(nn.Module):
             features = joint_feat.index_select(1, _index_tensor(order, joint_feat.device))
         steady = torch.cat((graph_feat.expand(len(order), batch, -1), features.transpose(0, 1)),
                            dim=2)
-        pre = torch.baddbmm(bias1.unsqueeze(1), steady, steady_w.transpose(1, 2))  # (N, B, H)
+        # computed as W @ x^T, (N, H, B): the weight's gradient then comes out in the weight's
+        # own layout, where x @ W^T would give a transposed one that autograd copies (N*H*C)
+        pre = torch.baddbmm(bias1.unsqueeze(2), steady_w, steady.transpose(1, 2)).transpose(1, 2)
         sizes = [end - start for start, end, _ in plan.levels]
         # one split per tensor: its backward is one concatenation, not one per depth
         # weights as (N, in, out) views, so each depth's products need no further reshaping
