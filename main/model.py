@@ -21,6 +21,7 @@ from torch import nn
 from common.nets.layer import GraphConvBlock
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
 from common.nets.module import Pose2Feat, PositionNet, RotationNet
+from common.nets.pose_branches import PoseBranches
 from common.nets.resnet import ResNetBackbone
 from common.utils.smpl import SMPL
 from common.utils.transforms import global_to_relative, rot6d_to_rotmat, rotmat_to_axis_angle
@@ -224,7 +225,7 @@ def init_weights(module):
     elif kind is nn.Linear:
         nn.init.normal_(module.weight, std=0.01)
         nn.init.constant_(module.bias, 0)
-    elif kind is GraphConvBlock:  # its per-vertex Linear layers, stored stacked
+    elif kind in (GraphConvBlock, PoseBranches):  # per-vertex / per-joint Linear layers, stacked
         module.init_normal_linear(std=0.01)
 
 

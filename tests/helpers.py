@@ -4,6 +4,8 @@ import signal
 import subprocess
 
 import pytest
+import torch
+from torch import nn
 
 from main.config import cfg
 
@@ -32,3 +34,26 @@ def run_command(command, timeout, **kwargs):
         stdout, stderr = process.communicate()
         pytest.fail(f'{command} did not finish within {timeout} s:\n{(stdout + stderr)[-3000:]}')
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def per_joint_branches(pose_branch):
+    """The 23 pose branches of a ``PoseBranches`` module as separate
+    ``Linear-ReLU-Linear-ReLU-Linear`` modules (index j-1 for joint j), with copies of its
+    values, written from the documented stacked layout (rows in ``joint_order``; first-layer
+    weight = [steady columns | parent columns])."""
+    branches = nn.ModuleList()
+    with torch.no_grad():
+        for joint in range(1, len(pose_branch.joint_order) + 1):
+            pos = list(pose_branch.joint_order).index(joint)
+            first = torch.cat((pose_branch.steady_weight[pos], pose_branch.parent_weight[pos]), dim=1)
+            layers = [nn.Linear(first.shape[1], first.shape[0]), nn.ReLU(),
+                      nn.Linear(*pose_branch.weight2.shape[:0:-1]), nn.ReLU(),
+                      nn.Linear(*pose_branch.weight3.shape[:0:-1])]
+            values = [(first, pose_branch.bias1[pos]),
+                      (pose_branch.weight2[pos], pose_branch.bias2[pos]),
+                      (pose_branch.weight3[pos], pose_branch.bias3[pos])]
+            for layer, (weight, bias) in zip(layers[::2], values):
+                layer.to(weight.dtype).weight.copy_(weight)
+                layer.bias.copy_(bias)
+            branches.append(nn.Sequential(*layers).to(first.device))
+    return branches

@@ -14,6 +14,7 @@ from torch import nn
 
 from main.model import get_model
 from common.nets.layer import GraphConvBlock
+from common.nets.pose_branches import PoseBranches
 from common.nets.loss import CoordLoss, ParamLoss, global_rotation_loss
 from common.options import BodyModelPaths, GeometryOptions, ModelOptions
 from common.utils.smpl import SMPL
@@ -108,7 +109,8 @@ def test_released_format_file_loads_strict(human_model, options, tmp_path):
     result = model.load_state_dict({k[len('module.'):]: v for k, v in ckpt['network'].items()},
                                    strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert torch.equal(model.rotation_net.pose_branch[22][4].weight,
+    branches = model.rotation_net.pose_branch
+    assert torch.equal(branches.weight3[branches.joint_order.index(23)],
                        network['module.rotation_net.pose_branch.22.4.weight'])
     assert torch.equal(model.human_model_layer.th_posedirs, network['module.human_model_layer.th_posedirs'])
     block = model.rotation_net.graph_block[3].graph_block2
@@ -122,8 +124,9 @@ def test_released_format_file_loads_strict(human_model, options, tmp_path):
 def test_train_mode_initialisation(human_model, options):
     torch.manual_seed(0)
     model = get_model(6890, 30, 'train', human_model, options)
-    branch = model.rotation_net.pose_branch[0][0]
-    assert abs(branch.weight.std().item() - 0.01) < 1e-3 and torch.all(branch.bias == 0)
+    branches = model.rotation_net.pose_branch
+    weight = torch.cat((branches.steady_weight[0], branches.parent_weight[0]), dim=1)
+    assert abs(weight.std().item() - 0.01) < 1e-3 and torch.all(branches.bias1 == 0)
     conv = model.position_net.conv[0]
     assert abs(conv.weight.std().item() - 0.001) < 1e-4 and torch.all(conv.bias == 0)
     assert abs(model.backbone.layer3[0].conv2.weight.std().item() - 0.001) < 1e-4
@@ -430,6 +433,15 @@ def _randomise(model, seed):
             if isinstance(module, GraphConvBlock):  # per-vertex Linear layers, stored stacked
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / math.sqrt(module.dim_in))
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+            elif isinstance(module, PoseBranches):  # per-joint Linear layers, stored stacked
+                per_joint = {}
+                for name, shape in [(n, v.shape) for n, v in module.state_dict().items()]:
+                    if name.endswith('weight'):
+                        per_joint[name] = torch.randn(shape, generator=gen) * math.sqrt(1.0 / shape[1])
+                    else:
+                        per_joint[name] = torch.randn(shape, generator=gen) * 0.1
+                for name, value in module.stacked_items(per_joint).items():
+                    getattr(module, name).copy_(value)
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 fan_in = module.weight[0].numel()
                 gain = 2.0 if isinstance(module, nn.Conv2d) else 1.0
@@ -446,8 +458,7 @@ def _randomise(model, seed):
             if name.endswith('.bn3') or (isinstance(module, nn.BatchNorm1d) and 'graph_block2' in name):
                 module.weight.mul_(0.2)
         model.position_net.conv[0].weight.mul_(1.5)  # peaked but not one-hot heatmaps
-        for branch in model.rotation_net.pose_branch:  # relative rotations well away from 0
-            branch[4].weight.mul_(4)
+        model.rotation_net.pose_branch.weight3.mul_(4)  # relative rotations well away from 0
         model.rotation_net.cam_out[0].weight.mul_(0.05)
         model.rotation_net.cam_out[0].bias.copy_(torch.tensor([0.05, -0.05, 0.8]))
         model.rotation_net.shape_out[0].weight.mul_(0.3)
@@ -688,9 +699,8 @@ def test_identity_relative_rotations_have_finite_gradients(reference_case):
     model.train()
     try:
         with torch.no_grad():
-            for branch in model.rotation_net.pose_branch:
-                branch[4].weight.zero_()
-                branch[4].bias.zero_()
+            model.rotation_net.pose_branch.weight3.zero_()
+            model.rotation_net.pose_branch.bias3.zero_()
         feat = torch.randn(BATCH, 2048, 4, 3, generator=torch.Generator().manual_seed(4))
         loss = model.heads(feat, case['inputs'], case['targets'], case['meta_info'], 'train')
         pose = {}

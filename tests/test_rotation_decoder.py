@@ -1,9 +1,11 @@
-"""RotationNet's pose decoding by tree depth against a plain per-joint loop written here.
+"""RotationNet's stacked pose branches against a plain per-joint loop written here.
 
 The loop below is the method as stated: root 6D from the graph feature, then every joint's
-branch on [graph feature, joint's image feature, parent's 6D] plus the parent's 6D, parents
-first.  The library decodes one tree depth at a time with stacked weights; both must give the
-same outputs and the same gradients for every parameter and input.
+branch module on [graph feature, joint's image feature, parent's 6D] plus the parent's 6D,
+parents first. The branches are 23 separate ``nn.Sequential`` modules holding copies of the
+stacked values (``tests.helpers.per_joint_branches``); the library decodes one tree depth at
+a time with the stacked parameters. Both must give the same outputs and the same gradients
+for every parameter and input.
 """
 from pathlib import Path
 
@@ -11,16 +13,21 @@ import pytest
 import torch
 from torch import nn
 
-from common.nets.module import RotationNet
+from common.nets.layer import make_linear_layers
+from common.nets.module import RotationNet, sample_joint_features
+from common.nets.pose_branches import PoseBranches
+from main.model import init_weights
+from tests.helpers import per_joint_branches
 
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 GRAPH_JOINT_IDX = [0, 1, 2, 4, 5, 7, 8, 12, 29, 16, 17, 18, 19, 20, 21]
 # a 24-joint tree whose parents do not all come before their children in index order
 SHUFFLED_PARENTS = [-1, 5, 0, 1, 0, 0, 2, 20, 4, 8, 9, 3, 3, 6, 13, 14, 4, 16, 16, 18, 12, 7, 11, 17]
 KEY_FILE = Path(__file__).parent / 'data' / 'state_dict_keys.txt'
+LAYER_SUFFIXES = ('0.weight', '0.bias', '2.weight', '2.bias', '4.weight', '4.bias')
 
 
-def per_joint_reference(net, graph_feat, joint_feat, parents):
+def per_joint_reference(net, branches, graph_feat, joint_feat, parents):
     """Global 6D (B, 24*6): one branch module call per joint, each parent decoded first."""
     rot6d = {0: net.global_rot(graph_feat)}
 
@@ -28,43 +35,44 @@ def per_joint_reference(net, graph_feat, joint_feat, parents):
         if joint not in rot6d:
             parent6d = decode(parents[joint])
             branch_in = torch.cat((graph_feat, joint_feat[:, joint], parent6d), dim=1)
-            rot6d[joint] = net.pose_branch[joint - 1](branch_in) + parent6d
+            rot6d[joint] = branches[joint - 1](branch_in) + parent6d
         return rot6d[joint]
 
     return torch.cat([decode(j) for j in range(len(parents))], dim=1)
 
 
-def make_net(feat_dim=24, graph_dim=8, dtype=torch.float32, seed=0):
+def make_net(feat_dim=24, graph_dim=8, dtype=torch.float32, seed=0, parents=SMPL_PARENTS):
     torch.manual_seed(seed)
     adj = torch.rand(15, 15, generator=torch.Generator().manual_seed(seed))
-    net = RotationNet((adj + adj.T) / 15, GRAPH_JOINT_IDX, SMPL_PARENTS, feat_dim=feat_dim,
+    net = RotationNet((adj + adj.T) / 15, GRAPH_JOINT_IDX, parents, feat_dim=feat_dim,
                       graph_dim=graph_dim)
     with torch.no_grad():  # larger than the default init, so every branch matters
-        for branch in net.pose_branch:
-            for layer in (0, 2, 4):
-                branch[layer].weight.mul_(3.0)
-                branch[layer].bias.uniform_(-0.5, 0.5)
+        for name, param in net.pose_branch.named_parameters():
+            if 'bias' in name:
+                param.uniform_(-0.5, 0.5)
+            else:
+                param.mul_(3.0)
     return net.to(dtype)
 
 
 def decoder_inputs(net, batch=3, dtype=torch.float32, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    graph_dim = net.pose_branch[0][0].out_features
-    feat_dim = net.pose_branch[0][0].in_features - 15 * graph_dim - 6
+    graph_dim = net.pose_branch.hidden_dim
+    feat_dim = net.pose_branch.steady_dim - 15 * graph_dim
     graph_feat = torch.randn(batch, 15 * graph_dim, generator=gen, dtype=dtype).requires_grad_()
     joint_feat = torch.randn(batch, 30, feat_dim, generator=gen, dtype=dtype).requires_grad_()
     return graph_feat, joint_feat
 
 
-def outputs_and_gradients(net, decode, graph_feat, joint_feat, parents):
+def outputs_and_gradients(module, decode, graph_feat, joint_feat):
     """Decoded 6D and the gradients of a fixed random projection of it w.r.t. every parameter
-    and both inputs."""
-    net.zero_grad(set_to_none=True)
+    of ``module`` and both inputs."""
+    module.zero_grad(set_to_none=True)
     graph_feat.grad = joint_feat.grad = None
-    out = decode(graph_feat, joint_feat, parents)
+    out = decode(graph_feat, joint_feat)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
     (out * weight).sum().backward()
-    grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+    grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
     grads['graph_feat'] = graph_feat.grad.clone()
     grads['joint_feat'] = joint_feat.grad.clone()
     return out.detach(), grads
@@ -75,53 +83,52 @@ def relative_error(a, b):
 
 
 def assert_same_decoding(net, parents, tol, dtype):
+    """Fast path == per-joint loop: outputs, the gradients of the root head and of both inputs,
+    and every branch parameter's gradient (the stacked gradients read per joint)."""
     graph_feat, joint_feat = decoder_inputs(net, dtype=dtype)
-    assert net.uses_depth_path()
-    fast_out, fast_grads = outputs_and_gradients(net, net.decode_global_6d, graph_feat, joint_feat, parents)
+    fast_out, fast_grads = outputs_and_gradients(
+        net, lambda g, f: net.decode_global_6d(g, f, parents), graph_feat, joint_feat)
+    branches = per_joint_branches(net.pose_branch)
+    holder = nn.ModuleDict({'global_rot': net.global_rot, 'pose_branch': branches})
     ref_out, ref_grads = outputs_and_gradients(
-        net, lambda g, f, p: per_joint_reference(net, g, f, p), graph_feat, joint_feat, parents)
+        holder, lambda g, f: per_joint_reference(net, branches, g, f, parents), graph_feat, joint_feat)
     assert relative_error(fast_out, ref_out) < tol
-    assert fast_grads.keys() == ref_grads.keys()
-    branch_grads = [k for k in ref_grads if k.startswith('pose_branch.')]
-    assert len(branch_grads) == 23 * 6
-    for name, ref in ref_grads.items():
-        assert relative_error(fast_grads[name], ref) < tol, name
+    stacked = {name[len('pose_branch.'):]: grad for name, grad in fast_grads.items()
+               if name.startswith('pose_branch.')}
+    assert len(stacked) == 7
+    fast_branch = dict(net.pose_branch.canonical_items(stacked))
+    ref_branch = {name[len('pose_branch.'):]: grad for name, grad in ref_grads.items()
+                  if name.startswith('pose_branch.')}
+    assert list(fast_branch) == list(ref_branch) and len(ref_branch) == 23 * 6
+    for name, ref in ref_branch.items():
+        assert relative_error(fast_branch[name], ref) < tol, name
+    for name in ('global_rot.0.weight', 'global_rot.0.bias', 'graph_feat', 'joint_feat'):
+        assert relative_error(fast_grads[name], ref_grads[name]) < tol, name
 
 
-# ----------------------------------------------------------------------------- schedule
-def test_depth_schedule_of_smpl_tree():
-    plan = RotationNet.depth_schedule(SMPL_PARENTS)
-    assert plan.order == tuple(range(1, 24))
-    assert plan.sizes == (3, 3, 3, 5, 3, 2, 2, 2)
-    assert plan.inverse == tuple(range(24))
-    # each depth's parents, read through the positions, are the tree's parents
-    previous = [0]
-    start = 0
-    for size, positions in zip(plan.sizes, plan.parent_pos):
-        joints = plan.order[start:start + size]
-        assert [previous[p] for p in positions] == [SMPL_PARENTS[j] for j in joints]
-        previous, start = list(joints), start + size
-
-
-def test_depth_schedule_of_unordered_tree_and_invalid_trees():
-    plan = RotationNet.depth_schedule(SHUFFLED_PARENTS)
-    decoded = [0] + list(plan.order)
-    assert sorted(plan.order) == list(range(1, 24))
-    assert [decoded[i] for i in plan.inverse] == list(range(24))
+# ----------------------------------------------------------------------------- storage order
+def test_storage_is_in_depth_order_of_the_tree():
+    branches = PoseBranches(SMPL_PARENTS, 10, 4)
+    assert branches.joint_order == tuple(range(1, 24))  # SMPL's index order is a depth order
+    shuffled = PoseBranches(SHUFFLED_PARENTS, 10, 4)
     depth = {0: 0}
-    for j in plan.order:  # parents are decoded one depth earlier
+    for j in shuffled.joint_order:  # every parent is stored before its children
         depth[j] = depth[SHUFFLED_PARENTS[j]] + 1
-    assert [depth[j] for j in plan.order] == sorted(depth[j] for j in plan.order)
+    assert sorted(shuffled.joint_order) == list(range(1, 24))
+    assert [depth[j] for j in shuffled.joint_order] == sorted(depth.values())[1:]
     with pytest.raises(ValueError):
-        RotationNet.depth_schedule([-1, 2, 1])  # cycle
+        PoseBranches([-1, 2, 1], 10, 4)  # cycle
     with pytest.raises(ValueError):
-        RotationNet.depth_schedule([-1, 0, 7])  # parent outside the tree
+        PoseBranches([-1, 0, 7], 10, 4)  # parent outside the tree
 
 
 # ----------------------------------------------------------------------------- equality
 @pytest.mark.parametrize('parents', [SMPL_PARENTS, SHUFFLED_PARENTS], ids=['smpl', 'unordered'])
-def test_by_depth_equals_per_joint_float64(parents):
-    assert_same_decoding(make_net(dtype=torch.float64), parents, 1e-12, torch.float64)
+@pytest.mark.parametrize('built_for', ['smpl', 'same'])
+def test_by_depth_equals_per_joint_float64(parents, built_for):
+    """Built for the decoded tree (rows are depth slices) or for SMPL's (rows gathered)."""
+    net = make_net(dtype=torch.float64, parents=SMPL_PARENTS if built_for == 'smpl' else parents)
+    assert_same_decoding(net, parents, 1e-12, torch.float64)
 
 
 def test_by_depth_equals_per_joint_float32_full_size():
@@ -138,15 +145,74 @@ def test_forward_equals_per_joint_reference_end_to_end():
     score = torch.rand(2, 30, 1, generator=gen)
     with torch.no_grad():
         pose6d, shape, cam = net(feat, coord, score)
-        from common.nets.module import sample_joint_features
         joint_feat = sample_joint_features(feat, coord)
         graph_feat = net.graph_feature(joint_feat, coord, score)
-        expected = per_joint_reference(net, graph_feat, joint_feat, SMPL_PARENTS)
+        expected = per_joint_reference(net, per_joint_branches(net.pose_branch), graph_feat,
+                                       joint_feat, SMPL_PARENTS)
     assert relative_error(pose6d, expected) < 1e-6
     assert torch.equal(shape, net.shape_out(graph_feat)) and torch.equal(cam, net.cam_out(graph_feat))
 
 
-# ----------------------------------------------------------------------------- parameters
+def test_bias_edit_moves_only_the_joint_and_its_descendants():
+    net = make_net(dtype=torch.float64).eval()
+    graph_feat, joint_feat = decoder_inputs(net, dtype=torch.float64)
+    with torch.no_grad():
+        base = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS).view(-1, 24, 6)
+        net.pose_branch.bias3[net.pose_branch.joint_order.index(13)].add_(0.5)
+        moved = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS).view(-1, 24, 6)
+    changed = {j for j in range(24) if not torch.equal(base[:, j], moved[:, j])}
+    assert changed == {13, 16, 18, 20, 22}
+
+
+# ----------------------------------------------------------------------------- initialisation
+@pytest.mark.parametrize('parents', [SMPL_PARENTS, SHUFFLED_PARENTS], ids=['smpl', 'unordered'])
+def test_initialisation_draws_like_separate_branches(parents):
+    """Default and ``init_weights`` initialisation equal those of 23 separately built branches
+    (same seed, joint index order), and leave the random stream at the same point."""
+    dims = [40 + 6, 8, 8, 6]
+    torch.manual_seed(11)
+    reference = nn.ModuleList(make_linear_layers(dims) for _ in range(23))
+    after_default = torch.rand(3)
+    reference.apply(init_weights)
+    after_normal = torch.rand(3)
+    torch.manual_seed(11)
+    stacked = PoseBranches(parents, 40, 8)
+    default = stacked.canonical_items(dict(stacked.named_parameters()))
+    assert torch.equal(torch.rand(3), after_default)
+    stacked.apply(init_weights)
+    normal = stacked.canonical_items(dict(stacked.named_parameters()))
+    assert torch.equal(torch.rand(3), after_normal)
+    torch.manual_seed(11)
+    fresh = nn.ModuleList(make_linear_layers(dims) for _ in range(23))
+    for items, ref in ((default, fresh), (normal, reference)):
+        assert [name for name, _ in items] == [name for name, _ in ref.named_parameters()]
+        assert all(torch.equal(value, param) for (_, value), param in zip(items, ref.parameters()))
+
+
+# ----------------------------------------------------------------------------- layouts
+def test_canonical_and_stacked_items_round_trip():
+    net = make_net(parents=SHUFFLED_PARENTS)
+    branches = net.pose_branch
+    params = dict(branches.named_parameters())
+    canonical = branches.canonical_items(params)
+    expected = per_joint_branches(branches)
+    assert [name for name, _ in canonical] == [name for name, _ in expected.named_parameters()]
+    assert [name for name, _ in canonical] == [f'{j}.{s}' for j in range(23) for s in LAYER_SUFFIXES]
+    assert all(torch.equal(value, param) for (_, value), param in zip(canonical, expected.parameters()))
+    back = branches.stacked_items(dict(canonical))
+    assert list(back) == list(params)
+    assert all(torch.equal(back[name], params[name]) for name in params)
+    # optimizer states are converted the same way, and the copies share no memory
+    moments = {name: torch.randn_like(p) for name, p in params.items()}
+    converted = dict(branches.canonical_items(moments))
+    converted['5.2.weight'].zero_()
+    assert all(torch.equal(v, moments[k]) for k, v in branches.stacked_items(converted).items()
+               if k != 'weight2')
+    assert not torch.equal(branches.stacked_items(converted)['weight2'], moments['weight2'])
+    with pytest.raises(ValueError):
+        branches.stacked_items({**dict(canonical), '3.4.bias': torch.zeros(7)})
+
+
 def test_checkpoint_names_shapes_dtypes_unchanged():
     expected = {}
     for line in KEY_FILE.read_text().splitlines():
@@ -157,66 +223,45 @@ def test_checkpoint_names_shapes_dtypes_unchanged():
     state = {k: v for k, v in net.state_dict().items() if k.startswith('pose_branch.')}
     assert list(state) == list(expected)
     assert all(tuple(v.shape) == expected[k] and v.dtype == torch.float32 for k, v in state.items())
-    assert len(list(net.pose_branch.parameters())) == 23 * 6
+    assert len(list(net.pose_branch.parameters())) == 7
+    full = list(net.state_dict())  # the branch entries sit where the module's parameters were
+    assert full[-len(expected):] == list(expected)
 
 
-def test_packed_storage_survives_load_update_and_device_moves():
-    """Loading, optimizer steps and dtype moves keep the depth path equal to the loop."""
+def test_strict_load_update_and_dtype_move():
     net = make_net(dtype=torch.float64)
     other = make_net(dtype=torch.float64, seed=5)
-    net.load_state_dict(other.state_dict(), strict=True)
+    result = net.load_state_dict(other.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), other.parameters()))
-    groups, _ = net.branch_blocks(net.schedule(SMPL_PARENTS).order)
-    assert all(net.packed_block(params) is not None for params in groups)  # stacking is a view
+    # a per-joint checkpoint missing one entry or with an extra one is reported as usual
+    state = other.state_dict()
+    del state['pose_branch.9.2.bias']
+    state['pose_branch.23.0.bias'] = torch.zeros(8, dtype=torch.float64)
+    result = net.load_state_dict(state, strict=False)
+    assert result.missing_keys == ['pose_branch.bias2']
+    assert sorted(result.unexpected_keys) == sorted(
+        ['pose_branch.23.0.bias'] + [f'pose_branch.{j}.2.bias' for j in range(23) if j != 9])
+    with pytest.raises(RuntimeError):
+        net.load_state_dict(state, strict=True)
+    bad = other.state_dict()
+    bad['pose_branch.4.0.weight'] = bad['pose_branch.4.0.weight'][:, 1:]
+    with pytest.raises(RuntimeError, match='4.0.weight'):
+        net.load_state_dict(bad, strict=True)
 
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
     graph_feat, joint_feat = decoder_inputs(net, dtype=torch.float64)
     net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS).tanh().sum().backward()
-    before = net.pose_branch[7][2].weight.detach().clone()
+    before = net.state_dict()['pose_branch.7.2.weight']
     optimizer.step()
-    assert not torch.equal(before, net.pose_branch[7][2].weight)
+    assert not torch.equal(before, net.state_dict()['pose_branch.7.2.weight'])
     assert_same_decoding(net, SMPL_PARENTS, 1e-12, torch.float64)  # sees the updated values
 
     params = list(net.parameters())
-    net.float()  # every parameter gets its own storage; the next call packs them again
+    net.float()
     assert [id(p) for p in net.parameters()] == [id(p) for p in params]
+    assert all(p.dtype == torch.float32 for p in net.parameters())
     assert_same_decoding(net, SMPL_PARENTS, 1e-5, torch.float32)
-    groups, _ = net.branch_blocks(net.schedule(SMPL_PARENTS).order)
-    assert all(net.packed_block(params) is not None for params in groups)
-
-
-def test_in_place_weight_edits_reach_the_depth_path():
-    net = make_net(dtype=torch.float64).eval()
-    graph_feat, joint_feat = decoder_inputs(net, dtype=torch.float64)
-    with torch.no_grad():
-        base = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS).view(-1, 24, 6)
-        net.pose_branch[12][4].bias.add_(0.5)  # joint 13 and its descendants 16, 18, 20, 22
-        moved = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS).view(-1, 24, 6)
-    changed = {j for j in range(24) if not torch.equal(base[:, j], moved[:, j])}
-    assert changed == {13, 16, 18, 20, 22}
-
-
-def test_hooked_branches_are_called_and_custom_branches_use_the_loop():
-    net = make_net(dtype=torch.float64)
-    graph_feat, joint_feat = decoder_inputs(net, dtype=torch.float64)
-    calls = []
-    handle = net.pose_branch[3].register_forward_hook(lambda m, i, o: calls.append(1) or o + 0.25)
-    try:
-        assert net.uses_depth_path()
-        assert_same_decoding(net, SMPL_PARENTS, 1e-12, torch.float64)  # the loop calls it too
-        calls.clear()
-        with torch.no_grad():
-            hooked = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS)
-        assert calls == [1]
-    finally:
-        handle.remove()
-    with torch.no_grad():
-        plain = net.decode_global_6d(graph_feat, joint_feat, SMPL_PARENTS)
-    changed = {j for j in range(24) if not torch.equal(hooked.view(-1, 24, 6)[:, j],
-                                                        plain.view(-1, 24, 6)[:, j])}
-    assert changed == {4, 7, 10}  # joint 4 (branch 3) and its descendants
-    net.pose_branch[0][1] = nn.LeakyReLU()
-    assert not net.uses_depth_path()
 
 
 # ----------------------------------------------------------------------------- precision
@@ -224,11 +269,12 @@ def _autocast_errors(net, device, dtype, parents=SMPL_PARENTS):
     """Relative error of both decoders under autocast against the float32 result."""
     graph_feat, joint_feat = decoder_inputs(net, batch=4)
     graph_feat, joint_feat = graph_feat.detach().to(device), joint_feat.detach().to(device)
+    branches = per_joint_branches(net.pose_branch)
     with torch.no_grad():
-        exact = per_joint_reference(net, graph_feat, joint_feat, parents)
+        exact = per_joint_reference(net, branches, graph_feat, joint_feat, parents)
         with torch.autocast(device_type=device.type, dtype=dtype):
             fast = net.decode_global_6d(graph_feat, joint_feat, parents)
-            loop = per_joint_reference(net, graph_feat, joint_feat, parents)
+            loop = per_joint_reference(net, branches, graph_feat, joint_feat, parents)
     assert fast.dtype == loop.dtype == dtype
     return relative_error(fast.float(), exact), relative_error(loop.float(), exact)
 
@@ -277,3 +323,47 @@ def test_benchmark_reference_heads_match_and_launch_more_operators():
 
     ours, theirs = count_operators(lambda: step(net)), count_operators(lambda: step(reference))
     assert 0 < ours['compute_ops'] <= ours['ops'] and ours['ops'] < theirs['ops']
+
+
+# ----------------------------------------------------------------------------- optimizer state
+def test_per_joint_optimizer_state_round_trip_and_resume():
+    """Adam state of 23 per-joint branches, converted to the stacked parameters: written back it
+    is the same state, and the next step equals the per-joint run's next step."""
+    from common.nets.stacked import canonical_optimizer_state, stacked_optimizer_state
+    net = make_net(dtype=torch.float64, parents=SHUFFLED_PARENTS)
+    stacked = nn.ModuleDict({'global_rot': net.global_rot, 'pose_branch': net.pose_branch})
+    reference = nn.ModuleDict({'global_rot': nn.Sequential(nn.Linear(120, 6)).double(),
+                               'pose_branch': per_joint_branches(net.pose_branch)})
+    reference['global_rot'].load_state_dict(net.global_rot.state_dict())
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    inputs = [decoder_inputs(net, dtype=torch.float64, seed=s) for s in (1, 2, 3)]
+
+    def ref_step(graph_feat, joint_feat):
+        ref_opt.zero_grad()
+        out = per_joint_reference(reference, reference['pose_branch'], graph_feat, joint_feat,
+                                  SHUFFLED_PARENTS)
+        out.tanh().sum().backward()
+        ref_opt.step()
+
+    for graph_feat, joint_feat in inputs[:2]:
+        ref_step(graph_feat, joint_feat)
+    stacked.load_state_dict(reference.state_dict(), strict=True)
+    opt = torch.optim.Adam(stacked.parameters(), lr=1e-3)
+    opt.load_state_dict(stacked_optimizer_state(stacked, opt, ref_opt.state_dict()))
+    row = net.pose_branch.joint_order.index(6)
+    assert torch.equal(opt.state[net.pose_branch.parent_weight]['exp_avg'][row],
+                       ref_opt.state[reference['pose_branch'][5][0].weight]['exp_avg'][:, -6:])
+    saved = canonical_optimizer_state(stacked, opt)
+    expected = ref_opt.state_dict()
+    assert saved['param_groups'] == expected['param_groups']
+    assert saved['state'].keys() == expected['state'].keys()
+    for index, state in expected['state'].items():
+        assert all(torch.equal(saved['state'][index][k], v) for k, v in state.items()), index
+    ref_step(*inputs[2])
+    opt.zero_grad()
+    net.decode_global_6d(*inputs[2], SHUFFLED_PARENTS).tanh().sum().backward()
+    opt.step()
+    ours, theirs = stacked.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    for name, ref in theirs.items():
+        assert relative_error(ours[name], ref) < 1e-12, name
