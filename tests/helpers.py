@@ -40,12 +40,13 @@ def per_joint_branches(pose_branch):
     """The 23 pose branches of a ``PoseBranches`` module as separate
     ``Linear-ReLU-Linear-ReLU-Linear`` modules (index j-1 for joint j), with copies of its
     values, written from the documented stacked layout (rows in ``joint_order``; first-layer
-    weight = [steady columns | parent columns])."""
+    weight = [graph | feature | parent columns])."""
     branches = nn.ModuleList()
     with torch.no_grad():
         for joint in range(1, len(pose_branch.joint_order) + 1):
             pos = list(pose_branch.joint_order).index(joint)
-            first = torch.cat((pose_branch.steady_weight[pos], pose_branch.parent_weight[pos]), dim=1)
+            first = torch.cat((pose_branch.graph_weight[pos], pose_branch.feature_weight[pos],
+                               pose_branch.parent_weight[pos]), dim=1)
             layers = [nn.Linear(first.shape[1], first.shape[0]), nn.ReLU(),
                       nn.Linear(*pose_branch.weight2.shape[:0:-1]), nn.ReLU(),
                       nn.Linear(*pose_branch.weight3.shape[:0:-1])]

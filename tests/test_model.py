@@ -125,7 +125,8 @@ def test_train_mode_initialisation(human_model, options):
     torch.manual_seed(0)
     model = get_model(6890, 30, 'train', human_model, options)
     branches = model.rotation_net.pose_branch
-    weight = torch.cat((branches.steady_weight[0], branches.parent_weight[0]), dim=1)
+    weight = torch.cat((branches.graph_weight[0], branches.feature_weight[0], branches.parent_weight[0]),
+                       dim=1)
     assert abs(weight.std().item() - 0.01) < 1e-3 and torch.all(branches.bias1 == 0)
     conv = model.position_net.conv[0]
     assert abs(conv.weight.std().item() - 0.001) < 1e-4 and torch.all(conv.bias == 0)

@@ -95,7 +95,7 @@ def assert_same_decoding(net, parents, tol, dtype):
     assert relative_error(fast_out, ref_out) < tol
     stacked = {name[len('pose_branch.'):]: grad for name, grad in fast_grads.items()
                if name.startswith('pose_branch.')}
-    assert len(stacked) == 7
+    assert len(stacked) == 8
     fast_branch = dict(net.pose_branch.canonical_items(stacked))
     ref_branch = {name[len('pose_branch.'):]: grad for name, grad in ref_grads.items()
                   if name.startswith('pose_branch.')}
@@ -108,18 +108,18 @@ def assert_same_decoding(net, parents, tol, dtype):
 
 # ----------------------------------------------------------------------------- storage order
 def test_storage_is_in_depth_order_of_the_tree():
-    branches = PoseBranches(SMPL_PARENTS, 10, 4)
+    branches = PoseBranches(SMPL_PARENTS, 4, 6, 4)
     assert branches.joint_order == tuple(range(1, 24))  # SMPL's index order is a depth order
-    shuffled = PoseBranches(SHUFFLED_PARENTS, 10, 4)
+    shuffled = PoseBranches(SHUFFLED_PARENTS, 4, 6, 4)
     depth = {0: 0}
     for j in shuffled.joint_order:  # every parent is stored before its children
         depth[j] = depth[SHUFFLED_PARENTS[j]] + 1
     assert sorted(shuffled.joint_order) == list(range(1, 24))
     assert [depth[j] for j in shuffled.joint_order] == sorted(depth.values())[1:]
     with pytest.raises(ValueError):
-        PoseBranches([-1, 2, 1], 10, 4)  # cycle
+        PoseBranches([-1, 2, 1], 4, 6, 4)  # cycle
     with pytest.raises(ValueError):
-        PoseBranches([-1, 0, 7], 10, 4)  # parent outside the tree
+        PoseBranches([-1, 0, 7], 4, 6, 4)  # parent outside the tree
 
 
 # ----------------------------------------------------------------------------- equality
@@ -176,7 +176,7 @@ def test_initialisation_draws_like_separate_branches(parents):
     reference.apply(init_weights)
     after_normal = torch.rand(3)
     torch.manual_seed(11)
-    stacked = PoseBranches(parents, 40, 8)
+    stacked = PoseBranches(parents, 16, 24, 8)
     default = stacked.canonical_items(dict(stacked.named_parameters()))
     assert torch.equal(torch.rand(3), after_default)
     stacked.apply(init_weights)
@@ -223,7 +223,7 @@ def test_checkpoint_names_shapes_dtypes_unchanged():
     state = {k: v for k, v in net.state_dict().items() if k.startswith('pose_branch.')}
     assert list(state) == list(expected)
     assert all(tuple(v.shape) == expected[k] and v.dtype == torch.float32 for k, v in state.items())
-    assert len(list(net.pose_branch.parameters())) == 7
+    assert len(list(net.pose_branch.parameters())) == 8
     full = list(net.state_dict())  # the branch entries sit where the module's parameters were
     assert full[-len(expected):] == list(expected)
 

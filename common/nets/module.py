@@ -128,7 +128,7 @@ class RotationNet(nn.Module):
         self.shape_out = make_linear_layers([graph_flat, shape_dim], relu_final=False)
         self.cam_out = make_linear_layers([graph_flat, 3], relu_final=False)
         self.global_rot = make_linear_layers([graph_flat, 6], relu_final=False)
-        self.pose_branch = PoseBranches(self.parents, graph_flat + feat_dim, graph_dim, 6)
+        self.pose_branch = PoseBranches(self.parents, graph_flat, feat_dim, graph_dim, 6)
 
     # ------------------------------------------------------------------ graph feature
     def graph_feature(self, joint_feat, joint_coord, joint_score):

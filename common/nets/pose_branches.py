@@ -2,16 +2,18 @@
 
 Joint j (1..23) owns the branch ``Linear(C+6, H) - ReLU - Linear(H, H) - ReLU - Linear(H, 6)``
 applied to ``[g, F_img[:, j], rho_parent]`` (graph feature, the joint's image feature and the
-parent's global 6D, C = 1920 + 2048 and H = 128 at the released sizes); its output plus
+parent's global 6D, 1920 + 2048 + 6 inputs and H = 128 at the released sizes); its output plus
 ``rho_parent`` is the joint's global 6D. The parent's 6D is not detached.
 
 Storage.  The N = 23 branches' parameters are stacked along a leading joint axis, joints in
 the depth order of the kinematic tree given at construction (ties by index), so the joints of
-one depth are a contiguous slice. Weights keep ``nn.Linear``'s (out, in) orientation; the
-first layer's weight is two parameters, ``steady_weight`` (N, H, C) for the columns that do
-not depend on the chain and ``parent_weight`` (N, H, 6) for the parent's 6D: the chain uses
-only the latter, depth by depth, and the gradient of a per-depth piece is written into a
-tensor of the whole parameter's size.
+one depth are a contiguous slice. Weights keep ``nn.Linear``'s (out, in) orientation. The
+first layer's weight is three parameters, one per input block: ``graph_weight`` (N, H, Cg) and
+``feature_weight`` (N, H, Cf) for the inputs that do not depend on the chain, applied to all
+joints before it starts (the graph feature is the same for every joint, so its block is one
+matrix product), and ``parent_weight`` (N, H, 6) for the parent's 6D, applied depth by depth
+inside the chain (the gradient of a per-depth piece is written into a tensor of the whole
+parameter's size, so this one is kept small).
 
 Checkpoints keep the per-joint names ``<j-1>.{0,2,4}.{weight,bias}`` (``nn.Linear`` shapes,
 joint index order): ``canonical_items`` / ``stacked_items`` convert between the two layouts,
@@ -25,9 +27,11 @@ from torch import nn
 
 from common.utils.kinematics import tree_plan
 
-# own parameter -> (per-joint layer suffix, first-layer columns: 'steady', 'parent' or None)
+# own parameter -> (per-joint layer suffix, first-layer column block: 'graph', 'feature',
+# 'parent', or None for a whole tensor)
 _SOURCES = (
-    ('steady_weight', '0.weight', 'steady'),
+    ('graph_weight', '0.weight', 'graph'),
+    ('feature_weight', '0.weight', 'feature'),
     ('parent_weight', '0.weight', 'parent'),
     ('bias1', '0.bias', None),
     ('weight2', '2.weight', None),
@@ -59,21 +63,25 @@ class PoseBranches(nn.Module):
     """The 23 stacked pose branches (see the module docstring).
 
     parents: the kinematic tree (24 entries, root's ignored) that fixes the storage order;
-    steady_dim: C, the chain-independent input width; hidden_dim: H; out_dim: 6.
-    Parameters (N = joints - 1, storage order ``joint_order``): ``steady_weight`` (N, H, C),
-    ``parent_weight`` (N, H, out), ``bias1`` (N, H), ``weight2`` (N, H, H), ``bias2`` (N, H),
+    graph_dim: Cg, the graph feature's width; feature_dim: Cf, a joint image feature's width;
+    hidden_dim: H; out_dim: 6.
+    Parameters (N = joints - 1, storage order ``joint_order``): ``graph_weight`` (N, H, Cg),
+    ``feature_weight`` (N, H, Cf), ``parent_weight`` (N, H, out), ``bias1`` (N, H), ``weight2`` (N, H, H), ``bias2`` (N, H),
     ``weight3`` (N, out, H), ``bias3`` (N, out).
     """
 
-    def __init__(self, parents, steady_dim, hidden_dim, out_dim=6):
+    def __init__(self, parents, graph_dim, feature_dim, hidden_dim, out_dim=6):
         super().__init__()
         self.parents = tuple(int(p) for p in parents)
         # storage position -> joint number (1..N), in depth order of ``parents``
         self.joint_order = tree_plan(self.parents).order[1:]
         self.position = {joint: pos for pos, joint in enumerate(self.joint_order)}
-        self.steady_dim, self.hidden_dim, self.out_dim = steady_dim, hidden_dim, out_dim
+        self.graph_dim, self.feature_dim = graph_dim, feature_dim
+        self.steady_dim = graph_dim + feature_dim  # first-layer inputs that do not depend on the chain
+        self.hidden_dim, self.out_dim = hidden_dim, out_dim
         num = len(self.joint_order)
-        shapes = {'steady_weight': (num, hidden_dim, steady_dim),
+        shapes = {'graph_weight': (num, hidden_dim, graph_dim),
+                  'feature_weight': (num, hidden_dim, feature_dim),
                   'parent_weight': (num, hidden_dim, out_dim), 'bias1': (num, hidden_dim),
                   'weight2': (num, hidden_dim, hidden_dim), 'bias2': (num, hidden_dim),
                   'weight3': (num, out_dim, hidden_dim), 'bias3': (num, out_dim)}
@@ -112,7 +120,7 @@ class PoseBranches(nn.Module):
     def init_normal_linear(self, std):
         """Weights N(0, std^2), biases 0, with the draws of ``nn.init.normal_`` on every
         per-joint Linear weight, branches in joint index order, layers 0, 2, 4 within each."""
-        device = self.steady_weight.device
+        device = self.parent_weight.device
         for joint in sorted(self.joint_order):
             values = {}
             for layer, (dim_in, dim_out) in zip((0, 2, 4), self._layer_dims()):
@@ -127,7 +135,7 @@ class PoseBranches(nn.Module):
 
         tensors: {own parameter name: tensor shaped like that parameter} (values, gradients,
         optimizer moments; absent names are skipped). Returns [(name, tensor)] in the order of
-        the per-joint modules' parameters: ``0.0.weight`` (H, C+6), ``0.0.bias``, ``0.2.weight``,
+        the per-joint modules' parameters: ``0.0.weight`` (H, Cg+Cf+6), ``0.0.bias``, ``0.2.weight``,
         ..., ``0.4.bias``, ``1.0.weight``, ... (branch index j-1 for joint j). Tensors are new
         (contiguous copies), so they share no memory with the inputs.
         """
@@ -136,9 +144,9 @@ class PoseBranches(nn.Module):
             pos = self.position[joint]
             for suffix in _LAYER_SUFFIXES:
                 if suffix == '0.weight':
-                    if 'steady_weight' in tensors and 'parent_weight' in tensors:
-                        value = torch.cat((tensors['steady_weight'][pos],
-                                           tensors['parent_weight'][pos]), dim=-1)
+                    blocks = ('graph_weight', 'feature_weight', 'parent_weight')
+                    if all(name in tensors for name in blocks):
+                        value = torch.cat([tensors[name][pos] for name in blocks], dim=-1)
                         items.append((f'{joint - 1}.{suffix}', value))
                     continue
                 name = next(own for own, source, _ in _SOURCES if source == suffix)
@@ -168,17 +176,22 @@ class PoseBranches(nn.Module):
                 value = canonical[key]
                 if tuple(value.shape) != expected:
                     raise ValueError(f'{key}: shape {tuple(value.shape)}, expected {expected}')
-                if columns == 'steady':
-                    value = value[:, :self.steady_dim]
-                elif columns == 'parent':
-                    value = value[:, self.steady_dim:]
+                if columns is not None:
+                    value = value[:, self._column_block(columns)]
                 values.append(value)
             stacked[name] = torch.stack(values)
         return stacked
 
+    def _column_block(self, block):
+        """Columns of the per-joint first-layer weight that feed ``block``."""
+        ends = {'graph': (0, self.graph_dim), 'feature': (self.graph_dim, self.steady_dim),
+                'parent': (self.steady_dim, self.steady_dim + self.out_dim)}
+        start, end = ends[block]
+        return slice(start, end)
+
     # ------------------------------------------------------------------ decoding
     def stacked_in(self, order):
-        """The seven parameters with rows in ``order`` (joint numbers): the parameters
+        """The eight parameters with rows in ``order`` (joint numbers): the parameters
         themselves for the storage order, else a gather of their rows."""
         params = [getattr(self, name) for name, _, _ in _SOURCES]
         if tuple(order) == self.joint_order:
@@ -189,24 +202,26 @@ class PoseBranches(nn.Module):
     def forward(self, graph_feat, joint_feat, root6d, parents=None):
         """Global 6D of every joint, one step per tree depth.
 
-        graph_feat (B, Cg); joint_feat (B, J', Cf) with Cg + Cf = C, joint j's feature at
-        index j; root6d (B, 6) the root's global 6D; parents: the tree to decode (default:
-        the construction-time one). Returns (B, 24*6), joints in index order, root first.
+        graph_feat (B, Cg); joint_feat (B, J', Cf), joint j's feature at index j; root6d (B, 6)
+        the root's global 6D; parents: the tree to decode (default: the construction-time one). Returns (B, 24*6), joints in index order, root first.
         """
         plan = tree_plan(self.parents if parents is None else parents)
         order = plan.order[1:]
         batch = graph_feat.shape[0]
-        steady_w, parent_w, bias1, weight2, bias2, weight3, bias3 = self.stacked_in(order)
-        # chain-independent first-layer product of all joints at once: [g, F_img[:, j]] (N, B, C)
-        if order == tuple(range(order[0], order[0] + len(order))):  # e.g. SMPL: a view
-            features = joint_feat[:, order[0]:order[0] + len(order)]
+        graph_w, feature_w, parent_w, bias1, weight2, bias2, weight3, bias3 = self.stacked_in(order)
+        num = len(order)
+        if order == tuple(range(order[0], order[0] + num)):  # e.g. SMPL: a view
+            features = joint_feat[:, order[0]:order[0] + num]
         else:
             features = joint_feat.index_select(1, _index_tensor(order, joint_feat.device))
-        steady = torch.cat((graph_feat.expand(len(order), batch, -1), features.transpose(0, 1)),
-                           dim=2)
-        # computed as W @ x^T, (N, H, B): the weight's gradient then comes out in the weight's
-        # own layout, where x @ W^T would give a transposed one that autograd copies (N*H*C)
-        pre = torch.baddbmm(bias1.unsqueeze(2), steady_w, steady.transpose(1, 2)).transpose(1, 2)
+        # chain-independent first-layer products of all joints at once, as W @ x^T (N, H, B), so
+        # each weight's gradient comes out in the weight's own layout (x @ W^T would give a
+        # transposed one that autograd copies). The graph feature is the same for every joint:
+        # its block is one matrix product over all joints' rows.
+        graph_part = torch.addmm(bias1.reshape(-1, 1), graph_w.reshape(num * self.hidden_dim, -1),
+                                 graph_feat.t())
+        pre = torch.baddbmm(graph_part.view(num, self.hidden_dim, batch), feature_w,
+                            features.permute(1, 2, 0)).transpose(1, 2)
         sizes = [end - start for start, end, _ in plan.levels]
         # one split per tensor: its backward is one concatenation, not one per depth
         # weights as (N, in, out) views, so each depth's products need no further reshaping
