@@ -76,12 +76,16 @@ def _generate_once(folder, make, regenerate):
     return True
 
 
+def synthetic_dirs(work_dir):
+    """``(smpl_dir, data_dir)``: where the synthetic body model and data tree live under ``work_dir``."""
+    return Path(work_dir) / 'smpl', Path(work_dir) / 'data'
+
+
 def ensure_synthetic_data(work_dir, regenerate=False):
     """``(smpl_dir, data_dir)`` of the synthetic body model and data tree under ``work_dir``."""
     from tool.synthetic.tree import make_synthetic_data
     from tool.synthetic.body_model import make_synthetic_smpl
-    smpl_dir = Path(work_dir) / 'smpl'
-    data_dir = Path(work_dir) / 'data'
+    smpl_dir, data_dir = synthetic_dirs(work_dir)
     made = _generate_once(smpl_dir, lambda d: make_synthetic_smpl(d, seed=SYNTHETIC_SEED), regenerate)
     print(f"{'Made' if made else 'Reusing'} the synthetic body model in {smpl_dir}")
     made = _generate_once(data_dir, lambda d: make_synthetic_data(d, smpl_dir, seed=SYNTHETIC_SEED),
@@ -256,11 +260,11 @@ def run_quickstart(argv=None):
     """All steps; returns the :class:`QuickstartResult` and the parsed arguments."""
     args = build_parser().parse_args(argv)
     seconds = {}
+    configure(args, *map(str, synthetic_dirs(args.work_dir)))   # a bad option stops before any work
     start = time.time()
     smpl_dir, data_dir = ensure_synthetic_data(args.work_dir, args.regenerate)
     seconds['data'] = time.time() - start
 
-    configure(args, smpl_dir, data_dir)
     start = time.time()
     trainer, untrained_dir = train(args)
     seconds['train'] = time.time() - start
