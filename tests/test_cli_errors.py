@@ -246,7 +246,7 @@ def test_string_learning_rate_trains_with_its_value(tmp_path, tiny_schedule_yaml
     config.write_text(text)
     assert yaml.safe_load(text)['lr'] == '1e-3'            # what PyYAML makes of it
     trained = []
-    run_in_process(lambda argv: trained.append(main(argv)), ['--gpu', '0', '--cfg', config])
+    run_in_process(lambda argv: trained.append(main(argv)), ['--gpu', '0', '--cfg', str(config)])
     lrs = sorted(group['lr'] for group in trained[0].optimizer.param_groups)
     assert lrs[0] == 0.0002 and lrs[-1] == 0.001
 
@@ -255,7 +255,7 @@ def test_string_learning_rate_trains_with_its_value(tmp_path, tiny_schedule_yaml
 def test_a_runs_own_config_passed_back_starts_a_new_run(trained_snapshot):
     from main.train import main
     before = tree_digest(trained_snapshot)
-    new = Path(run_in_process(main, ['--gpu', '0', '--cfg', trained_snapshot / 'config.yaml']))
+    new = Path(run_in_process(main, ['--gpu', '0', '--cfg', str(trained_snapshot / 'config.yaml')]))
     assert new != trained_snapshot and new.parent == trained_snapshot.parent
     assert (new / 'checkpoint' / 'snapshot_0.pth.tar').is_file()
     assert tree_digest(trained_snapshot) == before            # the old run is byte-identical
@@ -276,8 +276,8 @@ def test_test_evaluates_exp_dir_not_the_run_named_in_the_yaml(trained_snapshot, 
     config.write_text(yaml.safe_dump(values))
     out = tmp_path / 'out'
     before = tree_digest(trained_snapshot)
-    run_in_process(test_script.main, ['--gpu', '0', '--exp_dir', trained_snapshot, '--test_epoch', '0',
-                                      '--cfg', config, '--out_dir', out])
+    run_in_process(test_script.main, ['--gpu', '0', '--exp_dir', str(trained_snapshot), '--test_epoch', '0',
+                                      '--cfg', str(config), '--out_dir', str(out)])
     metrics = json.loads((out / 'result' / 'eval_PW3D_snapshot_0.json').read_text())
     assert metrics and tree_digest(trained_snapshot) == before
     assert sorted(p.name for p in (other / 'checkpoint').iterdir()) == []
@@ -289,8 +289,8 @@ def test_test_evaluates_exp_dir_not_the_run_named_in_the_yaml(trained_snapshot, 
     config.write_text(yaml.safe_dump(values))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(test_script, 'exp_dir_is_writable', lambda folder: False)  # root ignores chmod
-        run_in_process(test_script.main, ['--gpu', '0', '--exp_dir', trained_snapshot, '--test_epoch', '0',
-                                          '--cfg', config])
+        run_in_process(test_script.main, ['--gpu', '0', '--exp_dir', str(trained_snapshot), '--test_epoch', '0',
+                                          '--cfg', str(config)])
     fallback = fallback_root / f'eval_{trained_snapshot.name}'
     assert json.loads((fallback / 'result' / 'eval_PW3D_snapshot_0.json').read_text()) == metrics
     assert tree_digest(trained_snapshot) == before
