@@ -314,19 +314,20 @@ class Config:
         Which folders were created is kept in :attr:`created_dirs` (see :func:`remove_created_dirs`).
         """
         self.validate()
-        created = []
-        if self.output_dir is None:
-            self.output_dir = _new_experiment_dir(Path(self.output_root), created)
-        elif new_only and os.path.lexists(self.output_dir):
+        if new_only and self.output_dir is not None and os.path.lexists(self.output_dir):
             raise RunDirError(
                 f"output_dir {self.output_dir} already exists: training writes only into a new folder "
                 f"it creates (leave output_dir unset to get one under output_root {self.output_root}).")
-        subs = (self.vis_dir, self.log_dir, self.result_dir)
-        if not evaluation:
-            subs = (self.model_dir,) + subs
-        for sub in subs:
-            _make_dirs(Path(sub), created)
-        Config.created_dirs = created
+        created = Config.created_dirs = []
+        try:
+            if self.output_dir is None:
+                self.output_dir = _new_experiment_dir(Path(self.output_root), created)
+            subs = (self.vis_dir, self.log_dir, self.result_dir)
+            for sub in subs if evaluation else (self.model_dir,) + subs:
+                _make_dirs(Path(sub), created)
+        except RunDirError:
+            remove_created_dirs(created)   # a half-made folder tree is a failed start too
+            raise
         return self.output_dir
 
 

@@ -304,3 +304,11 @@ def test_remove_created_dirs_only_removes_empty_folders_the_run_made(tmp_path, c
     remove_created_dirs(created)
     assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ['log']
     assert tmp_path.is_dir()
+
+
+def test_uncreatable_output_root_is_one_line_and_leaves_nothing(tmp_path, cfg_state):
+    (tmp_path / 'a_file').write_text('x')
+    cfg.output_root = str(tmp_path / 'a_file' / 'runs')
+    with pytest.raises(RunDirError, match=f"^Cannot create the folder {tmp_path / 'a_file' / 'runs'}: "):
+        cfg.make_run_dirs(new_only=True)
+    assert [p.name for p in tmp_path.iterdir()] == ['a_file'] and cfg.output_dir is None

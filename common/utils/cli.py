@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common.errors import ConfigError, RunDirError, UserError
+from common.errors import ConfigError, UserError
 from common.utils.device import parse_gpu_ids
 from main.config import Config, cfg, remove_created_dirs
 
