@@ -159,18 +159,21 @@ class Config:
         """Apply the command-line arguments as the original does, without touching the disk.
 
         ``gpu_ids`` accepts '0', '0,1' or '0-3'.  For testing, a non-empty ``exp_dir``
-        becomes the experiment folder; for training it names the run to resume from.
+        becomes the experiment folder; for training it names the run to resume from, and
+        ``output_dir`` is cleared: training never writes into an existing run's folder.
         """
         self.gpu_ids = parse_gpu_ids(gpu_ids)
         self.bbox_3d_size = 2
         self.camera_3d_size = 2.5
         self.exp_dir = exp_dir or ''
+        self.eval_output_dir = None
         if is_test:
             self.continue_train = False
             if exp_dir:
                 self.output_dir = str(Path(exp_dir).resolve())
         else:
             self.continue_train = bool(continue_train)
+            self.output_dir = None   # a training run always gets a new folder (make_run_dirs)
 
     def update(self, config_file, log=None):
         """Override options from a YAML file, each checked and coerced (see ``OPTION_TYPES``).

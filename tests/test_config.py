@@ -312,3 +312,12 @@ def test_uncreatable_output_root_is_one_line_and_leaves_nothing(tmp_path, cfg_st
     with pytest.raises(RunDirError, match=f"^Cannot create the folder {tmp_path / 'a_file' / 'runs'}: "):
         cfg.make_run_dirs(new_only=True)
     assert [p.name for p in tmp_path.iterdir()] == ['a_file'] and cfg.output_dir is None
+
+
+def test_training_set_up_forgets_a_previous_run_folder(tmp_path, cfg_state):
+    old = tmp_path / 'old'
+    cfg.set_args('0', is_test=True, exp_dir=str(old))
+    cfg.set_args('0', is_test=False)
+    assert cfg.output_dir is None
+    cfg.output_root = str(tmp_path / 'runs')
+    assert Path(cfg.make_run_dirs(new_only=True)).parent == tmp_path / 'runs' and not old.exists()
