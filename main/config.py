@@ -4,6 +4,12 @@ Defaults follow the authors' ``main/config.py`` plus the keys this re-implementa
 adds (README and docs/METHOD.md, "Configuration").  Importing this module creates
 no folder and prints nothing; a run calls ``cfg.set_args(...)``, optionally
 ``cfg.update(yaml_file)``, and then ``cfg.make_run_dirs()``.
+
+Every option has a declared type and range (``OPTION_TYPES``): a YAML value is checked and
+coerced when it is read, and the whole configuration again before any folder is made, so a
+bad option ends the run with one line (:class:`common.errors.ConfigError`) and leaves no trace
+on disk.  The keys that record the run rather than its options (``RUN_IDENTITY_KEYS``) are never
+taken from a YAML file.
 """
 import contextlib
 import copy
