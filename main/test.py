@@ -58,7 +58,7 @@ def main(argv=None):
     from common.tester import Tester
     from common.utils import distributed
     make_shared_run_dirs(training=False)
-    with remove_run_dirs_on_failure(training=False):
+    with remove_run_dirs_on_failure(training=False):   # a failed set-up removes the empty folders it made
         tester = Tester(args.test_epoch, save_meshes=args.save_meshes)
         if args.flip and tester.is_main_process:
             tester.logger.warning('--flip is ignored: flip testing is not implemented.')

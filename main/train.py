@@ -57,16 +57,25 @@ def main(argv=None, sync_batchnorm_converter=None):
     from common.trainer import Trainer
     from common.utils import distributed
     make_shared_run_dirs(training=True)
-    with remove_run_dirs_on_failure(training=True):
+    with remove_run_dirs_on_failure(training=True):   # a failed set-up leaves no folder behind
         trainer = Trainer(use_amp=args.use_mixed_precision, init_scale=args.init_scale,
                           sync_batchnorm_converter=sync_batchnorm_converter)
-        try:
-            trainer.setup()
-            trainer.train()
-        finally:
-            trainer.close()
+        set_up_or_close(trainer)
+    try:
+        trainer.train()      # a failure from here on keeps the folder: its log tells what happened
+    finally:
+        trainer.close()
     distributed.cleanup()  # after success only: a failed rank just exits, torchrun stops the others
     return trainer
+
+
+def set_up_or_close(runner):
+    """``runner.setup()``; on failure the runner is closed (its log file released) and the error raised."""
+    try:
+        runner.setup()
+    except BaseException:
+        runner.close()
+        raise
 
 
 def first_epoch_to_train():

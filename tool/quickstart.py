@@ -138,16 +138,20 @@ def train(args):
     """Train on the synthetic tree; returns the finished Trainer and the untrained snapshot's folder."""
     from common.trainer import Trainer
     cfg.make_run_dirs(new_only=True)
-    with remove_run_dirs_on_failure(training=True):
+    with remove_run_dirs_on_failure(training=True):   # a failed set-up leaves no folder behind
         # One ~0.5 GB snapshot, at the end.
         trainer = Trainer(use_amp=args.amp, snapshot_interval=cfg.end_epoch)
         try:
             trainer.setup()
-            untrained_dir = Path(cfg.output_dir) / 'untrained'
-            save_untrained(trainer, untrained_dir)
-            trainer.train()
-        finally:
+        except BaseException:
             trainer.close()
+            raise
+    try:
+        untrained_dir = Path(cfg.output_dir) / 'untrained'
+        save_untrained(trainer, untrained_dir)
+        trainer.train()
+    finally:
+        trainer.close()
     return trainer, str(untrained_dir)
 
 

@@ -112,10 +112,11 @@ def run_holds_snapshots(output_dir):
 
 @contextlib.contextmanager
 def remove_run_dirs_on_failure(training=False):
-    """On an exception inside the block, undo the folders of this start (rank 0 only):
-    a training run's new experiment folder goes entirely while it holds no snapshot (its log
-    and config.yaml describe only the failed start; the error is on stderr); other folders the
-    run created go only while empty.  Folders the run did not create are never touched."""
+    """On an exception inside the block (a run's set-up), undo the folders of this start (rank 0
+    only): a training run's new experiment folder goes entirely while it holds no snapshot (its
+    log and config.yaml describe only the failed start; the error is on stderr); other folders
+    the run created go only while empty.  Folders the run did not create are never touched.
+    Wrap only the set-up: a failure during training keeps its folder and log."""
     created = list(Config.created_dirs)
     try:
         yield
