@@ -33,7 +33,7 @@ from main.config import cfg  # noqa: E402
 from main.model import get_model  # noqa: E402
 from common.demo import read_pose_file, restore_network, run_demo, warn_stderr  # noqa: E402
 from common.utils import checkpoint as ckpt_io  # noqa: E402
-from common.utils.cli import gpu_ids_arg  # noqa: E402
+from common.utils.cli import add_debug_flag, apply_cfg_file, exit_on_expected_errors, gpu_ids_arg  # noqa: E402
 from common.utils.device import select_device  # noqa: E402
 from common.utils.preprocessing import load_img  # noqa: E402
 from common.utils.smpl import SMPL, SMPLFileError  # noqa: E402
@@ -52,7 +52,7 @@ def build_parser():
     parser.add_argument('--cfg', default='', help='YAML file overriding config options')
     parser.add_argument('--smpl_dir', default=None, help='folder of the SMPL pkl files (cfg.smpl_model_dir)')
     parser.add_argument('--data_dir', default=None, help='folder holding J_regressor_extra.npy (cfg.data_dir)')
-    return parser
+    return add_debug_flag(parser)
 
 
 def apply_checkpoint_config(checkpoint, log=print):
@@ -80,12 +80,12 @@ def configure(args, checkpoint):
     """Settle ``cfg`` in precedence order: defaults < checkpoint config < ``--cfg`` < folder flags."""
     cfg.set_args(args.gpu_ids, is_test=True)
     apply_checkpoint_config(checkpoint)
-    if args.cfg:
-        cfg.update(args.cfg)
+    apply_cfg_file(args.cfg)
     if args.smpl_dir:
         cfg.smpl_model_dir = args.smpl_dir
     if args.data_dir:
         cfg.data_dir = args.data_dir
+    cfg.validate()
 
 
 def pick_device(gpu_ids):
@@ -118,11 +118,10 @@ def main(argv=None):
 
 
 def run_cli(argv=None):
-    """``main`` for the command line: expected failures end with their message (exit status 1)."""
-    try:
-        main(argv)
-    except (FileNotFoundError, OSError, ValueError, ckpt_io.CheckpointError, SMPLFileError) as exc:
-        sys.exit(f'ERROR: {exc}')
+    """``main`` for the command line: expected failures (a bad option, an unreadable image or pose
+    file, a checkpoint that does not fit) end with ``ERROR: <message>`` and exit status 1
+    (``--debug`` keeps the traceback)."""
+    exit_on_expected_errors(main, argv, (OSError, ValueError, ckpt_io.CheckpointError, SMPLFileError))
 
 
 if __name__ == '__main__':

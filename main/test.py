@@ -16,8 +16,9 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from common.utils.cli import (apply_cfg_file, check_args, exit_on_expected_errors, gpu_ids_arg,  # noqa: E402
-                              join_job, make_shared_run_dirs)
+from common.errors import ConfigError  # noqa: E402
+from common.utils.cli import (add_debug_flag, apply_cfg_file, check_args, exit_on_expected_errors,  # noqa: E402
+                              gpu_ids_arg, join_job, make_shared_run_dirs, remove_run_dirs_on_failure)
 
 
 def build_parser():
@@ -33,7 +34,10 @@ def build_parser():
                         help='accepted for compatibility; flip testing is not implemented (nor was it)')
     parser.add_argument('--save_meshes', action='store_true',
                         help='also store the root-relative meshes (N,6890,3) in the predictions file')
-    return parser
+    parser.add_argument('--out_dir', type=str, default='',
+                        help='folder for the log/, result/ and vis/ of this evaluation (default: --exp_dir; '
+                             'if --exp_dir is not writable: <output_root>/eval_<name of --exp_dir>)')
+    return add_debug_flag(parser)
 
 
 def parse_args(argv=None):
@@ -45,29 +49,56 @@ def main(argv=None):
     """Configure, evaluate, and return the finished :class:`common.tester.Tester`."""
     args = parse_args(argv)
     gpu_ids = join_job(args.gpu_ids)
+    if not args.exp_dir:
+        raise ConfigError('--exp_dir is required: the experiment folder holding checkpoint/snapshot_N.pth.tar.')
     cfg.set_args(gpu_ids, is_test=True, exp_dir=args.exp_dir)
     apply_cfg_file(args.cfg)
+    cfg.eval_output_dir = choose_eval_output_dir(args.out_dir)
 
     from common.tester import Tester
     from common.utils import distributed
-    make_shared_run_dirs()
-    tester = Tester(args.test_epoch, save_meshes=args.save_meshes)
-    if args.flip and tester.is_main_process:
-        tester.logger.warning('--flip is ignored: flip testing is not implemented.')
-    try:
-        tester.setup()
-        tester.test()
-    finally:
-        tester.close()
+    make_shared_run_dirs(training=False)
+    with remove_run_dirs_on_failure(training=False):   # a failed set-up removes the empty folders it made
+        tester = Tester(args.test_epoch, save_meshes=args.save_meshes)
+        if args.flip and tester.is_main_process:
+            tester.logger.warning('--flip is ignored: flip testing is not implemented.')
+        try:
+            tester.setup()
+            tester.test()
+        finally:
+            tester.close()
     distributed.cleanup()
     return tester
 
 
+def choose_eval_output_dir(out_dir):
+    """Where this evaluation writes log/, result/ and vis/ (``cfg.eval_output_dir``): ``out_dir``
+    if given; ``None`` (inside ``--exp_dir``) if that folder is writable; else a folder
+    ``<output_root>/eval_<name of --exp_dir>``, announced on stderr.  The snapshot is always
+    read from ``--exp_dir``."""
+    if out_dir:
+        return os.path.abspath(out_dir)
+    if exp_dir_is_writable(cfg.output_dir):
+        return None
+    fallback = os.path.join(cfg.output_root, f'eval_{os.path.basename(os.path.normpath(cfg.output_dir))}')
+    print(f'{cfg.output_dir} is not writable: this evaluation writes its log and results to {fallback} '
+          '(choose another folder with --out_dir).', file=sys.stderr)
+    return fallback
+
+
+def exp_dir_is_writable(exp_dir):
+    """Whether an evaluation can write into ``exp_dir``: the folder, and those of its log/,
+    result/ and vis/ subfolders that exist, are writable."""
+    folders = [exp_dir] + [os.path.join(exp_dir, sub) for sub in ('log', 'result', 'vis')]
+    return all(os.access(folder, os.W_OK | os.X_OK) for folder in folders if os.path.isdir(folder))
+
+
 def run_cli(argv=None):
-    """``main`` for the command line: expected failures (a missing file, a checkpoint that does
-    not fit) end with their message and exit status 1 instead of a traceback."""
+    """``main`` for the command line: expected failures (a bad option, a missing file, a checkpoint
+    that does not fit, a full disk; ``common.utils.cli.is_expected_error``) end with
+    ``ERROR: <message>`` and exit status 1 instead of a traceback (``--debug`` keeps it)."""
     from common.utils.checkpoint import CheckpointError
-    exit_on_expected_errors(main, argv, (FileNotFoundError, CheckpointError))
+    exit_on_expected_errors(main, argv, (CheckpointError,))
 
 
 if __name__ == '__main__':

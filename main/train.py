@@ -14,8 +14,8 @@ if ROOT not in sys.path:
 
 import argparse  # noqa: E402
 
-from common.utils.cli import (apply_cfg_file, check_args, exit_on_expected_errors, gpu_ids_arg,  # noqa: E402
-                              join_job, make_shared_run_dirs)
+from common.utils.cli import (add_debug_flag, apply_cfg_file, check_args, exit_on_expected_errors,  # noqa: E402
+                              gpu_ids_arg, join_job, make_shared_run_dirs, remove_run_dirs_on_failure)
 from main.config import cfg  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def build_parser():
                         help='CUDA autocast (float16) with a GradScaler; ignored on the CPU')
     parser.add_argument('--init_scale', type=float, default=1024.0, help='GradScaler loss scale')
     parser.add_argument('--cfg', type=str, default='', help='YAML file overriding config options')
-    return parser
+    return add_debug_flag(parser)
 
 
 def parse_args(argv=None):
@@ -52,29 +52,50 @@ def main(argv=None, sync_batchnorm_converter=None):
     gpu_ids = join_job(args.gpu_ids)
     cfg.set_args(gpu_ids, args.continue_train, is_test=False, exp_dir=args.exp_dir)
     apply_cfg_file(args.cfg)
+    cfg.validate_training(start_epoch=first_epoch_to_train())
 
     from common.trainer import Trainer
     from common.utils import distributed
-    make_shared_run_dirs()
-    trainer = Trainer(use_amp=args.use_mixed_precision, init_scale=args.init_scale,
-                      sync_batchnorm_converter=sync_batchnorm_converter)
+    make_shared_run_dirs(training=True)
+    with remove_run_dirs_on_failure(training=True):   # a failed set-up leaves no folder behind
+        trainer = Trainer(use_amp=args.use_mixed_precision, init_scale=args.init_scale,
+                          sync_batchnorm_converter=sync_batchnorm_converter)
+        set_up_or_close(trainer)
     try:
-        trainer.setup()
-        trainer.train()
+        trainer.train()      # a failure from here on keeps the folder: its log tells what happened
     finally:
         trainer.close()
     distributed.cleanup()  # after success only: a failed rank just exits, torchrun stops the others
     return trainer
 
 
+def set_up_or_close(runner):
+    """``runner.setup()``; on failure the runner is closed (its log file released) and the error raised."""
+    try:
+        runner.setup()
+    except BaseException:
+        runner.close()
+        raise
+
+
+def first_epoch_to_train():
+    """The epoch training starts at: after the latest snapshot of ``--exp_dir`` when resuming,
+    else 0 (the warm start's epoch is checked by the trainer)."""
+    if not (cfg.continue_train and cfg.exp_dir):
+        return 0
+    from common.utils.checkpoint import latest_snapshot
+    latest = latest_snapshot(os.path.join(cfg.exp_dir, 'checkpoint'))
+    return latest[0] + 1 if latest else 0
+
+
 def run_cli(argv=None):
-    """``main`` for the command line: expected failures (a missing file, a checkpoint that does
-    not fit) end with their message and exit status 1 instead of a traceback."""
+    """``main`` for the command line: expected failures (a bad option, a missing file, a checkpoint
+    that does not fit, a full disk; ``common.utils.cli.is_expected_error``) end with
+    ``ERROR: <message>`` and exit status 1 instead of a traceback (``--debug`` keeps it)."""
     from common.trainer import NonFiniteLossError
     from common.utils.checkpoint import CheckpointError
     from common.utils.distributed import SyncBatchNormUnavailableError
-    exit_on_expected_errors(main, argv, (FileNotFoundError, CheckpointError, NonFiniteLossError,
-                                         SyncBatchNormUnavailableError))
+    exit_on_expected_errors(main, argv, (CheckpointError, NonFiniteLossError, SyncBatchNormUnavailableError))
 
 
 if __name__ == '__main__':

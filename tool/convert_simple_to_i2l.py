@@ -21,6 +21,7 @@ import argparse  # noqa: E402
 import torch  # noqa: E402
 
 from common.utils.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint  # noqa: E402
+from common.utils.cli import add_debug_flag, exit_on_expected_errors  # noqa: E402
 
 DEFAULT_SRC = 'pose_resnet_50_256x192.pth.tar'
 DEFAULT_OUT = os.path.join(ROOT, 'tool', 'snapshot_0.pth.tar')
@@ -57,11 +58,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--src', default=DEFAULT_SRC, help=f'SimpleBaseline checkpoint (default ./{DEFAULT_SRC})')
     parser.add_argument('--out', default=DEFAULT_OUT, help='output file (default tool/snapshot_0.pth.tar)')
-    args = parser.parse_args(argv)
+    args = add_debug_flag(parser).parse_args(argv)
     path = convert(args.src, args.out)
     print(f'Wrote {path}')
     return path
 
 
+
+def run_cli(argv=None):
+    """:func:`main` for the command line: expected errors (a missing or unusable input, a full
+    disk) end with ``ERROR: <message>`` and exit status 1 (``--debug``: the traceback)."""
+    return exit_on_expected_errors(main, argv, (CheckpointError,))
+
+
 if __name__ == '__main__':
-    main()
+    run_cli()

@@ -15,6 +15,7 @@ if __package__ in (None, ''):
 
 import argparse  # noqa: E402
 
+from common.utils.cli import add_debug_flag, exit_on_expected_errors  # noqa: E402
 from tool.synthetic.tree import ALL_DATASETS, make_synthetic_data  # noqa: E402
 
 def parse_args(argv=None):
@@ -24,7 +25,7 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--datasets', default=','.join(ALL_DATASETS),
                         help=f'comma-separated subset of {",".join(ALL_DATASETS)}')
-    return parser.parse_args(argv)
+    return add_debug_flag(parser).parse_args(argv)
 
 
 def main(argv=None):
@@ -34,5 +35,12 @@ def main(argv=None):
     print(f'synthetic data tree written to {root}')
 
 
+
+def run_cli(argv=None):
+    """:func:`main` for the command line: expected errors (a missing or unusable input, a full
+    disk) end with ``ERROR: <message>`` and exit status 1 (``--debug``: the traceback)."""
+    return exit_on_expected_errors(main, argv, ())
+
+
 if __name__ == '__main__':
-    main()
+    run_cli()

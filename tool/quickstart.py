@@ -28,7 +28,8 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from common.utils.cli import gpu_ids_arg  # noqa: E402
+from common.utils.cli import (add_debug_flag, apply_cfg_file, exit_on_expected_errors, gpu_ids_arg,  # noqa: E402
+                              remove_run_dirs_on_failure)
 
 DEFAULT_CONFIG = os.path.join(ROOT, 'main', 'configs', 'quickstart.yaml')
 DEFAULT_WORK_DIR = os.path.join(ROOT, 'output', 'quickstart')
@@ -75,12 +76,16 @@ def _generate_once(folder, make, regenerate):
     return True
 
 
+def synthetic_dirs(work_dir):
+    """``(smpl_dir, data_dir)``: where the synthetic body model and data tree live under ``work_dir``."""
+    return Path(work_dir) / 'smpl', Path(work_dir) / 'data'
+
+
 def ensure_synthetic_data(work_dir, regenerate=False):
     """``(smpl_dir, data_dir)`` of the synthetic body model and data tree under ``work_dir``."""
     from tool.synthetic.tree import make_synthetic_data
     from tool.synthetic.body_model import make_synthetic_smpl
-    smpl_dir = Path(work_dir) / 'smpl'
-    data_dir = Path(work_dir) / 'data'
+    smpl_dir, data_dir = synthetic_dirs(work_dir)
     made = _generate_once(smpl_dir, lambda d: make_synthetic_smpl(d, seed=SYNTHETIC_SEED), regenerate)
     print(f"{'Made' if made else 'Reusing'} the synthetic body model in {smpl_dir}")
     made = _generate_once(data_dir, lambda d: make_synthetic_data(d, smpl_dir, seed=SYNTHETIC_SEED),
@@ -91,9 +96,10 @@ def ensure_synthetic_data(work_dir, regenerate=False):
 
 # ------------------------------------------------------------------ steps
 def configure(args, smpl_dir, data_dir):
-    """set_args -> the quickstart YAML -> synthetic paths and overrides (no folders yet)."""
+    """set_args -> the quickstart YAML -> synthetic paths and overrides (no folders yet);
+    every option is checked before anything is trained (a ``ConfigError`` names the bad one)."""
     cfg.set_args(args.gpu_ids, continue_train=False, is_test=False)
-    cfg.update(args.cfg)
+    apply_cfg_file(args.cfg)
     cfg.smpl_model_dir = smpl_dir
     cfg.data_dir = data_dir
     cfg.output_root = str(Path(args.work_dir) / 'runs')
@@ -102,6 +108,7 @@ def configure(args, smpl_dir, data_dir):
         cfg.lr_dec_epoch = [e for e in cfg.lr_dec_epoch if e < args.end_epoch]
     if args.max_iters is not None:
         cfg.max_iters_per_epoch = args.max_iters
+    cfg.validate_training()
 
 
 def save_untrained(trainer, folder):
@@ -130,11 +137,16 @@ def evaluate(exp_dir, epoch, max_samples=None):
 def train(args):
     """Train on the synthetic tree; returns the finished Trainer and the untrained snapshot's folder."""
     from common.trainer import Trainer
-    cfg.make_run_dirs()
-    # One ~0.5 GB snapshot, at the end.
-    trainer = Trainer(use_amp=args.amp, snapshot_interval=cfg.end_epoch)
+    cfg.make_run_dirs(new_only=True)
+    with remove_run_dirs_on_failure(training=True):   # a failed set-up leaves no folder behind
+        # One ~0.5 GB snapshot, at the end.
+        trainer = Trainer(use_amp=args.amp, snapshot_interval=cfg.end_epoch)
+        try:
+            trainer.setup()
+        except BaseException:
+            trainer.close()
+            raise
     try:
-        trainer.setup()
         untrained_dir = Path(cfg.output_dir) / 'untrained'
         save_untrained(trainer, untrained_dir)
         trainer.train()
@@ -245,18 +257,18 @@ def build_parser():
     parser.add_argument('--max_test_samples', type=int, default=None, help='evaluate only the first N test samples')
     parser.add_argument('--no_demo', action='store_true', help='skip the demo pictures at the end')
     parser.add_argument('--no_check', action='store_true', help='do not fail when the model did not learn enough')
-    return parser
+    return add_debug_flag(parser)
 
 
 def run_quickstart(argv=None):
     """All steps; returns the :class:`QuickstartResult` and the parsed arguments."""
     args = build_parser().parse_args(argv)
     seconds = {}
+    configure(args, *map(str, synthetic_dirs(args.work_dir)))   # a bad option stops before any work
     start = time.time()
     smpl_dir, data_dir = ensure_synthetic_data(args.work_dir, args.regenerate)
     seconds['data'] = time.time() - start
 
-    configure(args, smpl_dir, data_dir)
     start = time.time()
     trainer, untrained_dir = train(args)
     seconds['train'] = time.time() - start
@@ -300,5 +312,11 @@ def main(argv=None):
     return 0
 
 
+def run_cli(argv=None):
+    """:func:`main` for the command line: expected errors (a bad option in ``--cfg``, a missing
+    file, a full disk) end with ``ERROR: <message>`` and exit status 1 (``--debug``: traceback)."""
+    return exit_on_expected_errors(main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli())
