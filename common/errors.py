@@ -18,5 +18,9 @@ class DataError(UserError, ValueError):
     """A data, annotation or model file whose content cannot be used."""
 
 
+class ImageFileError(UserError, OSError):
+    """An image that cannot be decoded (corrupt, unsupported, truncated)."""
+
+
 class RunDirError(UserError):
     """An experiment or result folder that the run may not or cannot write into."""

@@ -14,6 +14,7 @@ from typing import NamedTuple, Tuple
 import numpy as np
 from pycocotools.coco import COCO
 
+from common.errors import DataError
 from common.utils.joints import H36M17
 from common.utils.preprocessing import compute_iou, process_bbox
 from common.utils.smpl import load_regressor
@@ -29,7 +30,7 @@ NEURALANNOT_CAMERA_SIZES = (('focal', 2), ('princpt', 2))
 IMAGE_FIELDS = ('file_name', 'width', 'height')
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """A missing, malformed or non-finite annotation value; the message names the file and the record."""
 
 

@@ -551,7 +551,8 @@ def test_config_yaml_round_trips(bare_trainer, tmp_path):
     assert 'princpt' not in saved
     cfg.reset()
     cfg.update(bare_trainer.config_path)
-    assert cfg.input_img_shape == (256, 256) and cfg.output_dir == saved['output_dir']
+    # the options come back, the run's folders never do
+    assert cfg.input_img_shape == (256, 256) and cfg.output_dir is None
 
 
 # ============================================================ on the synthetic tree

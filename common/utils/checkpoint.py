@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
 from common.nets.stacked import stacked_optimizer_state
 from common.utils.files import FileWriteError, atomic_copy, atomic_write, remove_stale_temp_files
 
@@ -31,7 +32,7 @@ SNAPSHOT_RE = re.compile(r'^snapshot_(\d+)\.pth\.tar$')
 _SMPL_BUFFER_RE = re.compile(r'(^|\.)human_model_layer\.th_[A-Za-z_]+$')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or lacks a required entry."""
 
 

@@ -150,8 +150,14 @@ def is_expected_error(exc, expected=()):
 
 
 def one_line(exc):
-    """The message of ``exc`` on one line (an OSError without its own text gets its path)."""
+    """The message of ``exc`` on one line (an OSError without its own text gets its path).
+
+    An error re-raised from a DataLoader worker carries the worker's whole traceback as its
+    message; the line that matters is the original error's last one."""
     text = str(exc)
+    if text.startswith('Caught ') and 'Original Traceback' in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(': ', 1)[1] if ': ' in last else last
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f'{exc.filename}: {text}'
     return ' '.join(text.split())

@@ -16,12 +16,14 @@ import re
 import secrets
 from pathlib import Path
 
+from common.errors import UserError
+
 TEMP_MARK = '.tmp-'
 # ``.<name>.tmp-<pid>`` (older writers) or ``.<name>.tmp-<pid>-<hex>``
 _TEMP_RE = re.compile(r'^\..+\.tmp-(\d+)(?:-[0-9a-f]+)?$')
 
 
-class FileWriteError(RuntimeError):
+class FileWriteError(UserError, RuntimeError):
     """A file could not be written (disk full, no permission, ...); the message names the
     path and says that any previous file under that name is unchanged.  ``errno`` is the
     operating-system error number (or ``None``)."""

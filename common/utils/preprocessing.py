@@ -14,6 +14,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from common.errors import ImageFileError
+
 BBOX_JOINT_EXTEND = 1.2      # get_bbox: enlargement of the joints' extent
 BBOX_CONTEXT_SCALE = 1.25    # process_bbox: enlargement after the aspect extension
 ROT_PROBABILITY = 0.6        # probability of drawing a rotation (identity in SGRE)
@@ -34,9 +36,9 @@ def load_img(path, order='RGB'):
         raise FileNotFoundError(f"Image file not found: {path}")
     img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
-        raise IOError(f"Cannot read image (unsupported or corrupt file): {path}")
+        raise ImageFileError(f"Cannot read image (unsupported or corrupt file): {path}")
     if _is_truncated_jpeg(path):
-        raise IOError(f"Truncated JPEG file (no end-of-image marker): {path}")
+        raise ImageFileError(f"Truncated JPEG file (no end-of-image marker): {path}")
     if order not in ('RGB', 'BGR'):
         raise ValueError(f"load_img: order must be 'RGB' or 'BGR', got {order!r}")
     if img.ndim == 2:

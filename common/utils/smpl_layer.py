@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.errors import DataError
 from common.utils.kinematics import forward_kinematics, skinning_transforms
 
 GENDERS = ('neutral', 'male', 'female')
@@ -48,7 +49,7 @@ class SMPLFileError(FileNotFoundError):
     """A body-model or regressor file is missing; the message says where it belongs and where to get it."""
 
 
-class SMPLFormatError(ValueError):
+class SMPLFormatError(DataError):
     """A body-model file has a missing field or a field of the wrong shape."""
 
 

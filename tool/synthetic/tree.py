@@ -45,10 +45,15 @@ def make_synthetic_data(root, smpl_dir, seed=0, datasets=ALL_DATASETS, verbose=F
     from common.options import BodyModelPaths
     from common.utils.smpl import SMPL
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     unknown = [name for name in datasets if name not in ALL_DATASETS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(ALL_DATASETS)}")
+    missing = [name for name, _ in REGRESSOR_PLACES if not (Path(smpl_dir) / name).is_file()]
+    if missing:  # checked before anything is created under ``root``
+        raise FileNotFoundError(
+            f"{missing} not found in '{smpl_dir}'. The synthetic data tree copies them from the "
+            "body-model folder; make that folder with `python tool/make_synthetic_smpl.py --out DIR`.")
+    root.mkdir(parents=True, exist_ok=True)
     copy_regressors(root, smpl_dir)
     smpl = SMPL(BodyModelPaths(smpl_model_dir=str(smpl_dir), regressor_dir=str(root)))
     for name in datasets:
