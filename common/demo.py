@@ -29,6 +29,7 @@ import torch
 
 from common.utils import checkpoint as ckpt_io
 from common.utils import vis
+from common.utils.files import atomic_write_text
 from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, transfer_joints
 from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
                                         process_bbox)
@@ -356,8 +357,7 @@ def run_demo(img_path, pose_path, out_dir, model, geometry, image_id=None, check
         'checkpoint': str(checkpoint_path) if checkpoint_path else None,
         'units': SUMMARY_UNITS, 'people': results, 'skipped': skipped}
     json_path = out_dir / f'{stem}_smpl.json'
-    with open(json_path, 'w') as f:
-        json.dump(summary, f, indent=1)
+    atomic_write_text(json_path, json.dumps(summary, indent=1))
     log(f'Wrote {render_path}, {pose_path_out}, {json_path} and {len(objs)} OBJ files.')
     return {'render': render_path, 'pose_2d': pose_path_out, 'json': str(json_path), 'obj': objs,
             'people': len(people), 'skipped': skipped}
@@ -397,10 +397,7 @@ def openpose_json_from_annotations(annotations, path):
     people = [{'person_id': [-1],
                'pose_keypoints_2d': np.asarray(a['openpose_result'], np.float64).reshape(-1).tolist()}
               for a in annotations]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump({'version': 1.3, 'people': people}, f)
-    return str(path)
+    return atomic_write_text(path, json.dumps({'version': 1.3, 'people': people}))
 
 
 def render_test_image(model, dataset, img_path, out_path, device):

@@ -11,7 +11,6 @@ bad option ends the run with one line (:class:`common.errors.ConfigError`) and l
 on disk.  The keys that record the run rather than its options (``RUN_IDENTITY_KEYS``) are never
 taken from a YAML file.
 """
-import contextlib
 import copy
 import datetime
 import os
@@ -256,22 +255,16 @@ class Config:
         return {k: _plain_value(v) for k, v in sorted(self.__dict__.items()) if k not in DERIVED_KEYS}
 
     def write_yaml(self, path):
-        """Write :meth:`plain_options` to ``path`` (the run's resolved configuration) atomically:
-        a temporary file ``.<name>.tmp-<pid>`` beside it, then a rename, so ``path`` is never
-        half-written.  A full disk or a missing permission raises
-        :class:`~common.errors.RunDirError` naming ``path``.  Returns ``path``."""
-        target = Path(path)
-        tmp = target.with_name(f'.{target.name}.tmp-{os.getpid()}')
+        """Write :meth:`plain_options` to ``path`` (the run's resolved configuration) atomically
+        (temp file beside it, then a rename), so ``path`` is never half-written.  A full disk or
+        a missing permission raises :class:`~common.errors.RunDirError` naming ``path``.
+        Returns ``path``."""
+        from common.utils.files import FileWriteError, atomic_write_text
+        text = yaml.safe_dump(self.plain_options(), sort_keys=True, default_flow_style=None)
         try:
-            with open(tmp, 'w') as f:
-                yaml.safe_dump(self.plain_options(), f, sort_keys=True, default_flow_style=None)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise RunDirError(f"Cannot write the configuration {target}: {exc.strerror or exc}.") from None
+            atomic_write_text(path, text)
+        except FileWriteError as exc:
+            raise RunDirError(f'Cannot write the configuration: {exc}') from None
         return path
 
     # ------------------------------------------------------ option records

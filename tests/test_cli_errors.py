@@ -3,7 +3,6 @@ option, remove the folders of a failed start, and never take a run's folders fro
 import errno
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 

@@ -329,3 +329,30 @@ def test_pw3d_evaluation_writes_vis_files(trained_snapshot, tiny_schedule_yaml, 
         np.testing.assert_allclose(smpl.joint_regressor[0].astype(np.float64) @ pred, 0, atol=1e-5)
     assert set(os.listdir(vis_dir)) == expected
     assert sorted(os.listdir(tmp_path)) == ['exp', 'vis.yaml']
+
+
+def test_pictures_and_meshes_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A writer that dies half-way leaves the previous picture / mesh byte-identical and no
+    temporary file behind."""
+    from common.utils import files
+    picture, mesh = tmp_path / 'a.jpg', tmp_path / 'a.obj'
+    vis.save_image(picture, np.full((8, 8, 3), 200, np.uint8))
+    vis.write_obj(mesh, np.zeros((3, 3)), np.array([[0, 1, 2]]))
+    before = {path: path.read_bytes() for path in (picture, mesh)}
+    real_open = open
+
+    def dying_open(path, mode='r', *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if 'w' in mode and '.tmp-' in str(path):
+            handle.write(b'partial' if 'b' in mode else 'partial')
+            handle.close()
+            raise OSError(28, 'No space left on device')
+        return handle
+
+    monkeypatch.setattr(files, 'open', dying_open, raising=False)
+    with pytest.raises(files.FileWriteError, match='a.jpg'):
+        vis.save_image(picture, np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(files.FileWriteError, match='a.obj'):
+        vis.write_obj(mesh, np.ones((3, 3)), np.array([[0, 1, 2]]))
+    assert {path: path.read_bytes() for path in (picture, mesh)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.jpg', 'a.obj']

@@ -110,7 +110,7 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def atomic_write(path, write_fn, binary=True, kept_note=None):
+def atomic_write(path, write_fn, binary=True, kept_note=None, durable=True):
     """Write ``path`` atomically: ``write_fn(file)`` fills a temporary file in the same
     folder, which is flushed, fsynced and renamed over ``path``.
 
@@ -119,7 +119,9 @@ def atomic_write(path, write_fn, binary=True, kept_note=None):
     an :class:`OSError` (full disk, no permission) becomes :class:`FileWriteError`
     naming ``path`` (plus ``kept_note``, default: the previous file is unchanged).
     Stale temporary files of dead writers in the folder are removed first.
-    Returns ``path`` as a string.
+    ``durable=False`` (pictures and meshes written by the thousand into one folder) skips the
+    fsyncs and that sweep: a kill still never leaves a half-written file under ``path``, but a
+    power loss may lose the last files.  Returns ``path`` as a string.
     """
     path = Path(path)
     if kept_note is None:
@@ -128,12 +130,14 @@ def atomic_write(path, write_fn, binary=True, kept_note=None):
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(path.parent)
+        if durable:
+            remove_stale_temp_files(path.parent)
         tmp = temp_path_for(path)
         with open(tmp, 'wb' if binary else 'w', **({} if binary else {'encoding': 'utf-8'})) as f:
             write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -144,13 +148,14 @@ def atomic_write(path, write_fn, binary=True, kept_note=None):
         if isinstance(exc, OSError):
             raise FileWriteError(describe_os_error(exc, path, kept_note), exc.errno) from exc
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return str(path)
 
 
-def atomic_write_text(path, text, kept_note=None):
+def atomic_write_text(path, text, kept_note=None, durable=True):
     """:func:`atomic_write` of the string ``text`` (UTF-8); returns ``path`` as a string."""
-    return atomic_write(path, lambda f: f.write(text), binary=False, kept_note=kept_note)
+    return atomic_write(path, lambda f: f.write(text), binary=False, kept_note=kept_note, durable=durable)
 
 
 def atomic_copy(src, dst, kept_note=None):

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from common.utils.joints import SMPL30
+from common.utils.files import atomic_write, atomic_write_text
 from common.utils.render import NEAR_PLANE, render_meshes
 
 
@@ -141,18 +142,18 @@ def draw_input_pose(img, joints_smpl30, score_thr, color=(255, 128, 0), show_sco
 def save_image(path, img):
     """Write an RGB image (``.jpg`` / ``.png``), creating the folder; returns ``path`` as str.
 
-    Raises ``OSError`` naming the path if OpenCV cannot write it.
+    Written atomically (temp file + rename): a kill never leaves a half-written picture.
+    Raises ``OSError`` naming the path if OpenCV cannot encode it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bgr = cv2.cvtColor(as_uint8_image(img), cv2.COLOR_RGB2BGR)
     try:
-        ok = cv2.imwrite(str(path), bgr)
+        ok, encoded = cv2.imencode(path.suffix, bgr)
     except cv2.error as exc:
         raise OSError(f"Could not write image {path}: {exc}") from exc
     if not ok:
-        raise OSError(f"Could not write image {path} (unsupported extension or unwritable folder).")
-    return str(path)
+        raise OSError(f"Could not write image {path} (unsupported extension).")
+    return atomic_write(path, lambda f: f.write(encoded.tobytes()), durable=False)
 
 
 def write_obj(path, vertices, faces):
@@ -164,13 +165,9 @@ def write_obj(path, vertices, faces):
     faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
         raise ValueError(f"write_obj: face indices must lie in [0, {len(vertices) - 1}]")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f'v {x:.6f} {y:.6f} {z:.6f}' for x, y, z in vertices.tolist()]
     lines += [f'f {a} {b} {c}' for a, b, c in (faces + 1).tolist()]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    return str(path)
+    return atomic_write_text(path, '\n'.join(lines) + '\n', durable=False)
 
 
 # ----------------------------------------------------------------------------- cameras
