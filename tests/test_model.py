@@ -606,6 +606,21 @@ def test_train_mode_losses_match_float64_reference(reference_case, reference_los
         model.eval()
 
 
+def test_channels_last_backbone_changes_no_output_beyond_rounding(reference_case):
+    """The backbone runs channels-last; the same weights in the contiguous format give the
+    same outputs up to float32 rounding, and the heads get a contiguous feature map."""
+    import copy
+    model = reference_case['model'].eval()
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    contiguous = copy.deepcopy(model).use_memory_format(torch.contiguous_format)
+    assert contiguous.backbone.conv1.weight.is_contiguous()
+    with torch.no_grad():
+        feat = model.extract_features(reference_case['inputs'])
+        reference = contiguous.extract_features(reference_case['inputs'])
+    assert feat.is_contiguous()
+    assert float((feat - reference).norm() / reference.norm()) < 1e-5
+
+
 def test_test_outputs_keys_shapes_and_passthrough(reference_case):
     case = reference_case
     model = case['model'].eval()
