@@ -414,8 +414,8 @@ class Trainer(Runner):
 
     def train_step(self, inputs, targets, meta_info, epoch=0, itr=0):
         """Forward, reduce (mean of each term over the batch), backward and Adam step; returns
-        ``{term: float}`` or ``None`` when the step was skipped (non-finite loss, or a
-        per-device batch of one)."""
+        ``{term: float}`` or ``None`` when the step was skipped (non-finite loss, non-finite
+        gradient without AMP, or a per-device batch of one)."""
         batch = batch_size_of(inputs)
         if min(chunk_sizes(batch, self.device_setup.num_devices)) < 2:
             self.logger.warning(f'Epoch {epoch} itr {itr}: a batch of {batch} sample(s) would give a '
