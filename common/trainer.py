@@ -105,6 +105,17 @@ def restore_running_statistics(saved):
         buffer.copy_(value)
 
 
+def gradients_are_finite(optimizer):
+    """Whether every gradient of ``optimizer``'s parameters is finite.
+
+    One max-abs reduction over all gradients and one host sync: the infinity norm is NaN or
+    inf exactly when some entry is (a 2-norm could overflow on large finite gradients)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
+
+
 def lr_at(epoch, base_lr, lr_dec_epoch, lr_dec_factor):
     """``base_lr / lr_dec_factor^m``, m = number of milestones in ``lr_dec_epoch`` ≤ ``epoch``."""
     passed = sum(1 for milestone in lr_dec_epoch if epoch >= milestone)
@@ -350,7 +361,8 @@ class Trainer(Runner):
             if (epoch + 1) % self.snapshot_interval == 0 or epoch == cfg.end_epoch - 1:
                 self.save_model(epoch)
         if self.nonfinite_total:
-            self.logger.warning(f'{self.nonfinite_total} iteration(s) had a non-finite loss and were skipped.')
+            self.logger.warning(f'{self.nonfinite_total} iteration(s) had a non-finite loss or gradient '
+                                'and were skipped.')
         if self.tb_writer is not None:
             self.tb_writer.close()
 
@@ -402,8 +414,8 @@ class Trainer(Runner):
 
     def train_step(self, inputs, targets, meta_info, epoch=0, itr=0):
         """Forward, reduce (mean of each term over the batch), backward and Adam step; returns
-        ``{term: float}`` or ``None`` when the step was skipped (non-finite loss, or a
-        per-device batch of one)."""
+        ``{term: float}`` or ``None`` when the step was skipped (non-finite loss, non-finite
+        gradient without AMP, or a per-device batch of one)."""
         batch = batch_size_of(inputs)
         if min(chunk_sizes(batch, self.device_setup.num_devices)) < 2:
             self.logger.warning(f'Epoch {epoch} itr {itr}: a batch of {batch} sample(s) would give a '
@@ -427,23 +439,32 @@ class Trainer(Runner):
         values = dict(zip(loss.keys(), term_values))
         if not (math.isfinite(total_value) and all(math.isfinite(v) for v in term_values)):
             restore_running_statistics(saved_statistics)
-            self._handle_nonfinite(epoch, itr, values)
+            bad = [key for key, value in values.items() if not math.isfinite(value)]
+            self._handle_nonfinite(epoch, itr, f'non-finite loss ({", ".join(bad)})')
+            return None
+        self.scaler.scale(total).backward()
+        if not self.scaler.is_enabled() and not gradients_are_finite(self.optimizer):
+            # A finite loss can still overflow inside backward; Adam would fold the NaN/inf into
+            # its moments and every weight.  (With AMP the GradScaler already skips this step.)
+            # Under DDP the gradients are already all-reduced, so every rank decides alike.
+            self.optimizer.zero_grad()
+            restore_running_statistics(saved_statistics)
+            self._handle_nonfinite(epoch, itr, 'non-finite gradient (finite loss)')
             return None
         self.nonfinite_in_a_row = 0
-        self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         if self.scaler.is_enabled():
             # The original resets the scale to init_scale every step (a fixed scale).
             self.scaler.update(None if cfg.amp_dynamic_scale else self.init_scale)
         return values
 
-    def _handle_nonfinite(self, epoch, itr, values):
-        """Skip the step, count it, and stop after ``max_nonfinite_in_a_row`` in a row."""
+    def _handle_nonfinite(self, epoch, itr, what):
+        """Skip the step, count it, and stop after ``max_nonfinite_in_a_row`` in a row.
+        ``what`` names the non-finite value for the log line (loss terms or gradient)."""
         self.nonfinite_total += 1
         self.nonfinite_in_a_row += 1
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
         self.logger.warning(
-            f'Epoch {epoch} itr {itr}: non-finite loss ({", ".join(bad)}); step skipped '
+            f'Epoch {epoch} itr {itr}: {what}; step skipped '
             f'({self.nonfinite_in_a_row} in a row, {self.nonfinite_total} in this run).')
         if self.scaler.is_enabled() and cfg.amp_dynamic_scale:
             # Back off as for an overflow; scale() first so a fresh scaler has its state.
@@ -452,7 +473,7 @@ class Trainer(Runner):
         if self.nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
             latest = ckpt_io.latest_snapshot(cfg.model_dir)
             kept = f'the last good snapshot {latest[1]} is intact' if latest else 'no snapshot was written yet'
-            message = (f'{self.nonfinite_in_a_row} consecutive iterations had a non-finite loss '
+            message = (f'{self.nonfinite_in_a_row} consecutive iterations had a non-finite loss or gradient '
                        f'(last at epoch {epoch} itr {itr}); training stopped, {kept}. '
                        'Try a lower cfg.lr, or --amp off.')
             self.logger.error(message)

@@ -85,6 +85,13 @@ class MultipleDatasets(SeededDataset):
     the visit key ``visit + (k,)`` (``get_sample``), so its random draws differ from those
     of the other visits in the epoch.  The first ``len`` slots pass ``visit`` unchanged:
     their draws are those of the member's own ``__getitem__``.
+
+    Padding rounds: an index ``i >= len(self)`` is a later visit of sample ``i % len(self)``
+    in padding round ``r = i // len(self)`` (a distributed sampler pads an epoch this way so
+    every process runs the same number of steps).  It is the same sample, located as the
+    first visit is, with the member visit key extended by ``(0, r)``.  Repeat slots are
+    ``>= 1``, so a 0 in a key only ever starts a padding round and no two visits share a key.
+    ``len(self)`` is unchanged.
     """
 
     def __init__(self, dbs, make_same_len=True, options=None):
@@ -133,10 +140,24 @@ class MultipleDatasets(SeededDataset):
             return db_idx, int(self.sample_rng(index, visit=visit).integers(0, db_len)), member_visit
         return db_idx, slot % db_len, member_visit
 
+    def split_padding_round(self, index):
+        """``index`` -> (padding round, index in ``range(len(self))``); round 0 is the epoch itself."""
+        if index < 0 or len(self) == 0:
+            raise IndexError(f'index {index} out of range for MultipleDatasets of length {len(self)}')
+        return divmod(int(index), len(self))
+
     def get_sample(self, index, visit=()):
         """The sample at global ``index`` for the visit ``visit`` (see the class docstring)."""
+        padding_round, index = self.split_padding_round(index)
         db_idx, local, member_visit = self.locate_visit(index, visit)
+        if padding_round:
+            member_visit = member_visit + (0, padding_round)
         return fetch_visit(self.dbs[db_idx], local, member_visit)
 
     def __getitem__(self, index):
         return self.get_sample(index)
+
+    def __iter__(self):
+        """One epoch's samples in index order (``__getitem__`` alone would never raise
+        IndexError past the end, since such indices are padding visits)."""
+        return (self[index] for index in range(len(self)))

@@ -305,6 +305,60 @@ def test_a_nan_target_leaves_model_optimizer_and_batchnorm_statistics_unchanged(
     assert torch.isfinite(model.backbone[1].running_var).all()
 
 
+class KinkLossModel(BatchNormLossModel):
+    """Adds a loss term ``sqrt(out - out)`` while ``kinked``: its value is 0 (the loss stays
+    finite) but the derivative of sqrt at 0 is inf, so backward fills the gradients with inf
+    and NaN, as an overflow inside backward would."""
+
+    kinked = False
+
+    def forward(self, inputs, targets, meta_info, mode):
+        loss = super().forward(inputs, targets, meta_info, mode)
+        if self.kinked:
+            out = self.rotation_net(self.position_net(self.pose2feat(self.backbone(inputs['img']))))
+            loss['kink'] = (out - out.detach()).sqrt()
+        return loss
+
+
+def test_nonfinite_gradients_of_a_finite_loss_leave_the_model_unchanged_and_count_as_skips(bare_trainer):
+    from common.trainer import NonFiniteLossError
+    from common.utils.device import make_grad_scaler
+    torch.manual_seed(0)
+    model = KinkLossModel()
+    trainer = bare_trainer
+    trainer.model = trainer.network = model
+    trainer.optimizer = trainer.get_optimizer(model)
+    trainer.scaler = make_grad_scaler(trainer.device, False)
+    trainer.max_nonfinite_in_a_row = 2
+    inputs, targets = {'img': torch.randn(4, 2)}, {'y': torch.randn(4, 1)}
+    # the bad case really is a finite loss with non-finite gradients (checked on a copy)
+    probe = KinkLossModel()
+    probe.kinked = True
+    total = sum(value.mean() for value in probe(inputs, targets, {}, 'train').values())
+    total.backward()
+    assert torch.isfinite(total) and not torch.isfinite(probe.rotation_net.weight.grad).all()
+
+    assert trainer.train_step(inputs, targets, {}) is not None  # Adam has state, BN has statistics
+    model.kinked = True
+    before = training_state(model, trainer.optimizer, trainer.scaler)
+    assert trainer.train_step(inputs, targets, {}) is None
+    assert_bit_identical(before, training_state(model, trainer.optimizer, trainer.scaler))
+    assert trainer.nonfinite_total == 1 and trainer.nonfinite_in_a_row == 1
+
+    model.kinked = False  # a valid step resets the run of skips and trains on
+    assert trainer.train_step(inputs, targets, {}) is not None
+    assert trainer.nonfinite_in_a_row == 0
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+    model.kinked = True
+    trainer.train_step(inputs, targets, {})
+    with pytest.raises(NonFiniteLossError, match=r'2 consecutive'):
+        trainer.train_step(inputs, targets, {})
+    assert trainer.nonfinite_total == 3
+    log = open(trainer.logger.path).read()
+    assert log.count('non-finite gradient (finite loss); step skipped') == 3
+
+
 @pytest.mark.parametrize('dynamic', [False, True])
 def test_amp_overflow_skips_the_step_and_resets_the_scale(bare_trainer, dynamic):
     """GradScaler.step skips a step with inf gradients; the original then resets the

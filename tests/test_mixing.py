@@ -70,8 +70,11 @@ def test_concatenation_indexing(lengths):
     assert len(mix) == sum(lengths)
     expected = [(k, j) for k, n in enumerate(lengths) for j in range(n)]
     assert [(mix[i]['tag'], mix[i]['index']) for i in range(len(mix))] == expected
+    assert [(s['tag'], s['index']) for s in mix] == expected  # iteration stops after one epoch
+    # past the end: a padding round's visit of the same sample (see the padding tests below)
+    assert (mix[len(mix)]['tag'], mix[len(mix)]['index']) == expected[0]
     with pytest.raises(IndexError):
-        mix[len(mix)]
+        mix[-1]
 
 
 def test_nested_sgre_composition():
@@ -244,3 +247,69 @@ def test_unseeded_visits_draw_fresh_entropy():
     cfg.seed = None
     mix = MultipleDatasets([VisitNumbered(3, 'a'), VisitNumbered(7, 'b')], make_same_len=True)
     assert mix[0]['draw'] != mix[0]['draw']
+
+
+# ------------------------------------------------------------- padding rounds (distributed)
+def visits_by_sample(mix, rounds):
+    """{(tag, index): [draw, ...]} over the epoch and ``rounds - 1`` padding rounds after it."""
+    draws = {}
+    for i in range(rounds * len(mix)):
+        sample = mix[i]
+        draws.setdefault((sample['tag'], sample['index']), []).append(sample['draw'])
+    return draws
+
+
+def test_padding_rounds_revisit_the_same_sample_with_fresh_reproducible_draws():
+    mix = sgre_mix(seed=3)
+    mix.set_epoch(4)
+    n = len(mix)
+    assert n == 20  # unchanged by padding support
+    for i in range(n):
+        first = mix[i]
+        for padding_round in (1, 2):
+            copy = mix[i + padding_round * n]
+            assert (copy['tag'], copy['index']) == (first['tag'], first['index'])  # the same sample
+            assert copy['draw'] != first['draw']                                   # drawn afresh
+    # no two visits of a sample share a key: within the epoch (repeats) and across rounds
+    for key, draws in visits_by_sample(mix, rounds=3).items():
+        assert len(set(draws)) == len(draws), key
+    resumed = sgre_mix(seed=3)  # a fresh object (a worker's copy, a resumed run) draws the same
+    resumed.set_epoch(4)
+    assert all(resumed[i]['draw'] == mix[i]['draw'] for i in range(3 * n))
+
+
+def test_padding_rounds_of_a_concatenation_and_out_of_range_indices():
+    options = dataclasses.replace(cfg.data_options(), seed=7)
+    group = MultipleDatasets([VisitNumbered(4, 'a', options), VisitNumbered(2, 'b', options)],
+                             make_same_len=False, options=options)
+    assert len(group) == 6
+    for i in range(6):
+        assert group[i + 6]['index'] == group[i]['index'] and group[i + 6]['draw'] != group[i]['draw']
+        assert group[i]['draw'] == first_visit_reference_draw(7, 'VisitNumbered', 0, group[i]['index'])
+    with pytest.raises(IndexError):
+        group[-1]
+
+
+def test_sharded_epoch_keeps_non_padded_draws_and_refreshes_padded_copies():
+    """Three processes over the mix: every non-padded sample is the single process's, the
+    padding copies are their first visit's sample with other draws."""
+    from common.utils.distributed import DistributedShardSampler
+    mix = sgre_mix(seed=11, small=3, large=7)  # 14 samples: 3 shards of 5, one padding copy
+    mix.set_epoch(2)
+    n = len(mix)
+    single = {i: mix[i] for i in range(n)}
+    sharded = []
+    for rank in range(3):
+        sampler = DistributedShardSampler(n, 3, rank, lambda epoch: 100 + epoch)
+        sampler.set_epoch(2)
+        replica = sgre_mix(seed=11, small=3, large=7)  # each process holds its own copy
+        replica.set_epoch(2)
+        sharded += [(i, replica[i]) for i in sampler]
+    assert sorted(i for i, _ in sharded if i < n) == list(range(n))
+    assert all(sample == single[i] for i, sample in sharded if i < n)
+    padded = [(i, sample) for i, sample in sharded if i >= n]
+    assert len(padded) == 1
+    for i, sample in padded:
+        first = single[i % n]
+        assert (sample['tag'], sample['index']) == (first['tag'], first['index'])
+        assert sample['draw'] != first['draw']

@@ -229,6 +229,11 @@ class DistributedShardSampler(torch.utils.data.Sampler):
     their union is the single-process epoch, and step ``k`` of all ranks together sees
     the batch ``k`` a single process with batch ``num_replicas × per-rank batch`` sees.
     Call :meth:`set_epoch` before each epoch.
+
+    A padding copy of index ``i`` in padding round ``r >= 1`` is yielded as
+    ``i + r * num_samples``: the dataset (``data.dataset.MultipleDatasets``) reads it as a
+    later visit of ``i``, so the copy draws its augmentation afresh instead of repeating
+    the first visit's.  A single process never pads.
     """
 
     def __init__(self, num_samples, num_replicas, rank, epoch_seed, shuffle=True):
@@ -248,18 +253,17 @@ class DistributedShardSampler(torch.utils.data.Sampler):
         return math.ceil(self.num_samples / self.num_replicas)
 
     def epoch_order(self):
-        """The whole epoch's index order (padded), shared by every rank."""
+        """The whole epoch's index order (padded, see the class docstring), shared by every rank."""
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(int(self.epoch_seed(self.epoch)))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
-        padding = len(self) * self.num_replicas - self.num_samples
-        while padding > 0:  # more replicas than samples needs several rounds
-            order += order[:padding]
-            padding = len(self) * self.num_replicas - len(order)
-        return order
+        # Position j >= num_samples copies order[j % num_samples] in padding round
+        # j // num_samples (several rounds when there are more replicas than samples).
+        n = self.num_samples
+        return [order[j % n] + (j // n) * n for j in range(len(self) * self.num_replicas)]
 
     def __iter__(self):
         return iter(self.epoch_order()[self.rank::self.num_replicas])
