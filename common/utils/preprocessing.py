@@ -34,11 +34,13 @@ def load_img(path, order='RGB'):
     path = str(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    with open(path, 'rb') as f:  # read once: the truncation check and the decoder share the bytes
+        data = f.read()
+    if _is_truncated_jpeg(data):
+        raise ImageFileError(f"Truncated JPEG file (no end-of-image marker): {path}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise ImageFileError(f"Cannot read image (unsupported or corrupt file): {path}")
-    if _is_truncated_jpeg(path):
-        raise ImageFileError(f"Truncated JPEG file (no end-of-image marker): {path}")
     if order not in ('RGB', 'BGR'):
         raise ValueError(f"load_img: order must be 'RGB' or 'BGR', got {order!r}")
     if img.ndim == 2:
@@ -53,8 +55,8 @@ _SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
 _STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])   # TEM, RST0..7: no length field
 
 
-def _is_truncated_jpeg(path):
-    """True for a JPEG file whose main image ends before its end-of-image marker.
+def _is_truncated_jpeg(data):
+    """True for JPEG file bytes ``data`` whose main image ends before its end-of-image marker.
 
     OpenCV decodes a truncated JPEG silently (grey lower part), so the file's segment
     structure is walked: SOI, then length-prefixed segments (an EXIF APP1 segment may hold
@@ -64,8 +66,6 @@ def _is_truncated_jpeg(path):
     EOI.  Anything after EOI (camera trailers, motion-photo videos) is ignored.  Files
     that do not start with SOI are not JPEGs and are never called truncated here.
     """
-    with open(path, 'rb') as f:
-        data = f.read()
     if data[:2] != b'\xff\xd8':
         return False
     return _jpeg_end_of_image(data) is None
