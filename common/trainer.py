@@ -81,28 +81,23 @@ def build_training_set(trainset_3d, trainset_2d, transform):
     return dataset, groups[0]
 
 
-RUNNING_STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
-
-
-def running_statistics(model):
-    """``[(name, tensor), ...]``: the running statistics (``running_mean``, ``running_var``,
-    ``num_batches_tracked``) of every normalisation layer of ``model`` that tracks them
-    (BatchNorm, SyncBatchNorm), in module order."""
-    return [(name, buffer) for name, buffer in model.named_buffers()
-            if name.rsplit('.', 1)[-1] in RUNNING_STATISTICS]
-
-
 def running_statistics_copy(model):
-    """``[(buffer, copy), ...]`` of :func:`running_statistics` (a few hundred KiB for the
-    ResNet-50 model), for :func:`restore_running_statistics`."""
-    return [(buffer, buffer.detach().clone()) for _, buffer in running_statistics(model)]
+    """A copy of every batch-norm running statistic of ``model``, for
+    :func:`restore_running_statistics`: one flat tensor per dtype and device (a few hundred
+    KiB), so saving costs one concatenation per group on every step."""
+    groups = {}
+    for _, buffer in dist_utils.running_statistics(model):
+        groups.setdefault((buffer.dtype, buffer.device), []).append(buffer)
+    return [(buffers, torch.cat([b.detach().reshape(-1) for b in buffers])) for buffers in groups.values()]
 
 
 @torch.no_grad()
 def restore_running_statistics(saved):
-    """Write the copies of :func:`running_statistics_copy` back into their buffers, in place."""
-    for buffer, value in saved:
-        buffer.copy_(value)
+    """Write the copies of :func:`running_statistics_copy` back into their buffers, in place
+    (only when a step is skipped)."""
+    for buffers, flat in saved:
+        for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers])):
+            buffer.copy_(value.view_as(buffer))
 
 
 def gradients_are_finite(optimizer):

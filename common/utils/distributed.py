@@ -209,11 +209,18 @@ def shared_seed(seed):
 RUNNING_STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
 
 
+def running_statistics(module):
+    """``[(name, buffer), ...]``: ``module``'s batch-norm running statistics (``...running_mean``,
+    ``...running_var``, ``...num_batches_tracked``), the only buffers training changes, in module
+    order.  Plain, synchronised and any custom batch norm keeping BatchNorm's buffer names are
+    covered."""
+    return [(name, buffer) for name, buffer in module.named_buffers()
+            if name.rsplit('.', 1)[-1] in RUNNING_STATISTICS]
+
+
 def running_statistic_names(module):
-    """Names of ``module``'s batch-norm running statistics (``...running_mean``, ``...running_var``,
-    ``...num_batches_tracked``): the only buffers training changes.  Plain, synchronised
-    and any custom batch norm keeping BatchNorm's buffer names are covered."""
-    return [name for name, _ in module.named_buffers() if name.rsplit('.', 1)[-1] in RUNNING_STATISTICS]
+    """Names of :func:`running_statistics`."""
+    return [name for name, _ in running_statistics(module)]
 
 
 # ---------------------------------------------------------------- samplers
