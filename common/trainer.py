@@ -20,7 +20,6 @@ are averaged over ranks, and rank 0 alone logs and writes files.
 import functools
 import math
 import os
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -36,7 +35,6 @@ from data.registry import dataset_class
 from main.config import cfg
 
 OPTIMIZER_MODULES = ('backbone', 'pose2feat', 'position_net', 'rotation_net')
-WARM_START_FILE = Path('tool') / 'snapshot_0.pth.tar'
 # Options that may differ between a run and the run it resumes without a warning.
 RESUME_IGNORED_OPTIONS = {'output_dir', 'exp_dir', 'continue_train', 'gpu_ids', 'output_root', 'num_thread'}
 
@@ -142,7 +140,7 @@ class Trainer(Runner):
         if amp_warning:
             self.logger.warning(amp_warning)
         self.init_scale = float(init_scale)
-        self.warm_start_path = str(warm_start_path) if warm_start_path else str(Path(cfg.root_dir) / WARM_START_FILE)
+        self.warm_start_path = str(warm_start_path) if warm_start_path else ckpt_io.warm_start_file(cfg.root_dir).path
         self.snapshot_interval = int(snapshot_interval)
         self.sync_batchnorm_converter = sync_batchnorm_converter or dist_utils.convert_sync_batchnorm
         self.nonfinite_total = 0

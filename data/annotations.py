@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os.path as osp
+from functools import partial
 from typing import NamedTuple, Tuple
 
 import numpy as np
@@ -17,7 +18,8 @@ from pycocotools.coco import COCO
 from common.errors import DataError
 from common.utils.joints import H36M17
 from common.utils.preprocessing import compute_iou, process_bbox
-from common.utils.smpl import load_regressor
+from common.utils.required_files import RequiredFile
+from common.utils.smpl import load_regressor, regressor_file
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +116,60 @@ def coco_index(content, description):
     return db
 
 
-def read_coco(path, layout_hint):
-    """A ``pycocotools.coco.COCO`` index of a COCO-style file (read once, index messages silenced)."""
+def read_coco_content(path, layout_hint=''):
+    """The parsed content of a COCO-style file: a JSON object with 'images' and 'annotations' lists."""
     content = read_json(path, layout_hint)
     if not isinstance(content, dict) or not isinstance(content.get('images'), list) \
             or not isinstance(content.get('annotations'), list):
         raise AnnotationError(f"{path}: a COCO-style file needs top-level 'images' and 'annotations' lists.")
-    return coco_index(content, path)
+    return content
+
+
+def read_coco(path, layout_hint):
+    """A ``pycocotools.coco.COCO`` index of a COCO-style file (read once, index messages silenced)."""
+    return coco_index(read_coco_content(path, layout_hint), path)
+
+
+def read_json_object(path, layout_hint='', keyed_by='str(annotation id)'):
+    """A JSON annotation file whose top level must be an object keyed by ``keyed_by``."""
+    content = read_json(path, layout_hint)
+    if not isinstance(content, dict):
+        raise AnnotationError(f"{path}: expected a JSON object keyed by {keyed_by}.")
+    return content
+
+
+def read_json_list(path, layout_hint='', of='entries'):
+    """A JSON annotation file whose top level must be a list of ``of``."""
+    content = read_json(path, layout_hint)
+    if not isinstance(content, list):
+        raise AnnotationError(f"{path}: expected a JSON list of {of}.")
+    return content
+
+
+def coco_file(path, what, source, image_path=None, required=True):
+    """``RequiredFile`` of a COCO-style annotation file; ``image_path(record)`` locates its images."""
+    return RequiredFile(str(path), what, source, required=required, validate=read_coco_content,
+                        image_path=image_path)
+
+
+def json_object_file(path, what, source, keyed_by='str(annotation id)'):
+    """``RequiredFile`` of a JSON annotation file holding one object keyed by ``keyed_by``."""
+    return RequiredFile(str(path), what, source, validate=partial(read_json_object, keyed_by=keyed_by))
+
+
+def json_list_file(path, what, source, of='entries'):
+    """``RequiredFile`` of a JSON annotation file holding one list of ``of``."""
+    return RequiredFile(str(path), what, source, validate=partial(read_json_list, of=of))
+
+
+def image_folder(path, what, source):
+    """``RequiredFile`` of a folder of images."""
+    return RequiredFile(str(path), what, source, is_dir=True)
+
+
+def image_in(folder, record):
+    """``folder/<file_name>`` of an image record (the layout of every set but 3DPW)."""
+    return osp.join(folder, record['file_name'])
 
 
 def require_fields(record, fields, path, kind):
@@ -200,12 +249,18 @@ def split_validity(joint_img):
     return joint_img, joint_valid
 
 
+def h36m_regressor_file(data_dir):
+    """``RequiredFile`` of the (17, 6890) H36M joint regressor in ``<data_dir>/Human36M``."""
+    return regressor_file(osp.join(data_dir, 'Human36M', H36M_REGRESSOR_FILE), len(H36M17),
+                          'H36M joint regressor')
+
+
 def load_h36m_regressor(data_dir):
     """The (17, 6890) H36M joint regressor from ``<data_dir>/Human36M`` (float64, read-only).
 
     Both 3D training sets use it for the fitting error; Human36M and 3DPW for evaluation.
     """
-    path = osp.join(data_dir, 'Human36M', H36M_REGRESSOR_FILE)
+    path = h36m_regressor_file(data_dir).path
     if not osp.isfile(path):
         raise FileNotFoundError(
             f"H36M joint regressor not found: {path}\nIt belongs in <data_dir>/Human36M/ and comes with "
@@ -244,16 +299,14 @@ def load_neuralannot_people(files, person_joints, neighbour_joints=None, keep_an
     """
     annot_path, fit_path, image_dir, ann_fields, layout_hint = files
     db = read_coco(annot_path, layout_hint)
-    fits = read_json(fit_path, layout_hint)
-    if not isinstance(fits, dict):
-        raise AnnotationError(f"{fit_path}: expected a JSON object keyed by str(annotation id).")
+    fits = read_json_object(fit_path, layout_hint)
     datalist, degenerate = [], 0
     for img_id, img in db.imgs.items():
         require_fields(img, IMAGE_FIELDS, annot_path, 'image')
         width, height = img['width'], img['height']
         for field in ('width', 'height'):
             check_finite_number(img[field], annot_path, f'image id {img_id}', field)
-        img_path = osp.join(image_dir, img['file_name'])
+        img_path = image_in(image_dir, img)
         people = []
         for ann in db.imgToAnns.get(img_id, []):
             require_fields(ann, ann_fields, annot_path, 'annotation')

@@ -22,3 +22,14 @@ def dataset_class(name):
     if not hasattr(module, name):
         raise ValueError(f"data/{name}/{name}.py defines no class named {name}.")
     return getattr(module, name)
+
+
+def dataset_files(name, options, data_split):
+    """``{role: RequiredFile}`` of what ``dataset_class(name)(transform, data_split, options)`` reads,
+    from the class's ``data_files`` (declared next to the loader that reads them)."""
+    cls = dataset_class(name)
+    declare = getattr(cls, 'data_files', None)
+    if declare is None:
+        raise ValueError(f"data/{name}/{name}.py does not declare its files (a data_files(options, split) "
+                         "function of the class).")
+    return declare(options, data_split)

@@ -26,8 +26,16 @@ import torch
 from common.errors import UserError
 from common.nets.stacked import stacked_optimizer_state
 from common.utils.files import FileWriteError, atomic_copy, atomic_write, remove_stale_temp_files
+from common.utils.required_files import RequiredFile
 
 MODULE_PREFIX = 'module.'
+WARM_START_FILE = Path('tool') / 'snapshot_0.pth.tar'   # under the repository root
+WARM_START_SOURCE = (
+    "the SGRE authors' 'Pre-trained Model' (https://1drv.ms/f/s!AhpKYLhXKpH7g8t8Midw6Mh_0fu-eQ?e=YACLOC, from the "
+    "README of https://github.com/kennethwdk/SGRE) or 3DCrowdNet's copy "
+    "(https://drive.google.com/drive/folders/1UsntO3wdIHOiajcb8oicMhQ82SmFvulp); or convert SimpleBaseline's "
+    "pose_resnet_50_256x192.pth.tar (https://github.com/microsoft/human-pose-estimation.pytorch) with "
+    "python tool/convert_simple_to_i2l.py --src pose_resnet_50_256x192.pth.tar --out tool/snapshot_0.pth.tar")
 SNAPSHOT_RE = re.compile(r'^snapshot_(\d+)\.pth\.tar$')
 _SMPL_BUFFER_RE = re.compile(r'(^|\.)human_model_layer\.th_[A-Za-z_]+$')
 
@@ -190,6 +198,18 @@ def load_checkpoint_file(path, map_location='cpu'):
             f"Checkpoint {path} holds non-finite values (NaN/inf) in {format_keys(bad)}; it is not "
             "loaded (a run poisoned by a non-finite step?). Use an earlier snapshot.")
     return checkpoint
+
+
+def warm_start_file(root_dir, required=True):
+    """``RequiredFile`` of the ``--continue`` backbone warm start ``<root_dir>/tool/snapshot_0.pth.tar``."""
+    return RequiredFile(str(Path(root_dir) / WARM_START_FILE),
+                        'ResNet-50 backbone warm start of --continue (SimpleBaseline, converted)', WARM_START_SOURCE,
+                        required=required, validate=read_network_state)
+
+
+def read_network_state(path):
+    """The ``network`` state dict of the checkpoint file ``path`` (``CheckpointError`` when unusable)."""
+    return network_state_of(load_checkpoint_file(path), path)
 
 
 def network_state_of(checkpoint, source):

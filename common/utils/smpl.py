@@ -7,17 +7,20 @@ overwritten by checkpoints). Files are read from ``paths.smpl_model_dir`` (pkl f
 ``paths.regressor_dir`` (``J_regressor_extra.npy``, the data root), each parsed once per process.
 """
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from common.options import BodyModelPaths
+from common.utils.required_files import RequiredFile
 from common.utils.transforms import build_adj, normalize_adj
 from common.utils.smpl_layer import (  # noqa: F401  (load_smpl_model is part of this module's API)
     GENDERS, NUM_VERTICES, SMPL_MODEL_FILES, SYNTHETIC_HINT, SMPLFileError, SMPLFormatError, SMPLLayer,
     SMPLUnsafeFileError, load_smpl_model, smpl_model_path)
 
 __all__ = ['SMPL', 'get_smpl', 'load_smpl_model', 'load_regressor', 'smpl_model_path', 'build_joint_regressor',
+           'body_model_files', 'regressor_file',
            'SMPLFileError', 'SMPLFormatError', 'SMPLUnsafeFileError', 'GENDERS', 'SMPL_MODEL_FILES']
 
 JOINTS_NAME = (
@@ -40,13 +43,17 @@ GRAPH_SKELETON = ((0, 1), (1, 3), (3, 5), (0, 2), (2, 4), (4, 6), (0, 7), (7, 8)
                   (11, 13), (7, 10), (10, 12), (12, 14))
 
 EXTRA_REGRESSOR_FILE = 'J_regressor_extra.npy'
+# Where the regressor files come from: the 3DCrowdNet release's data instructions
+# (github.com/hongsukchoi/3DCrowdNet_RELEASE, README and assets/directory.md).
+REGRESSOR_FOLDER_URL = 'https://drive.google.com/drive/folders/187Azod6z13-dS7W5wHerCTgniHYet-yh'
 REGRESSOR_SOURCES = {
-    EXTRA_REGRESSOR_FILE: ('cfg.data_dir', "SPIN's data release (https://github.com/nkolot/SPIN, fetch_data.sh "
-                           "-> data/J_regressor_extra.npy)"),
+    EXTRA_REGRESSOR_FILE: ('cfg.data_dir', "SPIN's extra-joint regressor, as linked from the 3DCrowdNet README "
+                           "(https://drive.google.com/file/d/1B9e65ahe6TRGv7xE45sScREAAznw9H4t; also SPIN's "
+                           "fetch_data.sh, https://github.com/nkolot/SPIN)"),
     'J_regressor_h36m_correct.npy': ('cfg.data_dir/Human36M', 'the I2L-MeshNet / 3DCrowdNet data release '
-                                     '(Human36M folder)'),
+                                     f'(J_regressor_*.npy folder, {REGRESSOR_FOLDER_URL})'),
     'J_regressor_coco_hip_smpl.npy': ('cfg.data_dir/MSCOCO', 'the I2L-MeshNet / 3DCrowdNet data release '
-                                      '(MSCOCO folder)'),
+                                      f'(J_regressor_*.npy folder, {REGRESSOR_FOLDER_URL})'),
 }
 
 
@@ -56,6 +63,35 @@ def missing_regressor_message(path):
     place, source = REGRESSOR_SOURCES.get(path.name, ('its dataset folder', 'the dataset release (see README)'))
     return (f"Joint regressor file '{path.name}' not found in '{path.parent}' ({place}).\n"
             f"It comes from {source}; the README's data section shows where it goes.\n" + SYNTHETIC_HINT)
+
+
+SMPL_SOURCES = {
+    'neutral': 'the SMPLify website, https://smplify.is.tue.mpg.de (free registration; the gender-neutral '
+               'model of SMPLify, renamed to this name)',
+    'male': 'the SMPL website, https://smpl.is.tue.mpg.de (free registration; SMPL v1.0.0 for Python, '
+            'renamed to this name)',
+    'female': 'the SMPL website, https://smpl.is.tue.mpg.de (free registration; SMPL v1.0.0 for Python, '
+              'renamed to this name)',
+}
+
+
+def regressor_file(path, min_rows, what):
+    """``RequiredFile`` of a joint regressor ``.npy`` (validated by ``load_regressor``)."""
+    place, source = REGRESSOR_SOURCES.get(Path(path).name, ('its dataset folder', 'the dataset release'))
+    return RequiredFile(str(path), f'{what} ({place})', source,
+                        validate=partial(load_regressor, min_rows=min_rows))
+
+
+def body_model_files(paths):
+    """``{role: RequiredFile}`` of what ``SMPL(paths)`` reads: the three SMPL pkl files
+    (roles 'neutral', 'male', 'female') and 'J_regressor_extra'."""
+    files = {gender: RequiredFile(str(smpl_model_path(gender, paths.smpl_model_dir)),
+                                  f'SMPL {gender} body model (cfg.smpl_model_dir)', SMPL_SOURCES[gender],
+                                  validate=load_smpl_model)
+             for gender in GENDERS}
+    files['J_regressor_extra'] = regressor_file(Path(paths.regressor_dir) / EXTRA_REGRESSOR_FILE,
+                                                HEAD_TOP_EXTRA_ROW + 1, 'extra joint regressor (head top)')
+    return files
 
 
 _REGRESSOR_CACHE = {}
@@ -117,7 +153,7 @@ class SMPL:
         self.face_kps_vertex = FACE_KPS_VERTEX
         self.parents = list(self.layer['neutral'].kintree_parents)
 
-        extra = load_regressor(Path(self.data_dir) / EXTRA_REGRESSOR_FILE, min_rows=HEAD_TOP_EXTRA_ROW + 1)
+        extra = load_regressor(body_model_files(paths)['J_regressor_extra'].path, min_rows=HEAD_TOP_EXTRA_ROW + 1)
         self.joint_regressor = build_joint_regressor(neutral['J_regressor'], extra)
         self.orig_joint_num = 24
         self.joint_num = len(JOINTS_NAME)

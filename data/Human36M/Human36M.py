@@ -15,6 +15,7 @@ Expected layout under ``options.data_dir``::
 """
 import logging
 import os.path as osp
+from functools import partial
 
 import numpy as np
 
@@ -23,8 +24,11 @@ from common.utils.metrics import joint_error, regress_joints
 from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
                                         process_bbox)
 from common.utils.transforms import cam2pixel, world2cam
-from data.annotations import (AnnotationError, check_finite, check_finite_number, coco_index, count_missing_fits,
-                              finite_array, parse_bbox, parse_smpl_param, read_json, require_fields)
+from common.utils.required_files import RequiredFile
+from data.annotations import (AnnotationError, check_finite, check_finite_number, coco_index,
+                              count_missing_fits, finite_array, h36m_regressor_file, image_folder, image_in,
+                              json_list_file, json_object_file, parse_bbox, parse_smpl_param, read_json,
+                              require_fields)
 from data.dataset import resolve_data_options
 from data.sample_steps import CropState, input_image
 from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, SmplFit, fitting_error, smpl_fit_targets
@@ -46,25 +50,87 @@ LAYOUT_HINT = (
     "every subject of the split (train: 1,5,6,7,8; test: 9,11), images under <data_dir>/Human36M/images/ "
     "(docs/METHOD.md, \"Data on disk\"; see the README's data section)")
 
+# Where the files come from: the data instructions of the 3DCrowdNet release
+# (github.com/hongsukchoi/3DCrowdNet_RELEASE, assets/directory.md).
+SOURCE = ("the Human3.6M images and annotations parsed by the I2L-MeshNet/3DCrowdNet authors "
+          "(https://drive.google.com/drive/folders/1r0B9I3XxIIW_jsXjYinDpL6NFcxTZart; SMPL fits: "
+          "https://drive.google.com/drive/folders/12fCumEgs9PXT-dAaOGq0EDpl9dGKKorF), linked from 3DCrowdNet's "
+          "assets/directory.md")
+ROOTNET_SOURCE = ("RootNet's Human3.6M test output (github.com/mks0601/3DMPPE_ROOTNET_RELEASE); only needed with "
+                  "use_gt_info: False")
+KIND_CONTENTS = {'data': 'images and boxes', 'camera': 'cameras', 'joint_3d': '3D joints', 'smpl_param': 'SMPL fits'}
+KIND_KEYS = {'camera': 'str(camera index)', 'joint_3d': 'action, subaction, frame',
+             'smpl_param': 'action, subaction, frame'}
+
 
 def annotation_path(data_dir, subject, kind):
     """Path of one per-subject annotation file (kind in ``ANNOTATION_KINDS``)."""
     return osp.join(data_dir, 'Human36M', 'annotations', f'Human36M_subject{subject}_{kind}.json')
 
 
+def image_dir(data_dir):
+    """The folder the ``file_name`` of every Human3.6M image is relative to."""
+    return osp.join(data_dir, 'Human36M', 'images')
+
+
+def read_image_path(img_dir, data_split, img):
+    """Path of an image record's file when the split reads its frame (every ``FRAME_STEP``-th frame;
+    test: camera ``TEST_CAMERA`` only), else None.  Test frames without an SMPL fit are also skipped
+    by the loader, which this record-only test cannot see."""
+    reads = img['frame_idx'] % FRAME_STEP[data_split] == 0 and (data_split == 'train' or img['cam_idx'] == TEST_CAMERA)
+    return image_in(img_dir, img) if reads else None
+
+
+def rootnet_path(data_dir):
+    """RootNet's test detections, read only with ``use_gt_info=False``."""
+    return osp.join(data_dir, 'Human36M', 'rootnet_output', 'bbox_root_human36m_output.json')
+
+
+def data_files(options, data_split):
+    """``{role: RequiredFile}`` of everything ``Human36M(transform, data_split, options)`` reads.
+
+    Roles: 'images', '<kind>_<subject>' for each annotation kind and subject of the split,
+    'h36m_regressor', and 'rootnet' (test split with ``use_gt_info=False`` only).
+    """
+    data_dir = options.data_dir
+    images = image_dir(data_dir)
+    files = {'images': image_folder(images, 'Human3.6M images', SOURCE)}
+    for subject in SPLIT_SUBJECTS[data_split]:
+        what = f'Human3.6M subject {subject} {{}} (JSON)'
+        files[f'data_{subject}'] = RequiredFile(annotation_path(data_dir, subject, 'data'),
+                                                what.format(KIND_CONTENTS['data']), SOURCE,
+                                                validate=read_subject_data,
+                                                image_path=partial(read_image_path, images, data_split))
+        for kind in ANNOTATION_KINDS[1:]:
+            files[f'{kind}_{subject}'] = json_object_file(annotation_path(data_dir, subject, kind),
+                                                          what.format(KIND_CONTENTS[kind]), SOURCE, KIND_KEYS[kind])
+    files['h36m_regressor'] = h36m_regressor_file(data_dir)
+    if data_split == 'test' and not options.use_gt_info:
+        files['rootnet'] = json_list_file(rootnet_path(data_dir), 'RootNet Human3.6M boxes and root depths',
+                                          ROOTNET_SOURCE, of='{image_id, bbox, root_cam}')
+    return files
+
+
+def read_subject_data(path, layout_hint=LAYOUT_HINT):
+    """One ``Human36M_subject{S}_data.json``: a COCO-style object whose top-level values are all
+    lists (an empty object is allowed: a subject without frames)."""
+    content = read_json(path, layout_hint)
+    if not isinstance(content, dict):
+        raise AnnotationError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
+    for key, value in content.items():
+        if not isinstance(value, list):
+            raise AnnotationError(f"{path}: top-level '{key}' must be a list (the subjects' lists are merged).")
+    return content
+
+
 def merge_subject_data(contents, paths):
-    """Concatenate the top-level lists of the per-subject data files key by key.
+    """Concatenate the top-level lists of the per-subject data files (``read_subject_data``) key by key.
 
     The merge starts from the first file with any key; a later file with a key the
-    first lacks, or a non-list value, raises naming the file.
+    first lacks raises naming the file.
     """
     merged = {}
     for content, path in zip(contents, paths):
-        if not isinstance(content, dict):
-            raise AnnotationError(f"{path}: expected a COCO-style object with 'images' and 'annotations' lists.")
-        for key, value in content.items():
-            if not isinstance(value, list):
-                raise AnnotationError(f"{path}: top-level '{key}' must be a list (the subjects' lists are merged).")
         if not merged:
             merged = {key: list(value) for key, value in content.items()}
             continue
@@ -118,12 +184,13 @@ class Human36M(MocapTrainDataset):
     eval_joints = H36M_EVAL_JOINTS
     fit_variant = 'H36M'
     synth_shared_idx = H36M_COCO_SHARED_IDX
+    data_files = staticmethod(data_files)
 
     def __init__(self, transform, data_split, options=None):
         if data_split not in SPLIT_SUBJECTS:
             raise ValueError(f"Human36M: unknown data_split '{data_split}'; expected 'train' or 'test'.")
         options = resolve_data_options(options)
-        self.img_dir = osp.join(options.data_dir, 'Human36M', 'images')
+        self.img_dir = image_dir(options.data_dir)
         self.skipped_bbox_count = 0
         self.frames_without_fit = 0   # test split: frames dropped for lack of an SMPL fit
         super().__init__(transform, data_split, options)
@@ -139,7 +206,7 @@ class Human36M(MocapTrainDataset):
         """
         subjects = SPLIT_SUBJECTS[self.data_split]
         data_paths = [self.annotation_path(s, 'data') for s in subjects]
-        contents = [read_json(p, LAYOUT_HINT) for p in data_paths]
+        contents = [read_subject_data(p) for p in data_paths]
         db = coco_index(merge_subject_data(contents, data_paths), 'Human36M ' + ', '.join(data_paths))
         image_files = {}
         for content, path in zip(contents, data_paths):
@@ -158,7 +225,7 @@ class Human36M(MocapTrainDataset):
 
     def load_rootnet(self):
         """RootNet detections ``{image_id: (bbox (4,), root depth mm)}`` (test with use_gt_info=False)."""
-        path = osp.join(self.options.data_dir, 'Human36M', 'rootnet_output', 'bbox_root_human36m_output.json')
+        path = rootnet_path(self.options.data_dir)
         if not osp.isfile(path):
             raise FileNotFoundError(
                 f"RootNet output not found: {path}\nuse_gt_info=False needs the RootNet Human3.6M result "
@@ -235,7 +302,7 @@ class Human36M(MocapTrainDataset):
                     continue
                 root_depth = float(joint_cam[H36M17.root, 2])
             datalist.append({
-                'img_path': osp.join(self.img_dir, img['file_name']),
+                'img_path': image_in(self.img_dir, img),
                 'img_id': img['id'],
                 'img_shape': img_shape,
                 'bbox': np.asarray(bbox, dtype=np.float32),

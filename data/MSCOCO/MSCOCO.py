@@ -12,14 +12,15 @@ Expected layout under ``options.data_dir``::
 """
 import logging
 import os.path as osp
+from functools import partial
 
 import numpy as np
 
 from common.utils.joints import COCO17, COCO18, SMPL30, add_pelvis, transfer_joints
 from common.utils.preprocessing import crop_for_test, in_bounds_mask, input_aspect_ratio, load_img, process_bbox
-from data.annotations import (IMAGE_FIELDS, AnnotationError, NeuralAnnotFiles, count_missing_fits,
-                              load_neuralannot_people, parse_bbox, parse_keypoints, read_coco, require_fields,
-                              split_validity)
+from data.annotations import (IMAGE_FIELDS, AnnotationError, NeuralAnnotFiles, coco_file, count_missing_fits,
+                              image_folder, image_in, json_object_file, load_neuralannot_people, parse_bbox,
+                              parse_keypoints, read_coco, require_fields, split_validity)
 from data.dataset import resolve_data_options
 from data.sample_steps import input_image
 from data.train_dataset import TrainDataset
@@ -31,6 +32,32 @@ ANNOTATION_FIELDS = ('bbox', 'keypoints', 'iscrowd', 'num_keypoints')
 LAYOUT_HINT = ("<data_dir>/MSCOCO/annotations/{person_keypoints_train2017.json, person_keypoints_val2017.json, "
                "MSCOCO_train_SMPL_NeuralAnnot.json} and images under MSCOCO/images/{train2017,val2017}/ "
                "(README 'Datasets'; docs/METHOD.md, \"Data on disk\")")
+
+SOURCE = "MSCOCO 2017 (https://cocodataset.org/#download: 2017 train/val images, 2017 train/val annotations)"
+NEURALANNOT_SOURCE = ("NeuralAnnot's SMPL fits for MSCOCO (https://github.com/mks0601/NeuralAnnot_RELEASE, as "
+                      "3DCrowdNet's assets/directory.md says)")
+SPLIT_FILES = {'train': ('train2017', 'person_keypoints_train2017.json'),
+               'val': ('val2017', 'person_keypoints_val2017.json')}
+
+
+def data_files(options, data_split):
+    """``{role: RequiredFile}`` of everything ``MSCOCO(transform, data_split, options)`` reads:
+    'images' (the split's folder), 'annotations' and, for 'train', 'smpl_fits'."""
+    if data_split not in SPLIT_FILES:
+        raise ValueError(f"MSCOCO has the splits 'train' and 'val' (debug), not '{data_split}'.")
+    root = osp.join(options.data_dir, 'MSCOCO')
+    folder, annotations = SPLIT_FILES[data_split]
+    images = osp.join(root, 'images', folder)
+    files = {
+        'images': image_folder(images, f'MSCOCO {folder} images', SOURCE),
+        'annotations': coco_file(osp.join(root, 'annotations', annotations),
+                                 f'MSCOCO {folder} person keypoints (COCO JSON)', SOURCE,
+                                 image_path=partial(image_in, images)),
+    }
+    if data_split == 'train':
+        files['smpl_fits'] = json_object_file(osp.join(root, 'annotations', 'MSCOCO_train_SMPL_NeuralAnnot.json'),
+                                              'MSCOCO train SMPL fits (NeuralAnnot JSON)', NEURALANNOT_SOURCE)
+    return files
 
 
 def is_single_person_with_keypoints(ann):
@@ -46,17 +73,12 @@ class MSCOCO(TrainDataset):
     fit_variant = 'NeuralAnnot'
     synth_joints_name = COCO18.names
     synth_shared_idx = tuple(range(17))   # the appended pelvis keeps the clean hip midpoint
+    data_files = staticmethod(data_files)
 
     def __init__(self, transform, data_split, options=None):
-        if data_split not in ('train', 'val'):
-            raise ValueError(f"MSCOCO has the splits 'train' and 'val' (debug), not '{data_split}'.")
         options = resolve_data_options(options)
-        self.root = osp.join(options.data_dir, 'MSCOCO')
+        self.files = data_files(options, data_split)
         super().__init__(transform, data_split, options)
-
-    # ------------------------------------------------------------------ loading
-    def annotation_path(self, name):
-        return osp.join(self.root, 'annotations', name)
 
     def load_data(self):
         if self.data_split == 'train':
@@ -68,9 +90,9 @@ class MSCOCO(TrainDataset):
         return split_validity(add_pelvis(parse_keypoints(ann, len(COCO17), path), COCO17.names))
 
     def _load_train(self):
-        annot_path = self.annotation_path('person_keypoints_train2017.json')
-        files = NeuralAnnotFiles(annot_path, self.annotation_path('MSCOCO_train_SMPL_NeuralAnnot.json'),
-                                 osp.join(self.root, 'images', 'train2017'), ANNOTATION_FIELDS, LAYOUT_HINT)
+        annot_path = self.files['annotations'].path
+        files = NeuralAnnotFiles(annot_path, self.files['smpl_fits'].path, self.files['images'].path,
+                                 ANNOTATION_FIELDS, LAYOUT_HINT)
         datalist, degenerate = load_neuralannot_people(
             files, lambda ann: self._person_joints(ann, annot_path), keep_annotation=is_single_person_with_keypoints,
             aspect_ratio=input_aspect_ratio(self.options.geometry))
@@ -80,7 +102,7 @@ class MSCOCO(TrainDataset):
         return datalist
 
     def _load_val(self):
-        annot_path = self.annotation_path('person_keypoints_val2017.json')
+        annot_path = self.files['annotations'].path
         db = read_coco(annot_path, LAYOUT_HINT)
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         datalist, degenerate = [], 0
@@ -100,7 +122,7 @@ class MSCOCO(TrainDataset):
                 continue
             joint_img, joint_valid = self._person_joints(ann, annot_path)
             datalist.append({
-                'img_path': osp.join(self.root, 'images', 'val2017', img['file_name']),
+                'img_path': image_in(self.files['images'].path, img),
                 'img_id': ann['image_id'], 'ann_id': ann['id'], 'img_shape': (img['height'], img['width']),
                 'bbox': bbox, 'tight_bbox': np.asarray(ann['bbox'], dtype=np.float32),
                 'joint_img': joint_img, 'joint_valid': joint_valid,

@@ -13,13 +13,15 @@ Expected layout under ``options.data_dir``::
 """
 import logging
 import os.path as osp
+from functools import partial
 
 import numpy as np
 
 from common.utils.joints import COCO17, H36M17, MUCO21, transfer_joints
 from common.utils.preprocessing import input_aspect_ratio, process_bbox
-from data.annotations import (AnnotationError, check_finite, count_missing_fits, find_neighbours, parse_smpl_param,
-                              read_coco, read_json, require_fields)
+from data.annotations import (AnnotationError, check_finite, coco_file, count_missing_fits, find_neighbours,
+                              h36m_regressor_file, image_folder, image_in, json_object_file, parse_smpl_param,
+                              read_coco, read_json_object, require_fields)
 from data.dataset import resolve_data_options
 from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, fitting_error
 from data.train_dataset import MocapTrainDataset
@@ -33,6 +35,26 @@ H36M_MUCO_COMMON_IDX = tuple(i for i, name in enumerate(H36M17.names) if name in
 LAYOUT_HINT = ("<data_dir>/MuCo/data/MuCo-3DHP.json (COCO-style), <data_dir>/MuCo/data/smpl_param.json "
                "and the images under <data_dir>/MuCo/data/ (docs/METHOD.md, \"Data on disk\"; see the README's "
                "data section)")
+
+# Where the files come from: the data instructions of the 3DCrowdNet release
+# (github.com/hongsukchoi/3DCrowdNet_RELEASE, assets/directory.md).
+SOURCE = ("the MuCo-3DHP composited images and annotations parsed by the I2L-MeshNet/3DCrowdNet authors "
+          "(https://drive.google.com/drive/folders/1dfhFa1kBHYKLTKuprNc7xixt3yyKEky5; SMPL fits: "
+          "https://drive.google.com/drive/folders/1Wm1_6tn1u-_RE1iUlibIWfS75O79aJRz), linked from 3DCrowdNet's "
+          "assets/directory.md")
+
+
+def data_files(options, data_split='train'):
+    """``{role: RequiredFile}`` of everything ``MuCo(transform, 'train', options)`` reads:
+    'images' (folder), 'annotations', 'smpl_fits' and 'h36m_regressor'."""
+    root = osp.join(options.data_dir, 'MuCo', 'data')
+    return {
+        'images': image_folder(root, 'MuCo-3DHP images (augmented_set/, unaugmented_set/)', SOURCE),
+        'annotations': coco_file(osp.join(root, 'MuCo-3DHP.json'), 'MuCo-3DHP annotations (COCO-style JSON)',
+                                 SOURCE, image_path=partial(image_in, root)),
+        'smpl_fits': json_object_file(osp.join(root, 'smpl_param.json'), 'MuCo-3DHP SMPL fits (JSON)', SOURCE),
+        'h36m_regressor': h36m_regressor_file(options.data_dir),
+    }
 
 
 def parse_person(ann, path):
@@ -65,24 +87,24 @@ class MuCo(MocapTrainDataset):
     root_joint_idx = MUCO21.root
     fit_variant = 'camera_mm'
     synth_shared_idx = MUCO_COCO_SHARED_IDX
+    data_files = staticmethod(data_files)
 
     def __init__(self, transform, data_split, options=None):
         if data_split != 'train':
             raise ValueError(f"MuCo has only a 'train' split (got '{data_split}').")
         options = resolve_data_options(options)
-        self.data_dir = osp.join(options.data_dir, 'MuCo', 'data')
+        self.files = data_files(options)
+        self.data_dir = self.files['images'].path
         self.skipped_bbox_count = 0
         self.skipped_empty_count = 0
         super().__init__(transform, data_split, options)
 
     def load_data(self):
         """The datalist: the closest person of each image, with its overlapping neighbours."""
-        ann_path = osp.join(self.data_dir, 'MuCo-3DHP.json')
-        fit_path = osp.join(self.data_dir, 'smpl_param.json')
+        ann_path = self.files['annotations'].path
+        fit_path = self.files['smpl_fits'].path
         db = read_coco(ann_path, LAYOUT_HINT)
-        fits = read_json(fit_path, LAYOUT_HINT)
-        if not isinstance(fits, dict):
-            raise AnnotationError(f"{fit_path}: expected an object keyed by str(annotation id).")
+        fits = read_json_object(fit_path, LAYOUT_HINT)
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         datalist = []
         for img_id in db.imgs:
@@ -120,7 +142,7 @@ class MuCo(MocapTrainDataset):
             ann_id = anns[chosen]['id']
             fit = fits.get(str(ann_id))
             datalist.append({
-                'img_path': osp.join(self.data_dir, img['file_name']),
+                'img_path': image_in(self.data_dir, img),
                 'img_id': img_id,
                 'ann_id': ann_id,
                 'img_shape': img_shape,

@@ -20,6 +20,7 @@ joints and MPVPE on pelvis-centred meshes (mm); ``summarize`` -> means and per-s
 """
 import os.path as osp
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -30,7 +31,9 @@ from common.utils.metrics import joint_error, regress_joints, vertex_error
 from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask,
                                         input_aspect_ratio, load_img, process_bbox)
 from common.utils.transforms import cam2pixel, denorm_joints
-from data.annotations import AnnotationError, check_finite, load_h36m_regressor, read_coco, read_json, require_fields
+from data.annotations import (AnnotationError, check_finite, coco_file, h36m_regressor_file, image_folder,
+                              json_list_file, json_object_file, load_h36m_regressor, read_coco, read_json,
+                              read_json_object, require_fields)
 from data.dataset import SeededDataset, body_model, resolve_data_options
 from data.sample_steps import input_image
 
@@ -47,8 +50,48 @@ LAYOUT_HINT = (
     "3DCrowdNet/Pose2Mesh data release; `python tool/make_synthetic_data.py --root DIR --smpl DIR` writes a "
     "synthetic stand-in.")
 
+IMAGES_SOURCE = "the 3DPW website, https://virtualhumans.mpi-inf.mpg.de/3DPW/ (imageFiles.zip)"
+# The converted annotations: the data instructions of the 3DCrowdNet release
+# (github.com/hongsukchoi/3DCrowdNet_RELEASE, assets/directory.md).
+SOURCE = ("the 3DPW annotations converted by the Pose2Mesh/3DCrowdNet authors "
+          "(https://drive.google.com/drive/folders/1_wi6G6h-JFfb9HGccysJwI02zc_S2DVJ), linked from 3DCrowdNet's "
+          "assets/directory.md")
+ROOTNET_SOURCE = ("RootNet's 3DPW test output (github.com/mks0601/3DMPPE_ROOTNET_RELEASE); only needed with "
+                  "use_gt_info: False")
 
 IMAGE_FIELDS = ('file_name', 'sequence', 'width', 'height', 'cam_param')
+
+
+def image_path(img_dir, img):
+    """``imageFiles/<sequence>/<file_name>`` of one image record."""
+    return osp.join(img_dir, img['sequence'], img['file_name'])
+
+
+def data_files(options, data_split='test'):
+    """``{role: RequiredFile}`` of everything ``PW3D(transform, data_split, options)`` reads.
+
+    ``data_split`` is ignored, as by the class: ``options.crowd`` selects the validation
+    split and adds 'crowd_poses'; ``use_gt_info=False`` adds 'rootnet' (test split).  Always:
+    'images', 'annotations', 'h36m_regressor'.
+    """
+    data_path = osp.join(options.data_dir, 'PW3D', 'data')
+    split = 'validation' if options.crowd else 'test'
+    img_dir = osp.join(data_path, 'imageFiles')
+    files = {
+        'images': image_folder(img_dir, '3DPW images (imageFiles/<sequence>/)', IMAGES_SOURCE),
+        'annotations': coco_file(osp.join(data_path, f'3DPW_latest_{split}.json'),
+                                 f'3DPW {split} annotations (COCO-style JSON)', SOURCE,
+                                 image_path=partial(image_path, img_dir)),
+        'h36m_regressor': h36m_regressor_file(options.data_dir),
+    }
+    if options.crowd:
+        files['crowd_poses'] = json_object_file(osp.join(data_path, '3DPW_validation_crowd_hhrnet_result.json'),
+                                                '3DPW-Crowd HigherHRNet input poses (JSON)', SOURCE)
+    elif not options.use_gt_info:
+        files['rootnet'] = json_list_file(
+            osp.join(options.data_dir, 'PW3D', 'rootnet_output', 'bbox_root_pw3d_output.json'),
+            'RootNet 3DPW boxes and root depths', ROOTNET_SOURCE, of='{ann_id, bbox, root_cam}')
+    return files
 ANNOTATION_FIELDS = ('bbox', 'smpl_param', 'openpose_result')
 
 
@@ -88,12 +131,14 @@ class PW3D(SeededDataset):
     options: ``DataOptions`` (None: the run configuration's); see the module docstring.
     """
 
+    data_files = staticmethod(data_files)
+
     def __init__(self, transform, data_split, options=None):
         self.options = resolve_data_options(options)
         self.transform = transform
         self.data_split = 'validation' if self.options.crowd else 'test'  # the argument is ignored
-        self.data_path = osp.join(self.options.data_dir, 'PW3D', 'data')
-        self.img_dir = osp.join(self.data_path, 'imageFiles')
+        self.files = data_files(self.options)
+        self.img_dir = self.files['images'].path
         self.smpl = body_model(self.options)
         self.h36m_regressor = load_h36m_regressor(self.options.data_dir)
         self.pose_fallback_aids = []
@@ -103,16 +148,16 @@ class PW3D(SeededDataset):
 
     # ------------------------------------------------------------------------ loading
     def annotation_path(self):
-        return osp.join(self.data_path, f'3DPW_latest_{self.data_split}.json')
+        return self.files['annotations'].path
 
     def crowd_pose_path(self):
-        return osp.join(self.data_path, '3DPW_validation_crowd_hhrnet_result.json')
+        return self.files['crowd_poses'].path
 
     def rootnet_path(self):
-        return osp.join(self.options.data_dir, 'PW3D', 'rootnet_output', 'bbox_root_pw3d_output.json')
+        return self.files['rootnet'].path
 
     def uses_rootnet(self):
-        return not self.options.use_gt_info and self.data_split == 'test'
+        return 'rootnet' in self.files
 
     def load_data(self):
         """The datalist: one dict per kept annotation, in file order."""
@@ -120,9 +165,7 @@ class PW3D(SeededDataset):
         db = read_coco(ann_path, LAYOUT_HINT)
         crowd = self.options.crowd
         aspect_ratio = input_aspect_ratio(self.options.geometry)
-        hhrnet = read_json(self.crowd_pose_path(), LAYOUT_HINT) if crowd else None
-        if crowd and not isinstance(hhrnet, dict):
-            raise AnnotationError(f"{self.crowd_pose_path()}: expected a JSON object keyed by str(annotation id).")
+        hhrnet = read_json_object(self.crowd_pose_path(), LAYOUT_HINT) if crowd else None
         rootnet = self._load_rootnet() if self.uses_rootnet() else None
 
         datalist = []
@@ -173,7 +216,7 @@ class PW3D(SeededDataset):
             datalist.append({
                 'ann_id': aid,
                 'img_id': ann['image_id'],
-                'img_path': osp.join(self.img_dir, sequence, img['file_name']),
+                'img_path': image_path(self.img_dir, img),
                 'sequence': sequence,
                 'img_shape': (height, width),
                 'cam_param': _camera(img, ann_path, aid),
