@@ -100,6 +100,9 @@ def test_missing_warm_start_only_warns_without_continue(tree, capsys):
     status, lines = run(capsys, '--continue')
     assert status == 1
     assert reported(lines, MISSING, warm_start)
+    with pytest.raises(SystemExit) as exit_info:     # the command line's exit status
+        check_setup.run_cli(['--continue'])
+    assert exit_info.value.code == 1
 
 
 def test_model_checkpoint_without_network_is_malformed(tree, capsys, tmp_path):
