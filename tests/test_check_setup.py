@@ -145,3 +145,20 @@ def test_checked_json_files_are_the_files_the_loader_opens(tree, monkeypatch, na
     monkeypatch.setattr(builtins, 'open', recording_open)
     dataset_class(name)(None, split, options)
     assert opened == declared
+
+
+def test_a_file_two_readers_need_is_listed_once_and_required_if_either_needs_it():
+    from common.utils.required_files import RequiredFile, Requirements
+    needs = Requirements()
+    needs.add(RequiredFile('/x/a.json', 'a', 'here', required=False), 'train --continue')
+    needs.add(RequiredFile('/x/a.json', 'a', 'here'), 'PW3D (test)')
+    needs.add(RequiredFile('/x/a.json', 'a', 'here', required=False), 'PW3D (test)')
+    assert list(needs.files) == ['/x/a.json'] and needs.files['/x/a.json'].required
+    assert needs.readers['/x/a.json'] == ['train --continue', 'PW3D (test)']
+
+
+def test_image_sample_is_spread_from_first_to_last():
+    from common.utils.required_files import spread
+    assert spread(list(range(10)), 3) == [0, 4, 9]
+    assert spread(list(range(10)), 1) == [0]
+    assert spread([7, 8], 5) == [7, 8]

@@ -22,7 +22,7 @@ import argparse  # noqa: E402
 
 from common.errors import ConfigError  # noqa: E402
 from common.utils.cli import add_debug_flag, apply_cfg_file, exit_on_expected_errors  # noqa: E402
-from common.utils.required_files import RequiredFile, inspect_files  # noqa: E402
+from common.utils.required_files import RequiredFile, Requirements, inspect_files  # noqa: E402
 from main.config import cfg  # noqa: E402
 
 CHECKPOINT_SOURCE = ("your own run (<exp>/checkpoint/snapshot_N.pth.tar) or the released SGRE model "
@@ -44,26 +44,6 @@ def parse_args(argv=None):
     parser.add_argument('--smpl_dir', default='', help='SMPL model folder to check (default: cfg.smpl_model_dir)')
     parser.add_argument('--images', type=int, default=3, help='images decoded per annotation file (default 3)')
     return add_debug_flag(parser).parse_args(argv)
-
-
-class Requirements:
-    """The files of a selection, each once, with the parts of the run that read it."""
-
-    def __init__(self):
-        self.files = {}    # path -> RequiredFile (the first declaration; required if any reader needs it)
-        self.readers = {}  # path -> [reader, ...]
-
-    def add(self, entry, reader):
-        known = self.files.get(entry.path)
-        if known is None or (entry.required and not known.required):
-            self.files[entry.path] = entry
-        self.readers.setdefault(entry.path, [])
-        if reader not in self.readers[entry.path]:
-            self.readers[entry.path].append(reader)
-
-    def add_all(self, entries, reader):
-        for entry in entries:
-            self.add(entry, reader)
 
 
 def test_set_names(testset):

@@ -60,6 +60,30 @@ def first_line(error):
     return text.splitlines()[0]
 
 
+class Requirements:
+    """The files of a selection, each once, with the parts of the run that read it.
+
+    ``files``: path -> ``RequiredFile`` (required when any reader needs it); ``readers``: path ->
+    the readers' names in the order they were added.
+    """
+
+    def __init__(self):
+        self.files = {}
+        self.readers = {}
+
+    def add(self, entry, reader):
+        known = self.files.get(entry.path)
+        if known is None or (entry.required and not known.required):
+            self.files[entry.path] = entry
+        self.readers.setdefault(entry.path, [])
+        if reader not in self.readers[entry.path]:
+            self.readers[entry.path].append(reader)
+
+    def add_all(self, entries, reader):
+        for entry in entries:
+            self.add(entry, reader)
+
+
 def inspect_file(entry, image_samples=3):
     """The findings of one ``RequiredFile`` (empty: present and well-formed).
 
