@@ -217,6 +217,8 @@ class Trainer(Runner):
             self.start_epoch = self._resume() if cfg.exp_dir else self._warm_start()
         elif cfg.exp_dir:
             self.logger.warning(f'--exp_dir {cfg.exp_dir} is ignored without --continue.')
+        # Steps count as in an uninterrupted run, so a resumed run's curves (CSV, TensorBoard) continue.
+        self.global_step = self.start_epoch * getattr(self, 'itr_per_epoch', 0)
         self.network = self._wrap_model(model)
         self.network.train()
 

@@ -152,7 +152,7 @@ def _draw_series(canvas, axes, series):
     cols, rows = axes.column(x[:n]) - axes.x0, axes.row(y[:n]) - axes.y0
     ok = np.isfinite(cols) & np.isfinite(rows)
     # Far-off points (an explicit range) would overflow OpenCV's fixed-point coordinates.
-    cols, rows = np.clip(cols, -1e4, 1e4), np.clip(rows, -1e4, 1e4)
+    cols, rows = np.clip(np.where(ok, cols, 0), -1e4, 1e4), np.clip(np.where(ok, rows, 0), -1e4, 1e4)
     points = np.round(np.stack([cols, rows], axis=1) * (1 << SUBPIXEL)).astype(np.int32)
     for start, stop in _finite_runs(ok):
         if stop - start >= 2:

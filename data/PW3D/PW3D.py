@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 import torch
 
+from common.errors import DataError
 from common.utils.joints import COCO17, COCO19, H36M17, H36M_EVAL_JOINTS, OPENPOSE18, OPENPOSE19, SMPL30, \
     add_neck, add_pelvis, transfer_joints
 from common.utils.metrics import joint_error, regress_joints, vertex_error
@@ -159,6 +160,9 @@ class PW3D(SeededDataset):
         self.pose_fallback_aids = []
         self.skipped_boxes = 0
         self.datalist = self.load_data()
+        if not self.datalist and self.subset in PREBUILT_SUBSET_FILES:
+            raise DataError(f"3DPW-{self.subset}: none of the people in {', '.join(self.annotation_paths())} "
+                            "belongs to the subset (its sequences and frames: data/PW3D/PW3D.py).")
         self._warn_about_skipped_people()
 
     # ------------------------------------------------------------------------ loading
