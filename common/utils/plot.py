@@ -143,6 +143,20 @@ def _finite_runs(mask):
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
+def _column_envelope(cols, rows):
+    """``(cols, rows)`` of a line with many points per pixel column reduced to each column's
+    lowest and highest point (a vertical stroke per column): the same pixels at a fraction of
+    the drawing cost.  Lines with fewer than two points per column are returned unchanged."""
+    column = np.floor(cols)
+    starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
+    if len(cols) < 2 * len(starts):
+        return cols, rows
+    counts = np.diff(np.concatenate((starts, [len(cols)])))
+    middle = np.add.reduceat(cols, starts) / counts
+    low, high = np.minimum.reduceat(rows, starts), np.maximum.reduceat(rows, starts)
+    return np.repeat(middle, 2), np.stack([low, high], axis=1).ravel()
+
+
 def _draw_series(canvas, axes, series):
     """Draw one series clipped to the data area (drawn into a view of that area)."""
     area = canvas[axes.y0:axes.y1 + 1, axes.x0:axes.x1 + 1]
@@ -153,13 +167,14 @@ def _draw_series(canvas, axes, series):
     ok = np.isfinite(cols) & np.isfinite(rows)
     # Far-off points (an explicit range) would overflow OpenCV's fixed-point coordinates.
     cols, rows = np.clip(np.where(ok, cols, 0), -1e4, 1e4), np.clip(np.where(ok, rows, 0), -1e4, 1e4)
-    points = np.round(np.stack([cols, rows], axis=1) * (1 << SUBPIXEL)).astype(np.int32)
+    scale = 1 << SUBPIXEL
     for start, stop in _finite_runs(ok):
         if stop - start >= 2:
-            cv2.polylines(area, [points[start:stop].reshape(-1, 1, 2)], False, series.color,
-                          series.thickness, cv2.LINE_AA, SUBPIXEL)
+            line = np.stack(_column_envelope(cols[start:stop], rows[start:stop]), axis=1)
+            cv2.polylines(area, [np.round(line * scale).astype(np.int32).reshape(-1, 1, 2)], False,
+                          series.color, series.thickness, cv2.LINE_AA, SUBPIXEL)
         if stop - start == 1 or series.markers:
-            for point in points[start:stop]:
+            for point in np.round(np.stack([cols[start:stop], rows[start:stop]], axis=1) * scale).astype(np.int32):
                 cv2.circle(area, (int(point[0]), int(point[1])), (series.thickness + 2) << SUBPIXEL,
                            series.color, -1, cv2.LINE_AA, SUBPIXEL)
 
@@ -266,13 +281,13 @@ def smooth(values, weight=0.9):
     """Exponential moving average with the start-up bias removed (TensorBoard's smoothing):
     ``s_t = sum_k w^(t-k) (1-w) v_k / (1 - w^(t+1))`` over the finite values so far; non-finite
     values are skipped (their output is NaN).  ``weight`` in [0, 1)."""
+    from scipy.signal import lfilter
     values = np.asarray(values, dtype=np.float64).ravel()
     out = np.full(values.shape, np.nan)
-    average, norm = 0.0, 0.0
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            continue
-        average = weight * average + (1 - weight) * value
-        norm = weight * norm + (1 - weight)
-        out[i] = average / norm
+    finite = np.isfinite(values)
+    if finite.any():
+        # a_t = w a_(t-1) + (1 - w) v_t over the finite values; the same filter on ones gives the norm
+        average = lfilter([1 - weight], [1, -weight], values[finite])
+        norm = lfilter([1 - weight], [1, -weight], np.ones(int(finite.sum())))
+        out[finite] = average / norm
     return out

@@ -19,6 +19,8 @@ import math
 import os
 from collections import namedtuple
 
+import numpy as np
+
 from common.utils.files import atomic_write_text
 
 LOSS_FILE = 'train_losses.csv'
@@ -126,7 +128,12 @@ def loss_table(path):
     """The ``train_losses.csv`` at ``path`` as ``{column: list of float}`` (empty or
     unparsable cells: NaN); ``{}`` without a file."""
     columns, rows = read_loss_csv(path)
-    return {name: [_to_float(row[i]) for row in rows] for i, name in enumerate(columns)}
+    try:
+        table = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns))
+    except ValueError:   # an empty or odd cell somewhere: cell by cell
+        table = np.array([[_to_float(cell) for cell in row] for row in rows], dtype=np.float64)
+        table = table.reshape(len(rows), len(columns))
+    return {name: table[:, i].tolist() for i, name in enumerate(columns)}
 
 
 def _to_float(text):

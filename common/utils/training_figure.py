@@ -64,8 +64,8 @@ def loss_panels(table):
     if terms:
         series = [Series(name, x, smooth(table[name], weight), PALETTE[i % len(PALETTE)])
                   for i, name in enumerate(terms)]
-        all_values = np.concatenate([np.asarray(table[name], dtype=np.float64) for name in terms])
-        panels.append(('Loss terms (smoothed)', series, wants_log_scale(all_values)))
+        drawn = np.concatenate([np.asarray(s.y) for s in series])
+        panels.append(('Loss terms (smoothed)', series, wants_log_scale(drawn)))
     return panels
 
 
