@@ -100,3 +100,19 @@ def test_smoothing_is_a_debiased_moving_average_that_skips_gaps():
     assert math.isnan(out[2])
     assert out[3] == pytest.approx((0.125 * 1 + 0.25 * 3 + 0.5 * 5) / 0.875)
     assert np.allclose(smooth([2.0, 2.0, 2.0], 0.9), 2.0)   # a constant stays constant from the start
+
+
+def test_dense_lines_drawn_by_their_column_envelope_cover_the_same_pixels(monkeypatch):
+    """The fast path (each pixel column's lowest and highest point) against drawing every
+    point: every line pixel of either image has a line pixel of the other within one pixel."""
+    import cv2
+
+    import common.utils.plot as plot
+    rng = np.random.default_rng(0)
+    series = [Series('', np.arange(20000.0), np.cumsum(rng.normal(size=20000)), RED, thickness=1)]
+    fast = red_mask(line_chart(series)[0])
+    monkeypatch.setattr(plot, '_column_envelope', lambda cols, rows: (cols, rows))
+    every_point = red_mask(line_chart(series)[0])
+    near = lambda mask: cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert fast.sum() > 1000
+    assert not (fast & ~near(every_point)).any() and not (every_point & ~near(fast)).any()
