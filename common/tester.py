@@ -1,16 +1,21 @@
 """The test driver: :class:`Tester`.
 
     tester = Tester(test_epoch)
-    tester.make_batch_generator()   # cfg.testset and its loader
+    tester.make_batch_generator()   # the first evaluation set of cfg.testset and its loader
     tester.make_model()             # snapshot_<test_epoch>, loaded strictly
-    summary = tester.test()         # metrics printed, logged and written
+    summaries = tester.test_all()   # every set of cfg.testset: metrics printed, logged, written
     tester.close()
 
-Results go to ``<output_dir>/result/`` (or the tester's ``result_dir``):
-``eval_<testset>[-crowd]_snapshot_<epoch>.json`` (the dataset's ``summarize()`` dict) and
-``predictions_<testset>[-crowd]_snapshot_<epoch>.npz`` (per-sample SMPL pose and shape,
-camera translation, sample index; optionally the root-relative meshes), each written
-atomically.  When the experiment folder cannot be written (a released, read-only one),
+``cfg.testset`` is one evaluation set or a list (``data.registry.evaluation_names``; with
+``cfg.crowd`` a plain ``PW3D`` means ``PW3D-crowd``).  Results go to ``<output_dir>/result/``
+(or the tester's ``result_dir``), per set: ``eval_<set>_snapshot_<epoch>.json`` (the
+dataset's ``summarize()`` dict) and ``predictions_<set>_snapshot_<epoch>.npz`` (per-sample
+SMPL pose and shape, camera translation, sample index; optionally the root-relative meshes),
+each written atomically; the set names carry the mode (``PW3D-crowd``, ``PW3D-OC``...).
+:meth:`Tester.test_all` adds ``eval_summary_snapshot_<epoch>.txt``, a table of sets x
+metrics.  Each evaluated set also adds its metrics to ``<log folder>/metrics.csv``
+(``common.utils.run_csv``), and redraws ``training.png`` when that folder holds the
+training losses.  When the experiment folder cannot be written (a released, read-only one),
 results and the log go to ``<output_root>/results/<experiment name>/`` instead.  Under torchrun the test batches are dealt out to the ranks
 and rank 0 gathers, prints and writes the same results as one process.
 (docs/METHOD.md, "Evaluation")
@@ -31,8 +36,11 @@ from common.utils import checkpoint as ckpt_io
 from common.utils import distributed as dist_utils
 from common.utils.batch import batch_size_of, split_batch, to_numpy
 from common.utils.device import move_to_device
-from common.utils.files import FileWriteError, atomic_write, is_writable_dir
-from data.registry import dataset_class
+from common.utils import run_csv
+from common.utils.files import FileWriteError, atomic_write, atomic_write_text, is_writable_dir
+from common.utils.table import format_table
+from common.utils.training_figure import write_training_figure
+from data.registry import dataset_class, evaluation_name, evaluation_names
 from main.config import cfg
 
 
@@ -53,15 +61,30 @@ def json_safe(value):
     return value
 
 
-# Test sets whose cfg.crowd option selects another evaluation split (3DPW-Crowd).
-CROWD_TESTSETS = ('PW3D',)
-
-
 def result_stem(testset, epoch, crowd=False):
-    """``<testset>[-crowd]_snapshot_<epoch>``: the evaluation (set and mode) and the snapshot,
-    so that 3DPW and 3DPW-Crowd results of one snapshot never overwrite each other."""
-    mode = '-crowd' if crowd and testset in CROWD_TESTSETS else ''
-    return f'{testset}{mode}_snapshot_{int(epoch)}'
+    """``<evaluation set>_snapshot_<epoch>`` (``data.registry.evaluation_name``: ``PW3D`` with
+    ``crowd`` is ``PW3D-crowd``): the set, its mode and the snapshot, so that the results of
+    different sets of one snapshot never overwrite each other."""
+    return f'{evaluation_name(testset, crowd)}_snapshot_{int(epoch)}'
+
+
+def summary_table(summaries):
+    """Text table of evaluation sets (rows) x metrics (columns, mm) and sample counts from
+    ``{set: summarize() dict}`` (non-numeric entries left out)."""
+    metrics = []
+    for summary in summaries.values():
+        for key, value in summary.items():
+            if key != 'num_samples' and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and key not in metrics:
+                metrics.append(key)
+    header = ['evaluation set'] + [f'{m} (mm)' for m in metrics] + ['samples']
+    rows = [[name] + [_float_or_none(summary.get(m)) for m in metrics] + [summary.get('num_samples')]
+            for name, summary in summaries.items()]
+    return format_table(header, rows)
+
+
+def _float_or_none(value):
+    return None if value is None else float(value)
 
 
 def fallback_dir(output_root, exp_dir, *parts):
@@ -115,6 +138,9 @@ class Tester(Runner):
             log_dir, log_moved = writable_or_fallback(
                 cfg.log_dir, fallback_dir(cfg.output_root, cfg.output_dir, 'log'))
         super().__init__(log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
+        self.log_dir = str(log_dir)
+        self.testset_names = evaluation_names(cfg.testset, cfg.crowd)
+        self.testset_name = self.testset_names[0]
         if result_dir is None:
             result_dir, result_moved = writable_or_fallback(
                 cfg.result_dir, fallback_dir(cfg.output_root, cfg.output_dir))
@@ -133,11 +159,13 @@ class Tester(Runner):
         self.make_batch_generator()
         self.make_model()
 
-    def make_batch_generator(self):
-        """Build ``cfg.testset`` and its loader (whole batches dealt to the ranks under torchrun)."""
+    def make_batch_generator(self, name=None):
+        """Build the evaluation set ``name`` (default: the first of ``cfg.testset``) and its
+        loader (whole batches dealt to the ranks under torchrun)."""
         from torchvision import transforms
-        self.logger.info('Creating dataset...')
-        self.testset = dataset_class(cfg.testset)(transforms.ToTensor(), 'test')
+        self.testset_name = name or self.testset_names[0]
+        self.logger.info(f'Creating dataset {self.testset_name}...')
+        self.testset = dataset_class(self.testset_name)(transforms.ToTensor(), 'test')
         self.vertex_num, self.joint_num = model_dims(self.testset)
         samples = self.testset
         if self.max_samples is not None:
@@ -225,11 +253,42 @@ class Tester(Runner):
         eval_result, predictions = self._merge_records(records)
         self._print_eval_result(eval_result)
         summary = self._summarize(eval_result)
-        stem = result_stem(cfg.testset, self.test_epoch, cfg.crowd)
+        stem = result_stem(self.testset_name, self.test_epoch)
         self.result_paths = write_results(self.result_dir, stem, summary, predictions)
-        self.logger.info(f'Metrics: {json.dumps(json_safe(summary))}')
+        self.logger.info(f'Metrics ({self.testset_name}): {json.dumps(json_safe(summary))}')
         self.logger.info(f'Wrote {self.result_paths[0]} and {self.result_paths[1]}')
+        self._record_metrics(summary)
         return summary
+
+    def _record_metrics(self, summary):
+        """Add the set's metrics to ``<log folder>/metrics.csv``; redraw ``training.png`` there
+        when the folder holds the training losses (a figure that fails is only reported)."""
+        rows = run_csv.metric_rows(self.test_epoch, self.testset_name, json_safe(summary), self.checkpoint_path)
+        run_csv.append_metrics(os.path.join(self.log_dir, run_csv.METRICS_FILE), rows)
+        if os.path.isfile(os.path.join(self.log_dir, run_csv.LOSS_FILE)):
+            try:
+                write_training_figure(self.log_dir)
+            except Exception as exc:  # the picture is a convenience; the CSV holds the data
+                self.logger.warning(f'Could not redraw the training figure in {self.log_dir}: {exc}')
+
+    def test_all(self):
+        """Evaluate every set of ``cfg.testset`` in turn (:meth:`test` each; the current set
+        first, then the others' loaders are built) and write and print the summary table
+        ``eval_summary_snapshot_<epoch>.txt``.  Returns ``{set: summarize() dict}`` (``None``
+        on ranks other than 0 under torchrun)."""
+        summaries = {}
+        for name in self.testset_names:
+            if name != self.testset_name or not hasattr(self, 'batch_generator'):
+                self.make_batch_generator(name)
+            summaries[name] = self.test()
+        if not self.is_main_process:
+            return None
+        table = summary_table(summaries)
+        path = os.path.join(self.result_dir, f'eval_summary_snapshot_{self.test_epoch}.txt')
+        atomic_write_text(path, f'snapshot: {self.checkpoint_path}\n{table}\n')
+        print(table)
+        self.logger.info(f'Summary of {len(summaries)} evaluation set(s), written to {path}:\n{table}')
+        return summaries
 
     def _run_batches(self):
         """This process's batches: ``[(batch_id, eval_dict, predictions_dict), ...]``.

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from common.nets.stacked import canonical_optimizer_state
 from common.runner import Runner
+from common.training_monitor import TrainingMonitor
 from common.seeding import derive_seed, seed_everything, seed_worker, set_dataset_epoch
 from common.utils import checkpoint as ckpt_io
 from common.utils import distributed as dist_utils
@@ -154,7 +155,8 @@ class Trainer(Runner):
         if self.is_main_process:
             self.config_path = cfg.write_yaml(os.path.join(cfg.output_dir, 'config.yaml'))
             self.logger.info(f'Experiment folder: {cfg.output_dir} (config: {self.config_path})')
-        self.tb_writer = self._make_tensorboard_writer()
+        # train_losses.csv, training.png and TensorBoard scalars (common/training_monitor.py)
+        self.monitor = TrainingMonitor(cfg.log_dir, self.logger) if self.is_main_process else None
 
     # ------------------------------------------------------------ set-up
     def setup(self):
@@ -213,6 +215,8 @@ class Trainer(Runner):
             self.start_epoch = self._resume() if cfg.exp_dir else self._warm_start()
         elif cfg.exp_dir:
             self.logger.warning(f'--exp_dir {cfg.exp_dir} is ignored without --continue.')
+        # Steps count as in an uninterrupted run, so a resumed run's curves (CSV, TensorBoard) continue.
+        self.global_step = self.start_epoch * getattr(self, 'itr_per_epoch', 0)
         self.network = self._wrap_model(model)
         self.network.train()
 
@@ -320,6 +324,8 @@ class Trainer(Runner):
             self.logger.warning(f'{result.path} has no optimizer state; Adam starts afresh.')
         self._report_config_changes(result.config, result.path)
         self.logger.info(f'Load checkpoint from {result.path}')
+        if self.monitor is not None:
+            self.monitor.carry_over(os.path.join(cfg.exp_dir, 'log'), result.next_epoch)
         return result.next_epoch
 
     def _warm_start(self):
@@ -356,8 +362,8 @@ class Trainer(Runner):
         if self.nonfinite_total:
             self.logger.warning(f'{self.nonfinite_total} iteration(s) had a non-finite loss or gradient '
                                 'and were skipped.')
-        if self.tb_writer is not None:
-            self.tb_writer.close()
+        if self.monitor is not None:
+            self.monitor.close()
 
     def begin_epoch(self, epoch):
         """LR, dataset epoch and per-epoch seeds (an epoch's draws do not depend on earlier ones)."""
@@ -400,6 +406,8 @@ class Trainer(Runner):
             self.tot_timer.tic()
             self.read_timer.tic()
         bar.close()
+        if self.monitor is not None:
+            self.monitor.end_epoch()
         if running.get('_n'):
             means = {k: v / running['_n'] for k, v in running.items() if k != '_n'}
             self.logger.info(f'Epoch {epoch}/{cfg.end_epoch} done: {running["_n"]} iterations, mean loss '
@@ -473,7 +481,8 @@ class Trainer(Runner):
             raise NonFiniteLossError(message)
 
     def _log_iteration(self, epoch, itr, losses):
-        """The per-iteration line into ``train_logs.txt`` (file only) and TensorBoard."""
+        """The per-iteration line into ``train_logs.txt`` (file only), ``train_losses.csv`` and
+        TensorBoard."""
         parts = [
             f'Epoch {epoch}/{cfg.end_epoch} itr {itr}/{self.itr_per_epoch}:',
             'lr: %g' % self.get_lr(),
@@ -483,23 +492,10 @@ class Trainer(Runner):
         ]
         parts += ['%s: %.4f' % ('loss_' + key, value) for key, value in losses.items()]
         self.logger.info(' '.join(parts), console=False)
-        if self.tb_writer is not None:
-            for key, value in losses.items():
-                self.tb_writer.add_scalar(f'loss/{key}', value, self.global_step)
-            self.tb_writer.add_scalar('loss/total', sum(losses.values()), self.global_step)
-            self.tb_writer.add_scalar('lr', self.get_lr(), self.global_step)
-
-    def _make_tensorboard_writer(self):
-        """A SummaryWriter under ``<log_dir>/tensorboard`` if tensorboard is installed, else None."""
-        if not self.is_main_process:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(os.path.join(cfg.log_dir, 'tensorboard'))
+        if self.monitor is not None:
+            self.monitor.record(epoch, itr, self.global_step, self.get_lr(), losses)
 
     def close(self):
-        if self.tb_writer is not None:
-            self.tb_writer.close()
+        if self.monitor is not None:
+            self.monitor.close()
         super().close()

@@ -524,6 +524,24 @@ def dataset_name():
     return check
 
 
+def test_sets():
+    """One evaluation set name (a dataset or an evaluation subset such as PW3D-OC) or a
+    non-empty list of them; a single name stays a string."""
+    from data.registry import TEST_SETS
+    allowed = 'an evaluation set or a list of them, from ' + ', '.join(TEST_SETS)
+
+    def check(value):
+        if isinstance(value, str) and value in TEST_SETS:
+            return value
+        if isinstance(value, (list, tuple)) and value:
+            for index, name in enumerate(value):
+                if not (isinstance(name, str) and name in TEST_SETS):
+                    raise _Invalid(f'item {index} must be {allowed}, got {_shown(name)}')
+            return list(value)
+        raise _Invalid(f'must be {allowed}, got {_shown(value)}')
+    return check
+
+
 def path(optional=False):
     """A non-empty path (a ``str``; a ``pathlib.Path`` is stored as its text); ``None`` if optional."""
     allowed = 'a path or null' if optional else 'a path'
@@ -576,7 +594,7 @@ def _option_types():
     return dict(
         trainset_3d=datasets,
         trainset_2d=sequence(dataset_name(), example='[MSCOCO, MPII]'),
-        testset=dataset_name(),
+        testset=test_sets(),
         resnet_type=integer(choices=(50, 101, 152)),
         input_img_shape=sequence(integer(minimum=1), 2, '[256, 256]', as_tuple=True),
         output_hm_shape=sequence(integer(minimum=1), 3, '[64, 64, 64]', as_tuple=True),

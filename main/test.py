@@ -1,7 +1,10 @@
 """Evaluate SGRE: ``python main/test.py --gpu 0 --exp_dir output/exp_X --test_epoch N [--cfg Y.yaml]``.
 
-Prints the metrics as the original, and writes ``summarize()``'s result as JSON
-plus per-sample predictions (``.npz``) to ``<exp_dir>/result/``.
+Evaluates every set of the ``testset`` option (one name or a list, e.g.
+``[PW3D, PW3D-crowd, PW3D-OC, PW3D-PC]``); per set prints the metrics as the original, and
+writes ``summarize()``'s result as JSON plus per-sample predictions (``.npz``) to
+``<exp_dir>/result/``; then prints and writes a summary table (sets x metrics).  The metrics
+are also added to ``<log>/metrics.csv`` (``tool/compare_runs.py`` reads it).
 Several processes: ``torchrun --nproc_per_node=N main/test.py --exp_dir ... --test_epoch N``
 shares the test batches among them; rank 0 gathers and writes the same results.
 Runs from the repo root or as ``python test.py`` from ``main/``.
@@ -64,7 +67,7 @@ def main(argv=None):
             tester.logger.warning('--flip is ignored: flip testing is not implemented.')
         try:
             tester.setup()
-            tester.test()
+            tester.test_all()
         finally:
             tester.close()
     distributed.cleanup()

@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+
+from common.errors import DataError
 import torch
 
 from tool import check_setup
@@ -126,7 +128,8 @@ def test_bad_cfg_file_is_one_error_line(tree, tmp_path):
 @pytest.mark.parametrize('name, split, crowd', [('PW3D', 'test', False), ('PW3D', 'test', True),
                                                  ('MSCOCO', 'train', False), ('MSCOCO', 'val', False),
                                                  ('MPII', 'train', False), ('MuCo', 'train', False),
-                                                 ('Human36M', 'train', False), ('Human36M', 'test', False)])
+                                                 ('Human36M', 'train', False), ('Human36M', 'test', False),
+                                                 ('PW3D-OC', 'test', False), ('PW3D-PC', 'test', False)])
 def test_checked_json_files_are_the_files_the_loader_opens(tree, monkeypatch, name, split, crowd):
     """The declaration check_setup inspects and the loader's reads are one list: every JSON file
     the constructor opens is declared, and every declared JSON file is opened."""
@@ -143,7 +146,10 @@ def test_checked_json_files_are_the_files_the_loader_opens(tree, monkeypatch, na
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, 'open', recording_open)
-    dataset_class(name)(None, split, options)
+    try:
+        dataset_class(name)(None, split, options)
+    except DataError:   # a subset the synthetic tree has nobody in, found after reading every file
+        pass
     assert opened == declared
 
 

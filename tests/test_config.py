@@ -194,8 +194,12 @@ def test_accepted_values_are_coerced_to_the_option_type(tmp_path, cfg_state, tex
     ('input_img_shape: [256]\n', "option 'input_img_shape' must be a list of 2 values, e.g. [256, 256], got [256]"),
     ('output_hm_shape: [64, 64, 64.5]\n', "option 'output_hm_shape' item 2 must be an integer >= 1, got 64.5"),
     ('focal: 5000\n', "option 'focal' must be a list of 2 values, e.g. [5000, 5000], got 5000"),
-    ('testset: 3DPW\n', "option 'testset' must be a dataset name, one of Human36M, MuCo, MSCOCO, MPII, PW3D, "
-                        "got the string '3DPW'"),
+    ('testset: 3DPW\n', "option 'testset' must be an evaluation set or a list of them, from Human36M, MuCo, "
+                        "MSCOCO, MPII, PW3D, PW3D-crowd, PW3D-OC, PW3D-PC, got the string '3DPW'"),
+    ('testset: [PW3D, 3DPW-OC]\n', "option 'testset' item 1 must be an evaluation set or a list of them, from "
+                                   "Human36M, MuCo, MSCOCO, MPII, PW3D, PW3D-crowd, PW3D-OC, PW3D-PC, got the "
+                                   "string '3DPW-OC'"),
+    ('testset: []\n', "option 'testset' must be an evaluation set or a list of them"),
     ('trainset_3d: [Human36m]\n', "option 'trainset_3d' item 0 must be a dataset name"),
     ('trainset_2d: MSCOCO\n', "option 'trainset_2d' must be a list of values, e.g. [MSCOCO, MPII]"),
     ('data_dir: 5\n', "option 'data_dir' must be a path, got 5"),

@@ -585,7 +585,7 @@ def test_explicit_result_dir_is_used(tmp_path, cfg_state):
     released_experiment(tmp_path)
     tester = run_tester(result_dir=str(tmp_path / 'mine'), log_dir=str(tmp_path / 'mine_log'))
     assert sorted(os.listdir(tmp_path / 'mine')) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
-    assert os.listdir(tmp_path / 'mine_log') == ['test_logs.txt']
+    assert sorted(os.listdir(tmp_path / 'mine_log')) == ['metrics.csv', 'test_logs.txt']
     assert tester.result_dir == str(tmp_path / 'mine')
 
 

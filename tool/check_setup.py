@@ -46,11 +46,6 @@ def parse_args(argv=None):
     return add_debug_flag(parser).parse_args(argv)
 
 
-def test_set_names(testset):
-    """``cfg.testset`` as a list of names (one name or a list)."""
-    return [testset] if isinstance(testset, str) else list(testset)
-
-
 def declared_files(name, options, split):
     """The dataset's declared files; a set that has no such split is a configuration error."""
     from data.registry import dataset_files
@@ -79,9 +74,9 @@ def collect(train, test, warm_start, model):
             needs.add(RequiredFile(str(cfg.voc_dir), 'Pascal VOC 2012 root (cfg.voc_dir, use_occlusion)', VOC_URL,
                                    is_dir=True), 'train')
     if test:
-        for name in test_set_names(cfg.testset):
-            split = f"test{', crowd' if cfg.crowd else ''}"
-            needs.add_all(declared_files(name, options, 'test'), f'{name} ({split})')
+        from data.registry import evaluation_names
+        for name in evaluation_names(cfg.testset, cfg.crowd):
+            needs.add_all(declared_files(name, options, 'test'), f'{name} (test)')
     if model:
         needs.add(RequiredFile(str(model), 'SGRE checkpoint (--model)', CHECKPOINT_SOURCE,
                                validate=read_network_state), 'test')
@@ -105,8 +100,8 @@ def selection_text(train, test):
     if train:
         parts.append(f"training on {', '.join(list(cfg.trainset_3d) + list(cfg.trainset_2d)) or 'nothing'}")
     if test:
-        crowd = ' (crowd)' if cfg.crowd else ''
-        parts.append(f"testing on {', '.join(test_set_names(cfg.testset))}{crowd}")
+        from data.registry import evaluation_names
+        parts.append(f"testing on {', '.join(evaluation_names(cfg.testset, cfg.crowd))}")
     return '; '.join(parts)
 
 

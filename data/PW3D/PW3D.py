@@ -1,9 +1,21 @@
-"""3DPW test set and the 3DPW-Crowd validation subset (docs/METHOD.md, "Data on disk", "Evaluation").
+"""3DPW evaluation sets (docs/METHOD.md, "Data on disk", "Evaluation").
 
-``PW3D(transform, data_split, options=None)`` ignores ``data_split``: it reads the ``test`` split,
-or with ``options.crowd`` the ``validation`` split restricted to ``courtyard_hug_00`` and
-``courtyard_dancing_00`` with HigherHRNet inputs (OpenPose where an annotation has no
-HigherHRNet entry).  Each sample is one annotated person:
+``PW3D(transform, data_split, options=None, subset=None)`` ignores ``data_split``; ``subset``
+selects the evaluation set (None: ``'crowd'`` with ``options.crowd``, else ``'test'``):
+
+* ``'test'`` (3DPW): the ``test`` split, OpenPose inputs;
+* ``'crowd'`` (3DPW-Crowd): the ``validation`` split restricted to ``courtyard_hug_00`` and
+  ``courtyard_dancing_00`` with HigherHRNet inputs (OpenPose where an annotation has no
+  HigherHRNet entry);
+* ``'OC'`` (3DPW-OC, ROMP's object-occluded subset): the sequences of ``OC_SEQUENCE_STEMS``;
+* ``'PC'`` (3DPW-PC, ROMP's person-crowded subset): the frames ``PC_FRAME_RANGES`` of six
+  sequences.
+
+OC and PC take their people from all three splits (train, validation, test), as ROMP does,
+with OpenPose inputs: they read ``3DPW_latest_{train,validation,test}.json``, or instead one
+pre-built ``3DPW_oc.json`` / ``3DPW_pc.json`` in the same folder when it exists (the subset
+rule is applied to it too).  Annotation ids restart in each split file, so they are unique
+only within a split.  Each sample is one annotated person:
 
 * ``inputs``: ``img`` (3,256,256) float32 RGB in [0,1], ``joints`` (30,3) float32
   ``[x_hm, y_hm, score]``, ``joints_mask`` (30,1) float32;
@@ -25,6 +37,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from common.errors import DataError
 from common.utils.joints import COCO17, COCO19, H36M17, H36M_EVAL_JOINTS, OPENPOSE18, OPENPOSE19, SMPL30, \
     add_neck, add_pelvis, transfer_joints
 from common.utils.metrics import joint_error, regress_joints, vertex_error
@@ -38,13 +51,28 @@ from data.dataset import SeededDataset, body_model, resolve_data_options
 from data.sample_steps import input_image
 
 CROWD_SEQUENCES = ('courtyard_hug_00', 'courtyard_dancing_00')
+# ROMP's 3DPW-PC: person-crowded frames [first, stop) of the frame number (image_<number>.jpg).
+PC_FRAME_RANGES = {
+    'courtyard_basketball_00': (200, 280), 'courtyard_captureSelfies_00': (500, 600),
+    'courtyard_dancing_00': (60, 370), 'courtyard_dancing_01': (60, 270),
+    'courtyard_hug_00': (100, 500), 'downtown_bus_00': (1620, 1900)}
+# ROMP's 3DPW-OC: object-occluded sequences, named without their ``_NN`` take number.
+OC_SEQUENCE_STEMS = (
+    'courtyard_backpack', 'courtyard_basketball', 'courtyard_bodyScannerMotions', 'courtyard_box',
+    'courtyard_golf', 'courtyard_jacket', 'courtyard_laceShoe', 'downtown_stairs', 'flat_guitar',
+    'flat_packBags', 'outdoors_climbing', 'outdoors_crosscountry', 'outdoors_fencing', 'outdoors_freestyle',
+    'outdoors_golf', 'outdoors_parcours', 'outdoors_slalom')
+SUBSETS = ('test', 'crowd', 'OC', 'PC')
+ALL_SPLITS = ('train', 'validation', 'test')
+PREBUILT_SUBSET_FILES = {'OC': '3DPW_oc.json', 'PC': '3DPW_pc.json'}
 POSE_SCORE_THR = 0.05
 MIN_INPUT_BOX_SIZE = 1.0  # pixels; a smaller processed box means the confident joints coincide
 METRIC_KEYS = ('mpjpe', 'pa_mpjpe', 'mpvpe')
 
 LAYOUT_HINT = (
     "data_dir/PW3D/data/3DPW_latest_test.json (default), 3DPW_latest_validation.json and "
-    "3DPW_validation_crowd_hhrnet_result.json (crowd=True), images under "
+    "3DPW_validation_crowd_hhrnet_result.json (crowd=True), 3DPW_latest_{train,validation,test}.json "
+    "(PW3D-OC, PW3D-PC; or a pre-built 3DPW_oc.json / 3DPW_pc.json), images under "
     "data_dir/PW3D/data/imageFiles/<sequence>/<file_name>; RootNet boxes (use_gt_info=False) in "
     "data_dir/PW3D/rootnet_output/bbox_root_pw3d_output.json. The converted annotations come from the "
     "3DCrowdNet/Pose2Mesh data release; `python tool/make_synthetic_data.py --root DIR --smpl DIR` writes a "
@@ -67,31 +95,55 @@ def image_path(img_dir, img):
     return osp.join(img_dir, img['sequence'], img['file_name'])
 
 
-def data_files(options, data_split='test'):
-    """``{role: RequiredFile}`` of everything ``PW3D(transform, data_split, options)`` reads.
+def resolve_subset(options, subset=None):
+    """The evaluation subset ``PW3D(..., subset)`` reads: ``subset``, or with None ``'crowd'``
+    when ``options.crowd`` is set and ``'test'`` otherwise."""
+    if subset is None:
+        subset = 'crowd' if options.crowd else 'test'
+    if subset not in SUBSETS:
+        raise ValueError(f"Unknown 3DPW subset {subset!r}; expected one of {SUBSETS}.")
+    return subset
 
-    ``data_split`` is ignored, as by the class: ``options.crowd`` selects the validation
-    split and adds 'crowd_poses'; ``use_gt_info=False`` adds 'rootnet' (test split).  Always:
-    'images', 'annotations', 'h36m_regressor'.
+
+def _annotation_files(data_path, subset):
+    """``{role: (path, split)}`` of the annotation files of ``subset``: one split file for
+    'test' and 'crowd'; for 'OC' / 'PC' the pre-built subset file when it exists, else the
+    three split files (roles 'annotations_<split>')."""
+    if subset in PREBUILT_SUBSET_FILES:
+        prebuilt = osp.join(data_path, PREBUILT_SUBSET_FILES[subset])
+        if osp.isfile(prebuilt):
+            return {'annotations': (prebuilt, f'pre-built 3DPW-{subset}')}
+        return {f'annotations_{split}': (osp.join(data_path, f'3DPW_latest_{split}.json'), split)
+                for split in ALL_SPLITS}
+    split = 'validation' if subset == 'crowd' else 'test'
+    return {'annotations': (osp.join(data_path, f'3DPW_latest_{split}.json'), split)}
+
+
+def data_files(options, data_split='test', subset=None):
+    """``{role: RequiredFile}`` of everything ``PW3D(transform, data_split, options, subset)`` reads.
+
+    ``data_split`` is ignored, as by the class.  Always 'images', 'h36m_regressor' and the
+    annotation files of the subset (:func:`_annotation_files`); 'crowd' adds 'crowd_poses';
+    'test' with ``use_gt_info=False`` adds 'rootnet'.
     """
+    subset = resolve_subset(options, subset)
     data_path = osp.join(options.data_dir, 'PW3D', 'data')
-    split = 'validation' if options.crowd else 'test'
     img_dir = osp.join(data_path, 'imageFiles')
-    files = {
-        'images': image_folder(img_dir, '3DPW images (imageFiles/<sequence>/)', IMAGES_SOURCE),
-        'annotations': coco_file(osp.join(data_path, f'3DPW_latest_{split}.json'),
-                                 f'3DPW {split} annotations (COCO-style JSON)', SOURCE,
-                                 image_path=partial(image_path, img_dir)),
-        'h36m_regressor': h36m_regressor_file(options.data_dir),
-    }
-    if options.crowd:
+    files = {'images': image_folder(img_dir, '3DPW images (imageFiles/<sequence>/)', IMAGES_SOURCE),
+             'h36m_regressor': h36m_regressor_file(options.data_dir)}
+    for role, (path, split) in _annotation_files(data_path, subset).items():
+        files[role] = coco_file(path, f'3DPW {split} annotations (COCO-style JSON)', SOURCE,
+                                image_path=partial(image_path, img_dir))
+    if subset == 'crowd':
         files['crowd_poses'] = json_object_file(osp.join(data_path, '3DPW_validation_crowd_hhrnet_result.json'),
                                                 '3DPW-Crowd HigherHRNet input poses (JSON)', SOURCE)
-    elif not options.use_gt_info:
+    elif subset == 'test' and not options.use_gt_info:
         files['rootnet'] = json_list_file(
             osp.join(options.data_dir, 'PW3D', 'rootnet_output', 'bbox_root_pw3d_output.json'),
             'RootNet 3DPW boxes and root depths', ROOTNET_SOURCE, of='{ann_id, bbox, root_cam}')
     return files
+
+
 ANNOTATION_FIELDS = ('bbox', 'smpl_param', 'openpose_result')
 
 
@@ -105,6 +157,32 @@ def _float_array(value, shape, what, path, ann_id):
         raise AnnotationError(f"{path}: annotation id {ann_id}: '{what}' must have {int(np.prod(shape))} numbers "
                               f"{shape} ({err}).") from err
     return check_finite(array, path, f'annotation id {ann_id}', what)
+
+
+def frame_number(img, path):
+    """The frame number of a 3DPW image record: the digits of its ``file_name``
+    (``image_00042.jpg`` -> 42), else its ``frame_idx``."""
+    digits = ''.join(ch for ch in osp.splitext(osp.basename(str(img['file_name'])))[0] if ch.isdigit())
+    if digits:
+        return int(digits)
+    if isinstance(img.get('frame_idx'), int):
+        return img['frame_idx']
+    raise AnnotationError(f"{path}: image id {img.get('id')} has no frame number (file_name "
+                          f"{img['file_name']!r} holds no digits and there is no integer 'frame_idx').")
+
+
+def in_subset(subset, sequence, frame):
+    """Whether the person of ``sequence`` at frame number ``frame`` belongs to ``subset``
+    (``'test'`` keeps everything: the split is the selection)."""
+    if subset == 'crowd':
+        return any(name in sequence for name in CROWD_SEQUENCES)
+    if subset == 'OC':
+        stem, _, take = sequence.rpartition('_')
+        return take.isdigit() and stem in OC_SEQUENCE_STEMS
+    if subset == 'PC':
+        first, stop = PC_FRAME_RANGES.get(sequence, (0, 0))
+        return first <= frame < stop
+    return True
 
 
 def _camera(img, path, ann_id):
@@ -126,29 +204,45 @@ def _camera(img, path, ann_id):
 
 
 class PW3D(SeededDataset):
-    """3DPW test set (``options.crowd``: 3DPW-Crowd). ``PW3D(transform, data_split, options=None)``.
+    """3DPW evaluation set. ``PW3D(transform, data_split, options=None, subset=None)``.
 
-    options: ``DataOptions`` (None: the run configuration's); see the module docstring.
+    options: ``DataOptions`` (None: the run configuration's); subset: one of ``SUBSETS``
+    (None: ``'crowd'`` with ``options.crowd``, else ``'test'``); see the module docstring.
     """
 
     data_files = staticmethod(data_files)
 
-    def __init__(self, transform, data_split, options=None):
+    def __init__(self, transform, data_split, options=None, subset=None):
         self.options = resolve_data_options(options)
         self.transform = transform
-        self.data_split = 'validation' if self.options.crowd else 'test'  # the argument is ignored
-        self.files = data_files(self.options)
+        self.subset = resolve_subset(self.options, subset)
+        # the data_split argument is ignored
+        self.data_split = {'test': 'test', 'crowd': 'validation'}.get(self.subset, 'all')
+        self.files = data_files(self.options, subset=self.subset)
+        self.data_path = osp.join(self.options.data_dir, 'PW3D', 'data')
         self.img_dir = self.files['images'].path
         self.smpl = body_model(self.options)
         self.h36m_regressor = load_h36m_regressor(self.options.data_dir)
         self.pose_fallback_aids = []
         self.skipped_boxes = 0
         self.datalist = self.load_data()
+        if not self.datalist and self.subset in PREBUILT_SUBSET_FILES:
+            raise DataError(f"3DPW-{self.subset}: none of the people in {', '.join(self.annotation_paths())} "
+                            "belongs to the subset (its sequences and frames: data/PW3D/PW3D.py).")
         self._warn_about_skipped_people()
 
     # ------------------------------------------------------------------------ loading
-    def annotation_path(self):
-        return self.files['annotations'].path
+    def annotation_paths(self):
+        """The annotation files this subset reads, in split order (see the module docstring)."""
+        paths = [f.path for role, f in self.files.items() if role.startswith('annotations')]
+        missing = [path for path in paths if not osp.isfile(path)]
+        if len(paths) > 1 and missing:
+            raise FileNotFoundError(
+                f"3DPW-{self.subset} takes its people from all three 3DPW splits, but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing. Place the 3DCrowdNet/Pose2Mesh release's "
+                f"3DPW_latest_{{train,validation,test}}.json in {self.data_path}, or a pre-built "
+                f"{PREBUILT_SUBSET_FILES[self.subset]} (the same format) there.")
+        return paths
 
     def crowd_pose_path(self):
         return self.files['crowd_poses'].path
@@ -160,14 +254,21 @@ class PW3D(SeededDataset):
         return 'rootnet' in self.files
 
     def load_data(self):
-        """The datalist: one dict per kept annotation, in file order."""
-        ann_path = self.annotation_path()
-        db = read_coco(ann_path, LAYOUT_HINT)
-        crowd = self.options.crowd
-        aspect_ratio = input_aspect_ratio(self.options.geometry)
+        """The datalist: one dict per kept annotation, in file order (files in split order)."""
+        crowd = self.subset == 'crowd'
         hhrnet = read_json_object(self.crowd_pose_path(), LAYOUT_HINT) if crowd else None
         rootnet = self._load_rootnet() if self.uses_rootnet() else None
+        datalist = []
+        for ann_path in self.annotation_paths():
+            datalist.extend(self._load_file(ann_path, hhrnet, rootnet))
+        return datalist
 
+    def _load_file(self, ann_path, hhrnet, rootnet):
+        """The datalist entries of one annotation file (``hhrnet``: crowd inputs or None;
+        ``rootnet``: RootNet entries by annotation id or None)."""
+        db = read_coco(ann_path, LAYOUT_HINT)
+        crowd = hhrnet is not None
+        aspect_ratio = input_aspect_ratio(self.options.geometry)
         datalist = []
         for aid, ann in db.anns.items():
             if ann['image_id'] not in db.imgs:
@@ -177,7 +278,8 @@ class PW3D(SeededDataset):
             require_fields(img, IMAGE_FIELDS, ann_path, 'image')
             require_fields(ann, ANNOTATION_FIELDS, ann_path, 'annotation')
             sequence = img['sequence']
-            if crowd and not any(name in sequence for name in CROWD_SEQUENCES):
+            if self.subset != 'test' and not in_subset(self.subset, sequence,
+                                                       frame_number(img, ann_path) if self.subset == 'PC' else 0):
                 continue
             width, height = int(img['width']), int(img['height'])
             ann_bbox = _float_array(ann['bbox'], (4,), 'bbox', ann_path, aid)
