@@ -269,7 +269,8 @@ def test_library_modules_do_not_import_the_configuration():
     everything as arguments: none of them imports ``main``."""
     import importlib.util
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    pending, seen = ['common.demo', 'common.utils.vis', 'common.utils.render'], set()
+    pending, seen = ['common.demo', 'common.demo_run', 'common.demo_inputs', 'common.demo_poses',
+                     'common.pose_estimator', 'common.utils.vis', 'common.utils.render'], set()
     while pending:
         name = pending.pop()
         if name in seen:
@@ -446,7 +447,7 @@ class SquareNetwork(torch.nn.Module):
 
 
 def test_run_demo_writes_each_persons_mesh_parameters_and_overlay(tmp_path):
-    from common.demo import run_demo
+    from common.demo_run import run_demo
     from common.utils import vis
     img_path = str(tmp_path / 'street.png')
     cv2.imwrite(img_path, np.full((200, 320, 3), 40, np.uint8))
@@ -482,7 +483,7 @@ def test_run_demo_writes_each_persons_mesh_parameters_and_overlay(tmp_path):
 
 
 def test_all_people_skipped_needs_no_model(tmp_path, capsys):
-    from common.demo import run_demo
+    from common.demo_run import run_demo
     img = np.full((60, 80, 3), 90, np.uint8)
     img_path = str(tmp_path / 'img.png')
     cv2.imwrite(img_path, img)
