@@ -115,7 +115,6 @@ def test_large_picture_is_drawn_on_a_bounded_canvas_and_the_meshes_still_align(t
     """A 2000x1500 picture drawn at 400 px: the square of each person lands where the scaled
     camera puts it (centre (c + 0.5) s - 0.5, 250 px -> 50 px), and the same as the full-size
     drawing reduced afterwards."""
-    from common.demo_run import run_demo
     from common.utils import vis
     rng = np.random.default_rng(1)
     height, width = 1500, 2000
@@ -124,14 +123,20 @@ def test_large_picture_is_drawn_on_a_bounded_canvas_and_the_meshes_still_align(t
     poses = [person((600, 750), 900, rng), person((1400, 750), 900, rng)]
     pose_path = write_json(tmp_path / 'big.json', [{'image_id': 1, 'keypoints': p.ravel().tolist(), 'score': 0.9}
                                                    for p in poses])
-    small = run_demo(img_path, pose_path, tmp_path / 'small', BigSquareNetwork(), GEOMETRY, log=quiet,
-                     render_max_side=400)
-    full = run_demo(img_path, pose_path, tmp_path / 'full', BigSquareNetwork(), GEOMETRY, log=quiet,
-                    render_max_side=0)
-    rendered = cv2.cvtColor(cv2.imread(small['render']), cv2.COLOR_BGR2RGB)
+    def draw(max_side, out):
+        from common.demo import read_pose_file
+        from common.demo_inputs import Frame
+        from common.demo_run import OutputOptions, iter_demo
+        from common.utils.preprocessing import load_img
+        item = (Frame('big', load_img(img_path), img_path), read_pose_file(pose_path), pose_path)
+        result = next(iter_demo([item], tmp_path / out, BigSquareNetwork(), GEOMETRY,
+                                OutputOptions(render_max_side=max_side), log=quiet))
+        return result.paths, result.rendered        # the drawing before JPEG compression
+
+    small, rendered = draw(400, 'small')
+    full, full_rendered = draw(0, 'full')
     assert rendered.shape == (300, 400, 3) and cv2.imread(small['pose_2d']).shape == (300, 400, 3)
-    full_rendered = cv2.cvtColor(cv2.imread(full['render']), cv2.COLOR_BGR2RGB)
-    assert full_rendered.shape == (height, width, 3)
+    assert full_rendered.shape == (height, width, 3) and cv2.imread(full['render']).shape == (height, width, 3)
     summary = json.load(open(small['json']))
     assert summary['render_scale'] == [0.2, 0.2] and 'render_scale' not in json.load(open(full['json']))
     assert summary['people'] == json.load(open(full['json']))['people']      # parameters do not depend on it
@@ -143,11 +148,12 @@ def test_large_picture_is_drawn_on_a_bounded_canvas_and_the_meshes_still_align(t
         ys, xs = np.nonzero(mask)
         assert abs(xs.min() - (cx - 25)) <= 1.5 and abs(xs.max() - (cx + 25)) <= 1.5
         assert abs(ys.min() - (cy - 25)) <= 1.5 and abs(ys.max() - (cy + 25)) <= 1.5
-        assert mask.sum() > 0.85 * 50 * 50                        # filled (JPEG noise aside)
+        assert mask.sum() > 0.95 * 50 * 50
         # The full-size drawing, reduced afterwards, has the square at the same place.
         ref_ys, ref_xs = np.nonzero(person_mask(reduced_full, colors[k]))
-        assert abs(xs.mean() - ref_xs.mean()) < 0.5 and abs(ys.mean() - ref_ys.mean()) < 0.5
-        assert abs(xs.mean() - cx) < 1 and abs(ys.mean() - cy) < 1        # JPEG chroma blocks: ~1 px
+        # (one border row more or less on one side moves the centroid by 0.5 px)
+        assert abs(xs.mean() - ref_xs.mean()) <= 0.6 and abs(ys.mean() - ref_ys.mean()) <= 0.6
+        assert abs(xs.mean() - cx) < 0.5 and abs(ys.mean() - cy) < 0.5
     # The drawn 2D poses land where the scaled joints are.
     drawn = cv2.cvtColor(cv2.imread(small['pose_2d']), cv2.COLOR_BGR2RGB).astype(int)
     changed = np.abs(drawn - 60).sum(2) > 60
