@@ -143,6 +143,9 @@ def check_inputs(args, device):
     if args.render_max_side < 0:
         raise ValueError(f'--render_max_side must be 0 (full size) or positive, got {args.render_max_side}')
     kind = check_input(args.img)
+    if args.image_id is not None and kind != 'image':
+        raise ValueError(f'--image_id picks the entries of one image; --img {args.img} is a {kind}: map a results '
+                         'file to its pictures with --coco_images, or by numeric file names / frame numbers.')
     source = pose_source(args.pose, kind, args.img, image_id=args.image_id, coco_images=args.coco_images,
                          make_estimator=lambda: load_estimator(args.det_model, args.pose_model, device))
     return kind, source

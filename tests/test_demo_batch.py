@@ -272,3 +272,14 @@ def test_cli_estimator_on_an_image_folder(trained_snapshot, demo_case, synthetic
     second = json.load(open(out_dir / 'second_smpl.json'))
     for a, b in zip(summary['people'], second['people']):       # the same picture twice, in one batch
         np.testing.assert_allclose(a['smpl_pose'], b['smpl_pose'], atol=1e-5)
+
+
+def test_image_id_is_for_one_image(tmp_path):
+    from main.demo import build_parser, check_inputs
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    cv2.imwrite(str(folder / '1.png'), np.zeros((8, 8, 3), np.uint8))
+    results = write_json(tmp_path / 'res.json', [])
+    args = build_parser().parse_args(['--img', str(folder), '--pose', results, '--image_id', '1', '--model', 'm'])
+    with pytest.raises(ValueError, match='--image_id picks the entries of one image.*is a folder'):
+        check_inputs(args, 'cpu')
