@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_demo import GEOMETRY, SquareNetwork, demo_case, person, write_json  # noqa: F401 (fixture)
+from tests.test_demo import GEOMETRY, SquareNetwork, person, write_json
 from tests.test_demo_sources import write_video
 
 pytestmark = pytest.mark.usefixtures('cfg_state')
@@ -70,7 +70,6 @@ def test_batched_outputs_equal_one_picture_at_a_time(tmp_path, random_network):
     from common.demo_inputs import iter_frames
     from common.demo_poses import pose_source
     from common.demo_run import OutputOptions, iter_demo, run_demo
-    from tests.test_demo import check_demo_outputs  # noqa: F401  (same output files as the single-image demo)
     network, geometry = random_network
     rng = np.random.default_rng(0)
     folder = tmp_path / 'photos'
@@ -237,41 +236,6 @@ def test_video_extras_write_objs_and_pose_pictures(tmp_path):
     for i in (0, 1):
         assert {f'clip_{i:012d}_2dpose.jpg', f'clip_{i:012d}_person0.obj'} <= set(files)
     assert 'clip_render.mp4' in files
-
-
-@pytest.mark.slow
-def test_cli_estimator_on_an_image_folder(trained_snapshot, demo_case, synthetic_smpl_dir, synthetic_data_root,
-                                          tmp_path):
-    """``main/demo.py --img FOLDER`` with the estimator (tiny fixed-output ONNX models: the
-    plumbing, not detection quality): every picture gets its overlay, 2D-pose picture, OBJs
-    and summary, the OBJs are the SMPL meshes of the summary's parameters."""
-    for name in ('onnx', 'onnxruntime', 'rtmlib'):
-        pytest.importorskip(name)
-    import shutil
-    from main.demo import main
-    from tests.test_demo import check_demo_outputs
-    from tests.test_demo_sources import tiny_estimator_models
-    img_path, _, _ = demo_case
-    folder = tmp_path / 'photos'
-    folder.mkdir()
-    for name in ('first.jpg', 'second.jpg'):
-        shutil.copy(img_path, folder / name)
-    det, pose = tiny_estimator_models(tmp_path)
-    out_dir = tmp_path / 'out'
-    paths = main(['--img', str(folder), '--det_model', det, '--pose_model', pose, '--batch_size', '3',
-                  '--model', str(trained_snapshot / 'checkpoint' / 'snapshot_0.pth.tar'), '--out', str(out_dir),
-                  '--smpl_dir', str(synthetic_smpl_dir), '--data_dir', str(synthetic_data_root)])
-    count = paths['people']
-    assert paths['frames'] == 2 and count >= 1
-    summary = check_demo_outputs(paths, str(folder / 'first.jpg'), synthetic_smpl_dir, count)
-    assert summary['pose_layouts'] == ['coco17-estimator'] and 'det.onnx' in summary['pose_file']
-    assert len(summary['people']) + len(summary['skipped']) == 2           # the two fixed detections
-    assert sorted(os.listdir(out_dir)) == sorted(
-        [f'{stem}{suffix}' for stem in ('first', 'second') for suffix in ('_render.jpg', '_2dpose.jpg', '_smpl.json')]
-        + [f'{stem}_person{k}.obj' for stem in ('first', 'second') for k in range(count)])
-    second = json.load(open(out_dir / 'second_smpl.json'))
-    for a, b in zip(summary['people'], second['people']):       # the same picture twice, in one batch
-        np.testing.assert_allclose(a['smpl_pose'], b['smpl_pose'], atol=1e-5)
 
 
 def test_image_id_is_for_one_image(tmp_path):

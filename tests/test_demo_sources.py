@@ -82,7 +82,8 @@ def test_openpose_folder_reads_each_pictures_file(tmp_path):
     from common.demo_poses import OpenPoseFolder, pose_source
     rng = np.random.default_rng(0)
     pose = person((50, 50), 60, rng)
-    write_json(tmp_path / 'clip_000000000001_keypoints.json', {'people': [{'pose_keypoints_2d': pose.ravel().tolist()}]})
+    write_json(tmp_path / 'clip_000000000001_keypoints.json',
+               {'people': [{'pose_keypoints_2d': pose.ravel().tolist()}]})
     source = pose_source(str(tmp_path), 'video', 'clip.mp4')
     assert isinstance(source, OpenPoseFolder)
     dets = source.detections(frame('clip_000000000001', 1, 'clip.mp4'))
