@@ -1,6 +1,7 @@
-"""Demo library: 2D pose files -> selected people -> network inputs -> meshes, pictures, summary.
+"""Demo library: 2D pose files -> selected people -> network inputs -> network outputs.
 
-Pipeline of :func:`run_demo` (see docs/METHOD.md, "Demo"):
+The steps for one picture (see docs/METHOD.md, "Demo"; ``common/demo_run.py`` strings them
+together over many pictures and writes the outputs):
 
 1. :func:`read_pose_file` parses an OpenPose JSON file (BODY_25, COCO-18 or COCO-17 layout,
    told apart by length) or a COCO keypoint-results file into :class:`Detection` records.
@@ -13,13 +14,10 @@ Pipeline of :func:`run_demo` (see docs/METHOD.md, "Demo"):
    heatmap units; :func:`predict` runs the network in render mode (camera depth scaled to
    the box, so that the mesh seen through focal 5000 px with principal point at the box
    centre overlays the original image).
-4. The meshes are rendered over the image (depth-ordered across people, one colour each),
-   the input poses are drawn, and per person an OBJ and the SMPL parameters are written.
 
 Nothing here reads the global configuration: geometry, model and device come in as arguments.
 """
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import DataError
 from common.utils import checkpoint as ckpt_io
 from common.utils import vis
 from common.utils.files import atomic_write_text
@@ -37,7 +36,6 @@ from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask,
 SCORE_THR = 0.1          # a joint is confident above this score
 MIN_SCORE_SUM = 1.0      # a person needs at least this sum of joint scores
 DUPLICATE_PX = 20.0      # mean |dx|,|dy| below this against an accepted person: a duplicate
-SKIPPED_COLOR = (0.6, 0.6, 0.6)
 
 POSE_LAYOUTS = {75: ('openpose-body25', BODY25.names), 54: ('openpose-coco18', OPENPOSE18.names),
                 51: ('coco17', COCO17.names)}
@@ -45,11 +43,8 @@ POSE_LAYOUTS = {75: ('openpose-body25', BODY25.names), 54: ('openpose-coco18', O
 
 NETWORK_INPUT_KEYS = ('img', 'joints', 'joints_mask')
 
-SUMMARY_UNITS = ('smpl_pose: 24x3 axis-angle (radians), relative rotations; cam_trans: metres; the mesh is '
-                 'SMPL_neutral(pose, shape) + cam_trans, seen through render_camera (pixels of the image)')
 
-
-class PoseFileError(ValueError):
+class PoseFileError(DataError):
     """The pose file is missing pieces, holds non-numbers, or is in no supported format."""
 
 
@@ -82,21 +77,32 @@ def read_pose_file(path, img_path=None, image_id=None):
     the offending entry) for anything malformed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Pose file not found: {path}")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PoseFileError(f"Pose file {path} is not valid JSON: {exc}") from exc
+    data = load_pose_json(path)
     if isinstance(data, dict) and 'people' in data:
         return _read_openpose(data['people'], path)
-    if isinstance(data, list) and all(isinstance(e, dict) and 'keypoints' in e for e in data):
+    if is_coco_results(data):
         return _read_coco_results(data, path, img_path, image_id)
     raise PoseFileError(
         f"Pose file {path} is in no supported format: expected the OpenPose format "
         "{\"people\": [{\"pose_keypoints_2d\": [x, y, c, ...]}, ...]} or the COCO keypoint-results format "
         "[{\"image_id\": ..., \"keypoints\": [x, y, s] * 17, \"score\": ...}, ...].")
+
+
+def load_pose_json(path):
+    """The parsed JSON of a pose file; ``FileNotFoundError`` / :class:`PoseFileError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Pose file not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PoseFileError(f"Pose file {path} is not valid JSON: {exc}") from exc
+
+
+def is_coco_results(data):
+    """Whether parsed JSON is a COCO keypoint-results list (entries with ``keypoints``)."""
+    return isinstance(data, list) and all(isinstance(e, dict) and 'keypoints' in e for e in data)
 
 
 def _keypoints(values, what, path):
@@ -132,16 +138,17 @@ def _read_openpose(people, path):
 
 def _read_coco_results(entries, path, img_path, image_id):
     wanted = _wanted_image_id(entries, path, img_path, image_id)
-    detections = []
-    for i, entry in enumerate(entries):
-        if str(entry.get('image_id')) != wanted:
-            continue
-        values = _keypoints(entry['keypoints'], f'entry {i} keypoints', path)
-        if len(values) != 3 * len(COCO17):
-            raise PoseFileError(f"Pose file {path}: entry {i} keypoints has {len(values)} numbers; the COCO "
-                                "results format has 17 x, y, score triples (51).")
-        detections.append(Detection(i, values.reshape(len(COCO17), 3), COCO17.names, 'coco-results'))
-    return detections
+    return [coco_entry_detection(entry, i, path) for i, entry in enumerate(entries)
+            if str(entry.get('image_id')) == wanted]
+
+
+def coco_entry_detection(entry, index, path):
+    """Entry ``index`` of a COCO-results file as a 'coco-results' :class:`Detection`."""
+    values = _keypoints(entry['keypoints'], f'entry {index} keypoints', path)
+    if len(values) != 3 * len(COCO17):
+        raise PoseFileError(f"Pose file {path}: entry {index} keypoints has {len(values)} numbers; the COCO "
+                            "results format has 17 x, y, score triples (51).")
+    return Detection(index, values.reshape(len(COCO17), 3), COCO17.names, 'coco-results')
 
 
 def _wanted_image_id(entries, path, img_path, image_id):
@@ -305,87 +312,15 @@ def predict(model, samples, device):
     return {k: v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in out.items()}
 
 
-# ----------------------------------------------------------------------------- demo
-def run_demo(img_path, pose_path, out_dir, model, geometry, image_id=None, checkpoint_path=None, log=print,
-             warn=warn_stderr):
-    """Meshes for every person of ``img_path`` from the poses in ``pose_path``; writes the outputs.
-
-    model: the network in eval mode on its device (its parameters' device is used), or None
-    when no person can be accepted (a ``ValueError`` is raised otherwise); geometry:
-    ``GeometryOptions``; image_id: picks the image in a COCO-results file of many images;
-    checkpoint_path: only recorded in the summary.  Writes into ``out_dir``:
-    ``<stem>_render.jpg`` (all meshes over the image), ``<stem>_2dpose.jpg`` (input poses),
-    ``<stem>_person<k>.obj`` (render-camera meshes, metres) and ``<stem>_smpl.json``.
-    Returns ``{'render', 'pose_2d', 'json': path, 'obj': [paths], 'people': int,
-    'skipped': [dict(index, reason)]}``.
-    """
-    img = load_img(img_path)
-    height, width = img.shape[:2]
-    detections = read_pose_file(pose_path, img_path, image_id)
-    people, skipped = select_people(detections, width, height, geometry)
-    for entry in skipped:
-        warn(f"input person {entry['index']} skipped: {entry['reason']}")
-    log(f'{len(detections)} input poses, {len(people)} people kept, {len(skipped)} skipped.')
-
-    out_dir = Path(vis.ensure_dir(out_dir))
-    stem = Path(img_path).stem
-    colors = vis.person_colors(len(people))
-    results, objs, meshes, faces = [], [], [], None
-    if people:
-        if model is None:
-            raise ValueError("run_demo needs a loaded model when a person is to be reconstructed.")
-        out = predict(model, [person_inputs(img, p, geometry) for p in people], next(model.parameters()).device)
-        faces = model.mesh_face
-        for k, person in enumerate(people):
-            mesh = out['mesh_cam_render'][k].astype(np.float64)
-            focal, princpt = vis.render_camera(person.bbox)
-            objs.append(vis.write_obj(out_dir / f'{stem}_person{k}.obj', mesh, faces))
-            meshes.append((mesh, focal, princpt))
-            results.append(_person_record(k, person, out, colors[k], focal, princpt, objs[-1]))
-
-    image = vis.as_uint8_image(img)
-    rendered = image
-    if meshes:
-        rendered = vis.render_people(image, [m for m, _, _ in meshes], faces, [f for _, f, _ in meshes],
-                                     [c for _, _, c in meshes], colors=colors)
-    render_path = vis.save_image(out_dir / f'{stem}_render.jpg', rendered)
-    pose_path_out = vis.save_image(out_dir / f'{stem}_2dpose.jpg',
-                                   draw_input_poses(image, detections, people, colors))
-    summary = {
-        'image': str(img_path), 'pose_file': str(pose_path),
-        'pose_layouts': sorted({d.layout for d in detections}),
-        'checkpoint': str(checkpoint_path) if checkpoint_path else None,
-        'units': SUMMARY_UNITS, 'people': results, 'skipped': skipped}
-    json_path = out_dir / f'{stem}_smpl.json'
-    atomic_write_text(json_path, json.dumps(summary, indent=1))
-    log(f'Wrote {render_path}, {pose_path_out}, {json_path} and {len(objs)} OBJ files.')
-    return {'render': render_path, 'pose_2d': pose_path_out, 'json': str(json_path), 'obj': objs,
-            'people': len(people), 'skipped': skipped}
-
-
-def _person_record(k, person, out, color, focal, princpt, obj_path):
-    """Person k's entry of the JSON summary (plain lists; bbox and colour rounded for reading)."""
-    return {
-        'person': k, 'input_index': person.index, 'color': color.round(4).tolist(),
-        'bbox': np.asarray(person.bbox, np.float64).round(3).tolist(),
-        'smpl_pose': out['smpl_pose'][k].tolist(), 'smpl_shape': out['smpl_shape'][k].tolist(),
-        'cam_trans': out['cam_trans'][k].tolist(),
-        'render_camera': {'focal': focal.tolist(), 'princpt': princpt.round(4).tolist()},
-        'obj': os.path.basename(obj_path)}
-
-
-def draw_input_poses(image, detections, people, colors):
-    """The input poses on the image: accepted people in their colour with their box, the
-    skipped ones in grey.  image (H, W, 3) uint8 RGB; colors (len(people), 3) in [0, 1]."""
-    accepted = {p.index: k for k, p in enumerate(people)}
-    out = image
-    for det in detections:
-        if det.index not in accepted:
-            out = vis.draw_input_pose(out, to_smpl30(det), SCORE_THR, color=SKIPPED_COLOR)
-    for k, person in enumerate(people):
-        out = vis.draw_input_pose(out, person.joints_img, SCORE_THR, color=colors[k])
-        out = vis.draw_bbox(out, person.bbox, color=colors[k])
-    return out
+def predict_in_batches(model, samples, device, batch_size):
+    """:func:`predict` over ``samples`` in chunks of at most ``batch_size``, outputs concatenated
+    along the first axis (per-sample outputs do not depend on the chunking: the network runs in
+    eval mode, where no layer mixes samples)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    chunks = [predict(model, samples[start:start + batch_size], device)
+              for start in range(0, len(samples), batch_size)]
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
 
 # ----------------------------------------------------------------------------- test images

@@ -1,19 +1,26 @@
-"""Recover an SMPL mesh for every person in an image from its 2D poses.
+"""Recover an SMPL mesh for every person in your pictures: one image, a folder of images or a video.
 
-    python main/demo.py --gpu 0 --img IMAGE --pose POSES.json --model CHECKPOINT [--out DIR]
+    python main/demo.py --img PHOTO_OR_FOLDER_OR_VIDEO --model CHECKPOINT [--pose POSES] [--out DIR]
 
-Pose files: the OpenPose JSON format (``{"people": [{"pose_keypoints_2d": [x, y, c, ...]}]}``,
-BODY_25, COCO-18 or COCO-17 layout, told apart by length) or the COCO keypoint-results
-format (``[{"image_id", "keypoints": [x, y, s] * 17, "score"}, ...]``).  People are selected
-and cropped by 3DCrowdNet's demo rules and run through the network in render mode
-(docs/METHOD.md, "Demo"; the pipeline itself is ``common/demo.py``).  Written into ``--out``
-(default ``<output_root>/demo``):
+``--pose`` (see ``common/demo_poses.py``): absent or ``auto``, the built-in estimator (the
+optional ``rtmlib`` package with its ONNX files, ``--det_model`` / ``--pose_model`` or
+rtmlib's cache); an OpenPose output folder (``<name>_keypoints.json`` per picture); an OpenPose
+JSON file (one image); or a COCO keypoint-results file (``--image_id`` picks one image, or for
+many pictures ``--coco_images`` maps ids to file names; without it the numeric file stem or
+the video frame number is the id).  People are selected and cropped by 3DCrowdNet's demo rules
+and run through the network in render mode, ``--batch_size`` people at a time across pictures
+(docs/METHOD.md, "Demo").  Written into ``--out`` (default ``<output_root>/demo``), per picture
+``<name>`` (image stem, or ``<video stem>_<12-digit frame>``):
 
-* ``<stem>_render.jpg``: every mesh over the image, depth-ordered, one colour per person;
-* ``<stem>_2dpose.jpg``: the input 2D poses (accepted people in their colour, skipped grey);
-* ``<stem>_person<k>.obj``: person k's mesh in its render camera (metres);
-* ``<stem>_smpl.json``: per person the SMPL pose (72, axis-angle), shape (10), camera
-  translation (3, metres), bbox and render camera; and the skipped people with the reason.
+* ``<name>_render.jpg``: every mesh over the picture, depth-ordered, one colour per person;
+* ``<name>_2dpose.jpg``: the input 2D poses (accepted people in their colour, skipped grey);
+* ``<name>_person<k>.obj``: person k's mesh in its render camera (metres);
+* ``<name>_smpl.json``: per person the SMPL pose (72, axis-angle), shape (10), camera
+  translation (3, metres), bbox and render camera; and the skipped people with the reason;
+
+and for a video ``<video stem>_render.mp4``, the rendered frames (the per-frame ``_2dpose.jpg``
+and OBJ files only with ``--video_extras``).  Pictures are drawn with their longer side at most
+``--render_max_side`` pixels (default 1920; 0: full size), which bounds memory on very large images.
 
 Body model and regressor folders: ``--smpl_dir`` / ``--data_dir`` beat ``--cfg``, which beats
 the ``config`` stored in snapshots of this code base (used where its folders exist), which
@@ -22,6 +29,7 @@ beats the defaults.  The checkpoint is loaded strictly.  Runs from the repo root
 """
 import os
 import sys
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -31,24 +39,47 @@ import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
 from main.model import get_model  # noqa: E402
-from common.demo import read_pose_file, restore_network, run_demo, warn_stderr  # noqa: E402
+from common.demo import restore_network, warn_stderr  # noqa: E402
+from common.demo_inputs import VideoOutput, check_input, iter_frames, video_fps  # noqa: E402
+from common.demo_poses import AUTO, pose_source  # noqa: E402
+from common.demo_run import DEFAULT_BATCH_SIZE, DEFAULT_RENDER_MAX_SIDE, OutputOptions, iter_demo  # noqa: E402
 from common.utils import checkpoint as ckpt_io  # noqa: E402
 from common.utils.cli import add_debug_flag, apply_cfg_file, exit_on_expected_errors, gpu_ids_arg  # noqa: E402
 from common.utils.device import select_device  # noqa: E402
-from common.utils.preprocessing import load_img  # noqa: E402
 from common.utils.smpl import SMPL, SMPLFileError  # noqa: E402
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description='SMPL meshes for every person of an image from its 2D poses.')
+    parser = argparse.ArgumentParser(description='SMPL meshes for every person of an image, a folder of images '
+                                                 'or a video.')
     parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default='0',
                         help="GPU id (default '0'); without CUDA the CPU is used")
-    parser.add_argument('--img', required=True, help='input image')
-    parser.add_argument('--pose', required=True,
-                        help='2D poses: OpenPose JSON (BODY_25 / COCO-18) or COCO keypoint results (17 joints)')
+    parser.add_argument('--img', required=True, help='an image, a folder of images or a video file')
+    parser.add_argument('--pose', default=AUTO,
+                        help="2D poses: 'auto' (default: the built-in rtmlib estimator), an OpenPose output folder, "
+                             "an OpenPose JSON file (one image) or a COCO keypoint-results file")
     parser.add_argument('--model', required=True, help='checkpoint (snapshot_N.pth.tar or a released file)')
     parser.add_argument('--out', default=None, help='output folder (default <output_root>/demo)')
-    parser.add_argument('--image_id', default=None, help='image_id to use from a COCO-results file of many images')
+    parser.add_argument('--image_id', default=None, help='image_id to use from a COCO-results file (one image)')
+    parser.add_argument('--coco_images', default=None,
+                        help="COCO-format JSON whose 'images' (id, file_name) map a results file's image_id to "
+                             "the pictures by file-name stem")
+    parser.add_argument('--det_model', default=None, help="estimator's person-detector ONNX file (YOLOX)")
+    parser.add_argument('--pose_model', default=None, help="estimator's pose ONNX file (RTMPose / RTMW)")
+    parser.add_argument('--batch_size', type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f'people per network batch, across pictures (default {DEFAULT_BATCH_SIZE})')
+    parser.add_argument('--render_max_side', type=int, default=DEFAULT_RENDER_MAX_SIDE,
+                        help=f'longer side of the drawn pictures and video, pixels (default '
+                             f'{DEFAULT_RENDER_MAX_SIDE}; 0: full size)')
+    parser.add_argument('--video_extras', action='store_true',
+                        help="for a video also write each frame's _2dpose.jpg and OBJ files")
     parser.add_argument('--cfg', default='', help='YAML file overriding config options')
     parser.add_argument('--smpl_dir', default=None, help='folder of the SMPL pkl files (cfg.smpl_model_dir)')
     parser.add_argument('--data_dir', default=None, help='folder holding J_regressor_extra.npy (cfg.data_dir)')
@@ -103,24 +134,67 @@ def build_model(checkpoint, device, source):
     return restore_network(model, checkpoint, device, source=source)
 
 
+def check_inputs(args, device):
+    """Open the pictures and the poses before any model work (a bad file fails fast).
+
+    Returns ``(input kind, pose source)``; the estimator is loaded here for ``--pose auto``.
+    """
+    from common.pose_estimator import load_estimator
+    if args.render_max_side < 0:
+        raise ValueError(f'--render_max_side must be 0 (full size) or positive, got {args.render_max_side}')
+    kind = check_input(args.img)
+    if args.image_id is not None and kind != 'image':
+        raise ValueError(f'--image_id picks the entries of one image; --img {args.img} is a {kind}: map a results '
+                         'file to its pictures with --coco_images, or by numeric file names / frame numbers.')
+    source = pose_source(args.pose, kind, args.img, image_id=args.image_id, coco_images=args.coco_images,
+                         make_estimator=lambda: load_estimator(args.det_model, args.pose_model, device))
+    return kind, source
+
+
+def run(args, kind, source, model, out_dir):
+    """Run the demo over every picture of ``--img``; returns the first picture's paths (and,
+    for a video, ``'video'``: the rendered video's path, and ``'frames'``: the frame count)."""
+    video = kind == 'video'
+    options = OutputOptions(render_max_side=args.render_max_side, write_obj=not video or args.video_extras,
+                            write_pose_image=not video or args.video_extras, checkpoint_path=args.model)
+    items = ((frame, source.detections(frame), source.origin(frame)) for frame in iter_frames(args.img))
+    writer = VideoOutput(os.path.join(out_dir, f'{Path(args.img).stem}_render.mp4'), video_fps(args.img)) \
+        if video else None
+    first, count = None, 0
+    try:
+        for result in iter_demo(items, out_dir, model, cfg.geometry_options(), options,
+                                batch_size=args.batch_size):
+            first = first or result.paths
+            count += 1
+            if writer is not None:
+                writer.write(result.rendered)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    paths = dict(first or {}, frames=count)
+    if writer is not None:
+        paths['video'] = writer.close()
+        print(f"Wrote {paths['video']} ({count} frames).")
+    return paths
+
+
 def main(argv=None):
-    """Run the demo from command-line arguments; returns :func:`common.demo.run_demo`'s dict."""
+    """Run the demo from command-line arguments; returns :func:`run`'s dict."""
     args = build_parser().parse_args(argv)
-    load_img(args.img)                                  # unreadable image: fail before any model work
-    read_pose_file(args.pose, args.img, args.image_id)  # malformed pose file: likewise
+    device = pick_device(args.gpu_ids)
+    kind, source = check_inputs(args, device)
     checkpoint = ckpt_io.load_checkpoint_file(args.model, map_location='cpu')
     configure(args, checkpoint)
-    device = pick_device(cfg.gpu_ids)
     out_dir = args.out or os.path.join(cfg.output_root, 'demo')
     model = build_model(checkpoint, device, source=args.model)
-    return run_demo(args.img, args.pose, out_dir, model, cfg.geometry_options(), image_id=args.image_id,
-                    checkpoint_path=args.model)
+    return run(args, kind, source, model, out_dir)
 
 
 def run_cli(argv=None):
     """``main`` for the command line: expected failures (a bad option, an unreadable image or pose
-    file, a checkpoint that does not fit) end with ``ERROR: <message>`` and exit status 1
-    (``--debug`` keeps the traceback)."""
+    file, a checkpoint that does not fit, a missing estimator) end with ``ERROR: <message>`` and
+    exit status 1 (``--debug`` keeps the traceback)."""
     exit_on_expected_errors(main, argv, (OSError, ValueError, ckpt_io.CheckpointError, SMPLFileError))
 
 

@@ -269,7 +269,8 @@ def test_library_modules_do_not_import_the_configuration():
     everything as arguments: none of them imports ``main``."""
     import importlib.util
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    pending, seen = ['common.demo', 'common.utils.vis', 'common.utils.render'], set()
+    pending, seen = ['common.demo', 'common.demo_run', 'common.demo_inputs', 'common.demo_poses',
+                     'common.pose_estimator', 'common.utils.vis', 'common.utils.render'], set()
     while pending:
         name = pending.pop()
         if name in seen:
@@ -422,6 +423,40 @@ def test_demo_cli_with_coco_results(trained_snapshot, demo_case, synthetic_smpl_
         assert np.mean(hits) > 0.8
 
 
+@pytest.mark.slow
+def test_cli_estimator_on_an_image_folder(trained_snapshot, demo_case, synthetic_smpl_dir, synthetic_data_root,
+                                          tmp_path):
+    """``main/demo.py --img FOLDER`` with the estimator (tiny fixed-output ONNX models: the
+    plumbing, not detection quality): every picture gets its overlay, 2D-pose picture, OBJs
+    and summary, the OBJs are the SMPL meshes of the summary's parameters."""
+    for name in ('onnx', 'onnxruntime', 'rtmlib'):
+        pytest.importorskip(name)
+    import shutil
+    from main.demo import main
+    from tests.test_demo_sources import tiny_estimator_models
+    img_path, _, _ = demo_case
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for name in ('first.jpg', 'second.jpg'):
+        shutil.copy(img_path, folder / name)
+    det, pose = tiny_estimator_models(tmp_path)
+    out_dir = tmp_path / 'out'
+    paths = main(['--img', str(folder), '--det_model', det, '--pose_model', pose, '--batch_size', '3',
+                  '--model', str(trained_snapshot / 'checkpoint' / 'snapshot_0.pth.tar'), '--out', str(out_dir),
+                  '--smpl_dir', str(synthetic_smpl_dir), '--data_dir', str(synthetic_data_root)])
+    count = paths['people']
+    assert paths['frames'] == 2 and count >= 1
+    summary = check_demo_outputs(paths, str(folder / 'first.jpg'), synthetic_smpl_dir, count)
+    assert summary['pose_layouts'] == ['coco17-estimator'] and 'det.onnx' in summary['pose_file']
+    assert len(summary['people']) + len(summary['skipped']) == 2           # the two fixed detections
+    assert sorted(os.listdir(out_dir)) == sorted(
+        [f'{stem}{suffix}' for stem in ('first', 'second') for suffix in ('_render.jpg', '_2dpose.jpg', '_smpl.json')]
+        + [f'{stem}_person{k}.obj' for stem in ('first', 'second') for k in range(count)])
+    second = json.load(open(out_dir / 'second_smpl.json'))
+    for a, b in zip(summary['people'], second['people']):       # the same picture twice, in one batch
+        np.testing.assert_allclose(a['smpl_pose'], b['smpl_pose'], atol=1e-5)
+
+
 class SquareNetwork(torch.nn.Module):
     """A stand-in network whose "mesh" is a 0.1 m square 10 m in front of the render camera
     (50 px wide through focal 5000, centred on the person's box), with fixed parameters."""
@@ -446,7 +481,7 @@ class SquareNetwork(torch.nn.Module):
 
 
 def test_run_demo_writes_each_persons_mesh_parameters_and_overlay(tmp_path):
-    from common.demo import run_demo
+    from common.demo_run import run_demo
     from common.utils import vis
     img_path = str(tmp_path / 'street.png')
     cv2.imwrite(img_path, np.full((200, 320, 3), 40, np.uint8))
@@ -482,7 +517,7 @@ def test_run_demo_writes_each_persons_mesh_parameters_and_overlay(tmp_path):
 
 
 def test_all_people_skipped_needs_no_model(tmp_path, capsys):
-    from common.demo import run_demo
+    from common.demo_run import run_demo
     img = np.full((60, 80, 3), 90, np.uint8)
     img_path = str(tmp_path / 'img.png')
     cv2.imwrite(img_path, img)

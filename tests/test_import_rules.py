@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LIBRARY_DIRS = ('common/nets', 'common/utils')
 LIBRARY_GLUE = {'common/utils/cli.py'}
-LIBRARY_FILES = ('common/options.py', 'common/demo.py', 'common/runner.py', 'common/seeding.py',
+LIBRARY_FILES = ('common/options.py', 'common/demo.py', 'common/demo_inputs.py', 'common/demo_poses.py',
+                 'common/demo_run.py', 'common/pose_estimator.py', 'common/runner.py', 'common/seeding.py',
                  'data/annotations.py', 'data/smpl_targets.py', 'data/sample_steps.py',
                  'data/train_dataset.py')
 ASSEMBLY_MODULES = {'main.config', 'main.model'}

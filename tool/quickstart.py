@@ -187,7 +187,8 @@ def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_
     Returns ``{'pw3d_render', 'openpose_json', 'image', 'command', 'render', 'pose_2d', 'json', 'obj'}``.
     """
     import json
-    from common.demo import openpose_json_from_annotations, render_test_image, restore_network, run_demo, warn_stderr
+    from common.demo import openpose_json_from_annotations, render_test_image, restore_network, warn_stderr
+    from common.demo_run import run_demo
     from common.utils.device import select_device
     from common.utils.checkpoint import load_checkpoint_file
     from common.utils.smpl import SMPL

@@ -193,6 +193,56 @@ def render_camera(bbox, focal=RENDER_FOCAL):
     return np.asarray(focal, dtype=np.float64), np.array([x + w / 2, y + h / 2])
 
 
+# ----------------------------------------------------------------------------- bounded pictures
+def bounded_size(height, width, max_side):
+    """(H', W') of a picture whose longer side is at most ``max_side`` pixels, aspect kept.
+
+    The size is unchanged when it already fits or ``max_side`` is 0 / None.
+    """
+    if not max_side or max(height, width) <= max_side:
+        return int(height), int(width)
+    factor = max_side / max(height, width)
+    return max(1, int(round(height * factor))), max(1, int(round(width * factor)))
+
+
+def resize_image(image, size):
+    """(H, W, 3) image -> uint8 RGB of ``size`` (H', W'), area-averaged (no copy if equal).
+
+    Pixel centres follow OpenCV's resize: image pixel ``u`` lands on ``(u + 0.5) * W'/W - 0.5``
+    (:func:`to_resized_pixels`).
+    """
+    image = as_uint8_image(image)
+    if tuple(size) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+
+
+def to_resized_pixels(xy, scale):
+    """(..., 2) pixel coordinates of the original image -> those of a resized copy.
+
+    scale (sx, sy) = (W'/W, H'/H); pixel centres at integer coordinates in both images.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    return (xy + 0.5) * np.asarray(scale, np.float64) - 0.5
+
+
+def resized_camera(focal, princpt, scale):
+    """The pinhole (focal, princpt) of the original image for a resized copy of it.
+
+    A point projecting to ``u`` in the original projects to :func:`to_resized_pixels` of ``u``:
+    ``f' = f s`` and ``c' = (c + 0.5) s - 0.5`` per axis.  Returns ``(focal (2,), princpt (2,))``.
+    """
+    scale = np.asarray(scale, np.float64)
+    return np.asarray(focal, np.float64) * scale, to_resized_pixels(princpt, scale)
+
+
+def resized_bbox(bbox, scale):
+    """``[x, y, w, h]`` of the original image -> the same box in a resized copy."""
+    x, y, w, h = (float(v) for v in np.asarray(bbox).reshape(4))
+    x1, y1 = to_resized_pixels((x, y), scale)
+    return np.array([x1, y1, w * scale[0], h * scale[1]])
+
+
 def to_shared_camera(vertices, focal, princpt, shared_focal, shared_princpt):
     """Map camera-space vertices so that the shared camera sees them as their own camera did.
 
