@@ -8,6 +8,7 @@ import pytest
 from common.options import GeometryOptions
 from common.utils import preprocessing, warp_source
 from common.utils.preprocessing import BGRImage, crop_for_test, gen_trans_from_patch_cv, generate_patch_image
+from tool.bench.data_loading import whole_image_generate_patch
 
 GEOMETRY = GeometryOptions(input_img_shape=(256, 256), output_hm_shape=(64, 64, 64), bbox_3d_size=2.0,
                            camera_3d_size=2.5, focal=(5000.0, 5000.0), sigma=2.5)
@@ -132,19 +133,6 @@ def test_load_img_is_the_converted_read_image(tmp_path):
 # ------------------------------------------------------------------ loaders on the synthetic trees
 TRAIN_SETS = ('Human36M', 'MuCo', 'MSCOCO', 'MPII')
 TEST_SETS = (('PW3D', 'test'), ('Human36M', 'test'), ('MSCOCO', 'val'))
-
-
-def whole_image_generate_patch(cvimg, bbox, scale, rot, do_flip, out_shape):
-    """``generate_patch_image`` as the whole-image path: the float RGB array mirrored whole, then warped."""
-    img = np.asarray(cvimg)
-    c_x, c_y = float(bbox[0]) + 0.5 * float(bbox[2]), float(bbox[1]) + 0.5 * float(bbox[3])
-    if do_flip:
-        img = img[:, ::-1].copy()
-        c_x = img.shape[1] - c_x - 1
-    out_h, out_w = int(out_shape[0]), int(out_shape[1])
-    args = (c_x, c_y, float(bbox[2]), float(bbox[3]), out_w, out_h, scale, rot)
-    patch = cv2.warpAffine(img, gen_trans_from_patch_cv(*args), (out_w, out_h), flags=cv2.INTER_LINEAR)
-    return patch.astype(np.float32), gen_trans_from_patch_cv(*args), gen_trans_from_patch_cv(*args, inv=True)
 
 
 def loader_samples(dataset_names, split_of):
