@@ -83,15 +83,16 @@ def test_boxes_touching_each_border_and_the_corners(nan_canvas):
 
 def test_float_source_mirrored_through_the_canvas_equals_the_mirrored_image(nan_canvas):
     rng = np.random.default_rng(5)
-    for dtype in (np.float32, np.float64, np.uint8):
-        img = (rng.random((90, 150, 3)) * 255).astype(dtype)
+    for dtype, shape in ((np.float32, (90, 150, 3)), (np.float64, (90, 150, 3)), (np.uint8, (90, 150, 3)),
+                         (np.float32, (90, 150, 1)), (np.float32, (90, 150))):
+        img = (rng.random(shape) * 255).astype(dtype)
         bbox = np.array([100.0, 20.0, 80.0, 60.0], np.float32)
         x, y, w, h = (float(v) for v in bbox)
         img2bb = gen_trans_from_patch_cv(img.shape[1] - (x + 0.5 * w) - 1, y + 0.5 * h, w, h, 64, 64, 1.2, 30.0)
         expected = cv2.warpAffine(np.ascontiguousarray(img[:, ::-1]), img2bb, (64, 64),
                                   flags=cv2.INTER_LINEAR).astype(np.float32)
         patch = generate_patch_image(img, bbox, 1.2, 30.0, True, (64, 64))[0]
-        assert same_bits(patch, expected), dtype
+        assert same_bits(patch, expected.reshape(64, 64, -1)), (dtype, shape)
 
 
 def test_sampled_region_bounds():
