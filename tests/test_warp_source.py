@@ -181,3 +181,17 @@ def test_loader_samples_unchanged_on_the_full_size_tree(cfg_state, synthetic_smp
     cfg_state.data_dir = str(full_size_data_root)
     cfg_state.seed = 0
     assert_loaders_match_whole_image_path(monkeypatch)
+
+
+def test_reused_canvas_buffer_never_leaks_into_a_later_crop():
+    """Two crops in a row share the thread's canvas buffer; the second is still the whole-image crop."""
+    rng = np.random.default_rng(8)
+    big = rng.integers(0, 256, size=(700, 900, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    bbox_big = np.array([100.0, 50.0, 600.0, 600.0], np.float32)
+    bbox_small = np.array([-50.0, -20.0, 200.0, 250.0], np.float32)   # sticks out: border pixels stay black
+    generate_patch_image(BGRImage(big), bbox_big, 1.0, 10.0, True, (256, 256))
+    patch = generate_patch_image(BGRImage(small), bbox_small, 1.0, 0.0, True, (256, 256))[0]
+    assert same_bits(patch, whole_image_patch(small, bbox_small, 1.0, 0.0, True, (256, 256))[0])
+    canvas = warp_source.uninitialised_canvas((10, 20, 3), np.float32)
+    assert canvas.shape == (10, 20, 3) and canvas.dtype == np.float32

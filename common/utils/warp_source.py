@@ -6,8 +6,8 @@ outside the image count as the border value.  Nothing else of the source is read
 size of the source enters only through that inside/outside test.  So a crop is the same,
 bit for bit, when the warp runs with the *same* matrix on a canvas of the *same* size whose
 only pixels set are the ones it reads (``sampled_region``), holding exactly the values the
-whole-image conversion would have given them (``fill_canvas``).  The rest of the canvas is
-left uninitialised: allocating it costs nothing and no pixel of it is ever read.
+whole-image conversion would have given them (``fill_canvas``).  The rest of the canvas holds
+whatever a previous crop left there (``uninitialised_canvas``): no pixel of it is ever read.
 
 Why not cut the region out and shift the matrix instead: OpenCV inverts the matrix in double
 precision and rounds the source coordinates to fixed point (or float32 in newer kernels);
@@ -15,6 +15,7 @@ a shifted translation is rounded differently, which moves a few samples by 1/32 
 The canvas keeps the computation itself untouched.
 """
 import math
+import threading
 
 import cv2
 import numpy as np
@@ -55,9 +56,23 @@ def sampled_region(img2bb, out_shape, img_height, img_width, margin=SAFETY_MARGI
     return row0, row1, col0, col1
 
 
+_THREAD_BUFFER = threading.local()
+
+
 def uninitialised_canvas(shape, dtype):
-    """Array of ``shape`` and ``dtype`` with unspecified contents (only sampled pixels get written)."""
-    return np.empty(shape, dtype=dtype)
+    """Array of ``shape`` and ``dtype`` with unspecified contents (only sampled pixels get written).
+
+    One buffer per thread, grown to the largest canvas asked for and reused: valid until the
+    next call in the same thread.  A fresh allocation of a canvas this size (50 MB for a
+    2048x2048 float image) is mapped page by page as the region is written, which costs more
+    than converting the region; a reused buffer is already mapped.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = getattr(_THREAD_BUFFER, 'buffer', None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        _THREAD_BUFFER.buffer = buffer
+    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def fill_canvas(pixels, region, do_flip, bgr):
