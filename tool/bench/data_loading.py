@@ -7,8 +7,8 @@ generated into a temporary folder, the full-size one with ``make_synthetic_data 
 * ``<size>/crop whole-image`` and ``<size>/crop region``: ms per image to read one image of
   each dataset and cut an augmented (mirrored) 256x256 crop, by converting and mirroring the
   whole image (the straightforward path) and by converting only the pixels the warp reads (the
-  loaders' path; same patch, bit for bit).  The two alternate run by run, so a busy machine
-  slows both alike; compare their ratio rather than the absolute numbers;
+  loaders' path; same patch, bit for bit).  The two alternate run by run (3 x ``--runs``), so a
+  busy machine slows both alike; compare their ratio rather than the absolute numbers;
 * ``<size>/<Dataset> <split>``: ms per ``__getitem__`` of each train and test loader (one
   process, one thread, seeded draws; a run goes once over the small dataset);
 * ``<size>/stream <k> worker(s)``: the training mixture (``trainset_3d`` + ``trainset_2d``
@@ -168,7 +168,8 @@ def benchmark_data(args, time_callable, time_alternating):
             raise SystemExit(f"--sizes: choose from {','.join(SIZES)}, got {size!r}")
         cfg.data_dir = str(data_tree(size, args.data if size == 'small' else args.data_full, args.workdir))
         crops, count = crop_functions(cfg.data_dir)
-        for name, stats in time_alternating(crops, args.runs, args.warmup, torch.device('cpu')).items():
+        # The crop rows are cheap and their ratio is the point: three times the runs against the noise.
+        for name, stats in time_alternating(crops, 3 * args.runs, args.warmup, torch.device('cpu')).items():
             results[f'{size}/{name}'] = {**per_item(stats, count), 'samples': count}
         for name, row in loader_rows(args.runs, args.warmup, time_callable).items():
             results[f'{size}/{name}'] = row
