@@ -22,7 +22,7 @@ import numpy as np
 
 from common.utils.joints import COCO17, SMPL30, flip_rows, transfer_joints
 from common.utils.posefix import synthesize_pose
-from common.utils.preprocessing import (apply_affine, augmentation, flip_img_joints, in_bounds_mask, load_img,
+from common.utils.preprocessing import (apply_affine, augmentation, flip_img_joints, in_bounds_mask, read_image,
                                         normalise_depth, to_heatmap_xy)
 from common.utils.transforms import rotation_z
 from data.smpl_targets import fit_param_valid_mask
@@ -58,7 +58,7 @@ def load_crop(data, geometry, augment=None, rng=None):
     drawn); rng: the sample's generator (needed with ``augment``).
     Returns ``(patch (H_in, W_in, 3) float32 0..255, CropState)``.
     """
-    image = load_img(data['img_path'])
+    image = read_image(data['img_path'])   # converted only where the crop reads it
     patch, img2bb, bb2img, rot, do_flip = augmentation(image, data['bbox'], geometry.input_img_shape, augment, rng)
     crop = CropState(np.asarray(img2bb, np.float32), np.asarray(bb2img, np.float32), float(rot), bool(do_flip),
                      data['img_shape'][1])

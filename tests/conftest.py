@@ -39,6 +39,15 @@ def synthetic_data_root(tmp_path_factory, synthetic_smpl_dir):
     return root
 
 
+@pytest.fixture(scope='session')
+def full_size_data_root(tmp_path_factory, synthetic_smpl_dir):
+    """The synthetic tree with images at each dataset's real resolution (about 30 s to render)."""
+    from tool.synthetic.tree import make_synthetic_data
+    root = tmp_path_factory.mktemp('data_full_size')
+    make_synthetic_data(root, synthetic_smpl_dir, seed=0, full_size=True)
+    return root
+
+
 @pytest.fixture
 def data_cfg(cfg_state, synthetic_smpl_dir, synthetic_data_root):
     """cfg pointing at the synthetic body model and the synthetic data tree; restored after the test."""

@@ -129,3 +129,29 @@ def test_non_jpeg_file_is_not_judged_by_the_jpeg_check(tmp_path):
     path = tmp_path / 'image.png'
     cv2.imwrite(str(path), picture)
     np.testing.assert_array_equal(load_img(path, order='BGR'), picture.astype(np.float32))
+
+
+def first_marker_by_byte_walk(data, pos):
+    """Reference: step over each 0xFF of a scan; stuffing (FF 00) and restarts (FF D0..D7) stay in
+    the scan, fill bytes (FF FF) move on by one, anything else is the next marker."""
+    while True:
+        pos = data.find(b'\xff', pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return None
+        follower = data[pos + 1]
+        if follower == 0x00 or 0xD0 <= follower <= 0xD7:
+            pos += 2
+        elif follower == 0xFF:
+            pos += 1
+        else:
+            return pos
+
+
+def test_scan_end_search_agrees_with_a_byte_walk():
+    from common.utils.preprocessing import _skip_entropy_coded_data
+    rng = np.random.default_rng(0)
+    alphabet = np.array([0xFF, 0x00, 0xD0, 0xD7, 0xD8, 0xD9, 0xDA, 0x12, 0xFE], np.uint8)
+    for _ in range(2000):
+        data = bytes(rng.choice(alphabet, size=int(rng.integers(0, 24))).tolist())
+        start = int(rng.integers(0, len(data) + 1))
+        assert _skip_entropy_coded_data(data, start) == first_marker_by_byte_walk(data, start), (data, start)

@@ -287,3 +287,54 @@ def test_render_people_and_io(smpl_cfg, tmp_path):
     np.testing.assert_allclose(cv2.imread(str(tmp_path / 'orange.jpg'))[8, 8], [0, 120, 230], atol=4)  # BGR
     common.write_json(tmp_path / 'a.json', {'x': np.arange(3, dtype=np.float32) / 3, 'n': np.int64(2)})
     assert read(tmp_path / 'a.json') == {'x': [0.0, 0.333333, 0.666667], 'n': 2}
+
+
+# ------------------------------------------------------------------ real resolutions (--full-size)
+FULL_SIZES = {  # (JSON with an 'images' list, image folder relative to root) -> expected (width, height) set
+    ('PW3D/data/3DPW_latest_test.json', None): {(1080, 1920), (1920, 1080)},
+    ('Human36M/annotations/Human36M_subject1_data.json', 'Human36M/images'): {(1000, 1002)},
+    ('MuCo/data/MuCo-3DHP.json', 'MuCo/data'): {(2048, 2048)},
+    ('MSCOCO/annotations/person_keypoints_train2017.json', 'MSCOCO/images/train2017'):
+        {(640, 480), (480, 640), (640, 427), (427, 640)},
+    ('MPII/data/annotations/train.json', 'MPII/data'): {(1280, 720), (1920, 1080)},
+}
+
+
+def image_path(root, folder, image):
+    if folder is None:   # 3DPW: imageFiles/<sequence>/<file>
+        return root / 'PW3D' / 'data' / 'imageFiles' / image['sequence'] / image['file_name']
+    return root / folder / image['file_name']
+
+
+@pytest.mark.slow
+def test_full_size_tree_has_real_resolutions_and_matching_annotations(full_size_data_root):
+    root = full_size_data_root
+    for (json_path, folder), sizes in FULL_SIZES.items():
+        content = read(root / json_path)
+        assert {(img['width'], img['height']) for img in content['images']} == sizes, json_path
+        images = {img['id']: img for img in content['images']}
+        for img in content['images']:
+            path = image_path(root, folder, img)
+            if path.exists():   # Human3.6M renders only the images a loader reads
+                check_image(path, img['width'], img['height'])
+        for ann in content['annotations']:
+            if ann.get('num_keypoints', 1) == 0:   # COCO's fixed-size unlabelled person, dropped by the loader
+                continue
+            img = images[ann['image_id']]
+            x, y, w, h = ann['bbox']
+            # Boxes cover people inside the image (a pixel of slack at the edges; 3DPW's enlarged
+            # annotation boxes may stick out by a tenth of their size).
+            slack_x, slack_y = 0.1 * w + 1, 0.1 * h + 1
+            assert -slack_x <= x and x + w <= img['width'] + slack_x, (json_path, ann['id'])
+            assert -slack_y <= y and y + h <= img['height'] + slack_y, (json_path, ann['id'])
+            assert w * h == 0 or w * h > 0.002 * img['width'] * img['height'], (json_path, ann['id'])
+    # 3DPW: the projected joints land inside each person's box, through the stored camera.
+    pw3d = read(root / 'PW3D/data/3DPW_latest_test.json')
+    images = {img['id']: img for img in pw3d['images']}
+    for ann in pw3d['annotations']:
+        cam = images[ann['image_id']]['cam_param']
+        joints = np.asarray(ann['joint_cam'])
+        uv = joints[:, :2] / joints[:, 2:] * np.asarray(cam['focal']) + np.asarray(cam['princpt'])
+        np.testing.assert_allclose(uv, np.asarray(ann['joint_img'])[:, :2], atol=1e-3)
+        x, y, w, h = ann['bbox']
+        assert np.all((uv[:, 0] >= x) & (uv[:, 0] <= x + w) & (uv[:, 1] >= y) & (uv[:, 1] <= y + h))

@@ -1,6 +1,6 @@
 """Timing and operator-count benchmark of SGRE on the current device.
 
-    python tool/benchmark.py [--mode model] [--batch 8] [--runs 10] [--warmup 3] [--smpl DIR]
+    python tool/benchmark.py [--mode model|data] [--batch 8] [--runs 10] [--warmup 3] [--smpl DIR]
                              [--contiguous-backbone] [--threads N] [--device cpu|cuda] [--amp]
 
 ``--mode model`` builds the model (``get_model``) and a copy whose ``rotation_net`` is the
@@ -22,9 +22,10 @@ The table is printed and written as JSON:
 "ops", "compute_ops"}}, "agreement_max_rel_diff": {...}}``; the reference's rows are named
 ``reference_<name>``.
 
-``--mode data`` times ``__getitem__`` of each of the five loaders (one process, one
-thread, seeded draws) on the synthetic tree (or on ``--data DIR``); the numbers are ms
-per sample.
+``--mode data`` measures data loading at the synthetic tree's small images and at each
+dataset's real resolution (``tool/bench/data_loading.py``): the crop before/after, ms per sample of
+each train and test loader, and the training stream's samples/s through a DataLoader with 1 and
+``--workers`` workers (trees from ``--data`` / ``--data-full`` or generated).
 
 Without the real SMPL files (``--smpl``, default ``cfg.smpl_model_dir``) a synthetic
 body model is generated into a temporary folder; timings do not depend on its values.
@@ -361,48 +362,10 @@ def benchmark_model(args, device):
     return results, {'agreement_max_rel_diff': differences}
 
 
-DATA_LOADERS = (('Human36M', 'train'), ('MuCo', 'train'), ('MSCOCO', 'train'), ('MPII', 'train'),
-                ('PW3D', 'test'))
-# The authors' loaders on a comparable synthetic tree, ms per sample on a 2-core CPU
-# (orientation only).
-AUTHORS_DATA_MS = {'Human36M': '25', 'MuCo': '67', 'MSCOCO': '25', 'MPII': '25', 'PW3D': '25'}
-
-
-def ensure_data_tree(data_dir, workdir):
-    """Point cfg.data_dir at ``data_dir`` or at a synthetic tree generated into ``workdir``."""
-    if data_dir:
-        cfg.data_dir = str(data_dir)
-        return f'data tree {data_dir}'
-    from tool.synthetic.tree import make_synthetic_data
-    root = Path(workdir) / 'data'
-    make_synthetic_data(root, cfg.smpl_model_dir, seed=0)
-    cfg.data_dir = str(root)
-    return f'synthetic data tree in {root}'
-
-
 def benchmark_data(args, device):
-    """ms per ``__getitem__`` of each loader, one process, one thread, seeded draws.
-
-    Each run goes once over the whole (small) dataset; the statistics are per sample.
-    """
-    import torchvision.transforms as T
-    from data.registry import dataset_class
-    print(ensure_data_tree(args.data, args.workdir))
-    torch.set_num_threads(1)
-    cfg.seed = 0
-    results = {}
-    for name, split in DATA_LOADERS:
-        dataset = dataset_class(name)(T.ToTensor(), split)
-        count = len(dataset)
-
-        def one_pass(dataset=dataset, count=count):
-            for index in range(count):
-                dataset[index]
-
-        stats = time_callable(one_pass, args.runs, args.warmup, torch.device('cpu'))
-        results[name] = {key: (value / count if key.endswith('_ms') else value) for key, value in stats.items()}
-        results[name]['samples'] = count
-    return results, {}
+    """Data-loading speed at both image sizes (``tool/bench/data_loading.py``)."""
+    from tool.bench.data_loading import benchmark_data as run_data_benchmark
+    return run_data_benchmark(args, time_callable, time_alternating)
 
 
 MODES = {'model': benchmark_model, 'data': benchmark_data}
@@ -454,7 +417,8 @@ def print_comparison(report):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--mode', choices=sorted(MODES), default='model')
-    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--batch', type=int, default=None,
+                        help='model mode: batch (default 8); data mode: stream batch (default train_batch_size)')
     parser.add_argument('--runs', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (default: cuda if available)")
@@ -466,7 +430,16 @@ def parse_args(argv=None):
     parser.add_argument('--smpl', default=None,
                         help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
     parser.add_argument('--data', default=None,
-                        help='data mode: dataset root (default: generate the synthetic tree)')
+                        help='data mode: small-image dataset root (default: generate the synthetic tree)')
+    parser.add_argument('--data-full', default=None,
+                        help='data mode: full-size dataset root (default: generate it with --full-size)')
+    parser.add_argument('--sizes', default='small,full', help='data mode: image sizes to measure')
+    parser.add_argument('--workers', type=int, default=None,
+                        help='data mode: DataLoader workers of the second stream row (default: usable CPUs)')
+    parser.add_argument('--stream-batches', type=int, default=2,
+                        help='data mode: timed batches per worker of the stream rows')
+    parser.add_argument('--gpu-samples-per-s', type=float, default=None,
+                        help="data mode: a GPU's training rate (tool/gpu_throughput.py); prints the workers it needs")
     parser.add_argument('--out', default=None,
                         help='JSON path (default <output_root>/benchmark/<mode>_b<batch>.json)')
     return parser.parse_args(argv)
@@ -480,7 +453,9 @@ def main(argv=None):
     if args.amp and device.type != 'cuda':
         print('--amp is ignored on the CPU')
         args.amp = False
-    if args.batch < 2:
+    if args.batch is None:
+        args.batch = 8 if args.mode == 'model' else cfg.train_batch_size
+    if args.batch is not None and args.batch < 2:
         raise SystemExit('--batch must be at least 2 (BatchNorm1d in training mode).')
     with tempfile.TemporaryDirectory(prefix='sgre_bench_') as workdir:
         args.workdir = workdir
@@ -488,8 +463,12 @@ def main(argv=None):
         results, extra = MODES[args.mode](args, device)
     report = {'device': device_name(device), 'torch': torch.__version__, 'batch': args.batch,
               'results': results, **extra}
-    print_table(report, AUTHORS_DATA_MS if args.mode == 'data' else None)
-    if args.mode == 'model':
+    if args.mode == 'data':
+        from tool.bench.data_loading import print_data_table
+        report['gpu_samples_per_s'] = args.gpu_samples_per_s
+        print_data_table(report)
+    else:
+        print_table(report)
         print_comparison(report)
     out = Path(args.out or Path(cfg.output_root) / 'benchmark' / f'{args.mode}_b{args.batch}.json')
     out.parent.mkdir(parents=True, exist_ok=True)

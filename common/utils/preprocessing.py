@@ -9,12 +9,14 @@ come from a ``common.options.GeometryOptions`` (``geometry``), augmentation rang
 """
 import math
 import os.path as osp
+import re
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from common.errors import ImageFileError
+from common.utils.warp_source import fill_canvas, sampled_region
 
 BBOX_JOINT_EXTEND = 1.2      # get_bbox: enlargement of the joints' extent
 BBOX_CONTEXT_SCALE = 1.25    # process_bbox: enlargement after the aspect extension
@@ -23,13 +25,28 @@ FLIP_PROBABILITY = 0.5
 
 
 # ----------------------------------------------------------------------------- images
-def load_img(path, order='RGB'):
-    """Read an image as a float32 array ``(H, W, 3)`` with values 0..255.
+class BGRImage(NamedTuple):
+    """A decoded image kept as OpenCV gives it: ``pixels`` (H, W, 3) uint8, BGR order.
+
+    The crops (``generate_patch_image``, ``augmentation``, ``crop_for_test``) accept it in
+    place of ``load_img``'s float32 RGB array and give the same patch, bit for bit, while
+    converting only the pixels they read (``common/utils/warp_source.py``).
+    """
+    pixels: np.ndarray
+
+    @property
+    def shape(self):
+        """(H, W, 3), as the array's."""
+        return self.pixels.shape
+
+
+def read_image(path):
+    """Read and decode an image once: a ``BGRImage`` (uint8, BGR, 3 channels).
 
     OpenCV colour read, EXIF orientation ignored (as the original); greyscale files come
-    out as 3 identical channels.  ``order`` is 'RGB' (default) or 'BGR'.
-    Raises ``FileNotFoundError`` for a missing file and ``IOError`` for an unreadable or
-    corrupt one, naming the path (never a silent black image).
+    out as 3 identical channels.  Raises ``FileNotFoundError`` for a missing file and
+    ``ImageFileError`` for an unreadable, corrupt or truncated one, naming the path (never
+    a silent black image).
     """
     path = str(path)
     if not osp.isfile(path):
@@ -41,10 +58,20 @@ def load_img(path, order='RGB'):
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise ImageFileError(f"Cannot read image (unsupported or corrupt file): {path}")
-    if order not in ('RGB', 'BGR'):
-        raise ValueError(f"load_img: order must be 'RGB' or 'BGR', got {order!r}")
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return BGRImage(img)
+
+
+def load_img(path, order='RGB'):
+    """Read a whole image as a float32 array ``(H, W, 3)`` with values 0..255.
+
+    ``read_image`` converted: ``order`` is 'RGB' (default) or 'BGR'.  Crops need not
+    convert the whole image: give them ``read_image(path)`` instead.
+    """
+    if order not in ('RGB', 'BGR'):
+        raise ValueError(f"load_img: order must be 'RGB' or 'BGR', got {order!r}")
+    img = read_image(path).pixels
     if order == 'RGB':
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img.astype(np.float32)
@@ -100,24 +127,20 @@ def _jpeg_end_of_image(data):
                 return None
 
 
+# 0xFF followed by anything but stuffing (0x00), a restart marker (RST0..7) or a fill byte (0xFF).
+_MARKER_AFTER_SCAN = re.compile(rb'\xff[^\x00\xd0-\xd7\xff]')
+
+
 def _skip_entropy_coded_data(data, pos):
     """Offset of the first marker after the entropy-coded data starting at ``pos`` (None: none follows).
 
     Inside the scan 0xFF is followed by 0x00 (byte stuffing) or a restart marker RST0..7;
-    any other byte after 0xFF starts the next marker.
+    fill bytes 0xFF may precede a marker; any other byte after 0xFF starts the next marker.
+    One regular-expression search (a Python loop over every 0xFF of a large photo takes
+    milliseconds).
     """
-    size = len(data)
-    while True:
-        pos = data.find(b'\xff', pos)
-        if pos < 0 or pos + 1 >= size:
-            return None
-        follower = data[pos + 1]
-        if follower == 0x00 or 0xD0 <= follower <= 0xD7:
-            pos += 2
-        elif follower == 0xFF:
-            pos += 1          # fill byte before a marker
-        else:
-            return pos
+    found = _MARKER_AFTER_SCAN.search(data, pos)
+    return None if found is None else found.start()
 
 
 # ------------------------------------------------------------------------------ boxes
@@ -250,27 +273,30 @@ def gen_trans_from_patch_cv(c_x, c_y, src_width, src_height, dst_width, dst_heig
 def generate_patch_image(cvimg, bbox, scale, rot, do_flip, out_shape):
     """Cut the (optionally mirrored) box out of an image.
 
-    cvimg (H, W, C); bbox processed ``[x, y, w, h]``; scale, rot (degrees), do_flip;
-    out_shape (H_o, W_o).  Returns ``(patch (H_o, W_o, C) float32, img2bb (2, 3),
+    cvimg: (H, W, C) array, or a ``BGRImage`` (read_image), which crops as its float32 RGB
+    conversion (``load_img``) would; bbox processed ``[x, y, w, h]``; scale, rot (degrees),
+    do_flip; out_shape (H_o, W_o).  Returns ``(patch (H_o, W_o, C) float32, img2bb (2, 3),
     bb2img (2, 3))``: bilinear ``warpAffine`` with a constant black border.  When
     flipped, the image is mirrored first (``u -> W - 1 - u``), so ``img2bb`` maps
-    flipped-image coordinates.
+    flipped-image coordinates.  Only the pixels the warp reads are converted or mirrored
+    (``common/utils/warp_source.py``); the patch is the one of the whole-image path.
     """
-    img = cvimg
-    img_width = img.shape[1]
+    bgr = isinstance(cvimg, BGRImage)
+    pixels = cvimg.pixels if bgr else cvimg
+    img_height, img_width = pixels.shape[:2]
     bb_c_x = float(bbox[0]) + 0.5 * float(bbox[2])
     bb_c_y = float(bbox[1]) + 0.5 * float(bbox[3])
     bb_width, bb_height = float(bbox[2]), float(bbox[3])
     if do_flip:
-        img = cv2.flip(np.ascontiguousarray(img), 1)   # column u -> W - 1 - u (~10x numpy's copy)
         bb_c_x = img_width - bb_c_x - 1
     out_h, out_w = int(out_shape[0]), int(out_shape[1])
     img2bb = gen_trans_from_patch_cv(bb_c_x, bb_c_y, bb_width, bb_height, out_w, out_h, scale, rot)
-    patch = cv2.warpAffine(np.ascontiguousarray(img), img2bb, (out_w, out_h), flags=cv2.INTER_LINEAR)
+    source = fill_canvas(pixels, sampled_region(img2bb, (out_h, out_w), img_height, img_width), do_flip, bgr)
+    patch = cv2.warpAffine(source, img2bb, (out_w, out_h), flags=cv2.INTER_LINEAR)
     if patch.ndim == 2:  # warpAffine drops a single channel axis
         patch = patch[:, :, None]
     bb2img = gen_trans_from_patch_cv(bb_c_x, bb_c_y, bb_width, bb_height, out_w, out_h, scale, rot, inv=True)
-    return patch.astype(np.float32), img2bb, bb2img
+    return patch.astype(np.float32, copy=False), img2bb, bb2img
 
 
 # --------------------------------------------------------------------- augmentation
@@ -299,7 +325,8 @@ def get_aug_config(rng, augment):
 def augmentation(img, bbox, out_shape, augment=None, rng=None):
     """Crop of one person, augmented when ``augment`` is given.
 
-    img (H, W, 3) float32 RGB 0..255 (``load_img``); bbox processed ``[x, y, w, h]``;
+    img (H, W, 3) float32 RGB 0..255 (``load_img``) or a ``BGRImage`` (``read_image``; the
+    same patch, faster); bbox processed ``[x, y, w, h]``;
     out_shape (H_o, W_o), e.g. ``geometry.input_img_shape``.  With ``augment`` (an
     ``AugmentOptions``; training) the parameters are drawn with ``get_aug_config(rng,
     augment)`` (rng required) and, with ``augment.use_occlusion``, Pascal VOC occluders
@@ -340,7 +367,8 @@ class TestCrop(NamedTuple):
 def crop_for_test(img, bbox, joints, geometry):
     """The un-augmented network input of one person and its 2D joints in heatmap units.
 
-    img (H, W, 3) float32 RGB 0..255; bbox (4,) processed ``[x, y, w, h]`` pixels;
+    img (H, W, 3) float32 RGB 0..255 (``load_img``) or a ``BGRImage`` (``read_image``; the
+    same patch, faster); bbox (4,) processed ``[x, y, w, h]`` pixels;
     joints (J, C >= 2) image pixels (columns after x, y are copied unchanged);
     geometry: a ``GeometryOptions`` (crop and heatmap sizes).  The crop has scale 1,
     no rotation and no flip.  Returns a ``TestCrop``.

@@ -21,8 +21,8 @@ import numpy as np
 
 from common.utils.joints import COCO17, H36M17, H36M_EVAL_JOINTS, SMPL30, transfer_joints
 from common.utils.metrics import joint_error, regress_joints
-from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
-                                        process_bbox)
+from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio,
+                                        process_bbox, read_image)
 from common.utils.transforms import cam2pixel, world2cam
 from common.utils.required_files import RequiredFile
 from data.annotations import (AnnotationError, check_finite, check_finite_number, coco_index,
@@ -341,7 +341,7 @@ class Human36M(MocapTrainDataset):
         bbox = process_bbox(bbox, img_width, img_height, is_3dpw_test=True,
                             aspect_ratio=input_aspect_ratio(self.options.geometry))
         geometry = self.options.geometry
-        crop = crop_for_test(load_img(data['img_path']), bbox, joint_img, geometry)
+        crop = crop_for_test(read_image(data['img_path']), bbox, joint_img, geometry)
         joints_mask = data['joint_valid'] * in_bounds_mask(crop.joints_hm, geometry.output_hm_shape)
         fit = smpl_fit_targets(SmplFit(data['smpl_param'], data['cam_param'], 'H36M'),
                                CropState.unaugmented(crop.img2bb, crop.bb2img, img_width), geometry, self.smpl)

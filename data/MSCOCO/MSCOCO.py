@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 
 from common.utils.joints import COCO17, COCO18, SMPL30, add_pelvis, transfer_joints
-from common.utils.preprocessing import crop_for_test, in_bounds_mask, input_aspect_ratio, load_img, process_bbox
+from common.utils.preprocessing import crop_for_test, in_bounds_mask, input_aspect_ratio, process_bbox, read_image
 from data.annotations import (IMAGE_FIELDS, AnnotationError, NeuralAnnotFiles, coco_file, count_missing_fits,
                               image_folder, image_in, json_object_file, load_neuralannot_people, parse_bbox,
                               parse_keypoints, read_coco, require_fields, split_validity)
@@ -137,7 +137,7 @@ class MSCOCO(TrainDataset):
     def get_test_sample(self, idx, data):
         """Debug sample: the crop, GT joints as input (30, 3) with validity in column 2, bbox."""
         geometry = self.options.geometry
-        crop = crop_for_test(load_img(data['img_path']), data['bbox'], data['joint_img'], geometry)
+        crop = crop_for_test(read_image(data['img_path']), data['bbox'], data['joint_img'], geometry)
         joints_mask = data['joint_valid'] * in_bounds_mask(crop.joints_hm, geometry.output_hm_shape)
         inputs = {
             'img': input_image(crop.patch, self.transform),

@@ -42,7 +42,7 @@ from common.utils.joints import COCO17, COCO19, H36M17, H36M_EVAL_JOINTS, OPENPO
     add_neck, add_pelvis, transfer_joints
 from common.utils.metrics import joint_error, regress_joints, vertex_error
 from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask,
-                                        input_aspect_ratio, load_img, process_bbox)
+                                        input_aspect_ratio, load_img, process_bbox, read_image)
 from common.utils.transforms import cam2pixel, denorm_joints
 from data.annotations import (AnnotationError, check_finite, coco_file, h36m_regressor_file, image_folder,
                               json_list_file, json_object_file, load_h36m_regressor, read_coco, read_json,
@@ -417,7 +417,7 @@ class PW3D(SeededDataset):
         joint_valid = (joints[:, 2:] > POSE_SCORE_THR).astype(np.float32)
 
         geometry = self.options.geometry
-        crop = crop_for_test(load_img(data['img_path']), data['input_bbox'], joints, geometry)
+        crop = crop_for_test(read_image(data['img_path']), data['input_bbox'], joints, geometry)
         img = self._to_tensor(crop.patch)
         joints, img2bb_trans, bb2img_trans = crop.joints_hm, crop.img2bb, crop.bb2img
         joints_mask = joint_valid * in_bounds_mask(joints, geometry.output_hm_shape)

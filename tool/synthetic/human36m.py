@@ -23,7 +23,8 @@ from data.annotations import load_h36m_regressor
 from tool.synthetic.common import (random_betas, random_camera, random_pose, render_people,
                                    smpl_forward, tight_bbox, write_jpeg, write_json, wrong_fit)
 
-IMG_WIDTH, IMG_HEIGHT = 320, 288
+# (width, height): Human3.6M's real 1000x1002 (``full_size``) or about a third of it.
+IMAGE_SIZE = {False: (320, 288), True: (1000, 1002)}
 CAMERAS = (1, 4)
 ACTION_IDX = {1: 2, 5: 7, 9: 11, 11: 15}
 SUBACTION_IDX = 1
@@ -62,11 +63,11 @@ def look_at_camera(center, target):
     return np.stack([right, down, forward])
 
 
-def subject_cameras(rng):
-    """``{cam_idx: dict(R, t (mm), f, c)}`` for the four cameras of one subject."""
+def subject_cameras(rng, width, height):
+    """``{cam_idx: dict(R, t (mm), f, c)}`` for the four cameras of one subject (images ``width`` x ``height``)."""
     cameras = {}
     for cam_idx in (1, 2, 3, 4):
-        focal, princpt = random_camera(rng, IMG_WIDTH, IMG_HEIGHT, focal_range=(1.0, 1.1))
+        focal, princpt = random_camera(rng, width, height, focal_range=(1.0, 1.1))
         azimuth = np.pi / 4 + (cam_idx - 1) * np.pi / 2 + rng.uniform(-0.2, 0.2)
         distance = rng.uniform(4.2, 4.6)
         center = np.array([distance * np.cos(azimuth), distance * np.sin(azimuth), rng.uniform(1.0, 1.5)])
@@ -94,8 +95,9 @@ def file_stem(subject, action, subaction, cam_idx):
     return f's_{subject:02d}_act_{action:02d}_subact_{subaction:02d}_ca_{cam_idx:02d}'
 
 
-def write_subject(root, smpl, regressor, subject, next_id, rng):
+def write_subject(root, smpl, regressor, subject, next_id, rng, full_size=False):
     """Write the four files (and kept images) of one subject; returns the next free image id."""
+    width, height = IMAGE_SIZE[full_size]
     ann_dir = root / 'Human36M' / 'annotations'
     frames = FRAMES[subject]
     if not frames:
@@ -106,7 +108,7 @@ def write_subject(root, smpl, regressor, subject, next_id, rng):
         return next_id
 
     action = ACTION_IDX[subject]
-    cameras = subject_cameras(rng)
+    cameras = subject_cameras(rng, width, height)
     betas = random_betas(rng, scale=1.0)
     images, annotations, joints, fits = [], [], {}, {}
     poses, translations, meshes = world_fits(smpl, betas, len(frames), rng)
@@ -121,14 +123,14 @@ def write_subject(root, smpl, regressor, subject, next_id, rng):
             uv = verts_cam[:, :2] / verts_cam[:, 2:] * camera['f'] + camera['c']
             stem = file_stem(subject, action, SUBACTION_IDX, cam_idx)
             file_name = f'{stem}/{stem}_{frame + 1:06d}.jpg'
-            images.append({'id': next_id, 'file_name': file_name, 'width': IMG_WIDTH, 'height': IMG_HEIGHT,
+            images.append({'id': next_id, 'file_name': file_name, 'width': width, 'height': height,
                            'subject': subject, 'action_name': f'Action{action}', 'action_idx': action,
                            'subaction_idx': SUBACTION_IDX, 'cam_idx': cam_idx, 'frame_idx': frame})
             annotations.append({'id': next_id, 'image_id': next_id,
-                                'bbox': tight_bbox(uv, IMG_WIDTH, IMG_HEIGHT),
+                                'bbox': tight_bbox(uv, width, height),
                                 'keypoints_vis': [True] * regressor.shape[0]})
             if is_kept(subject, frame, cam_idx, fit_kind):
-                img = render_people(IMG_WIDTH, IMG_HEIGHT, [verts_cam], smpl.face, camera['f'], camera['c'], rng)
+                img = render_people(width, height, [verts_cam], smpl.face, camera['f'], camera['c'], rng)
                 write_jpeg(root / 'Human36M' / 'images' / file_name, img)
             next_id += 1
 
@@ -140,14 +142,15 @@ def write_subject(root, smpl, regressor, subject, next_id, rng):
     return next_id
 
 
-def write(root, smpl, rng):
+def write(root, smpl, rng, full_size=False):
     """Write ``root/Human36M/{annotations,images}`` (four files for each of subjects 1,5,6,7,8,9,11).
 
     root: data root (Path) already holding ``Human36M/J_regressor_h36m_correct.npy``;
-    smpl: the SMPL wrapper; rng: np.random.Generator (everything follows from it).
+    smpl: the SMPL wrapper; rng: np.random.Generator (everything follows from it);
+    full_size: images at the real 1000x1002 instead of 320x288.
     """
     root = Path(root)
     regressor = load_h36m_regressor(root)
     next_id = 0
     for subject in TRAIN_SUBJECTS + TEST_SUBJECTS:
-        next_id = write_subject(root, smpl, regressor, subject, next_id, rng)
+        next_id = write_subject(root, smpl, regressor, subject, next_id, rng, full_size)

@@ -19,8 +19,10 @@ from common.utils.joints import MPII16
 from tool.synthetic import common
 from tool.synthetic.mscoco import make_people, neuralannot_entry, pose_people
 
-# (width, height, number of people) per image.
-IMAGES = ((320, 240, 2), (256, 320, 1), (384, 288, 3))
+# (width, height, number of people) per image, keyed by ``full_size``: MPII's typical video-frame
+# sizes (mostly 1280x720), or small stand-ins.
+IMAGES = {False: ((320, 240, 2), (256, 320, 1), (384, 288, 3)),
+          True: ((1280, 720, 2), (1280, 720, 1), (1920, 1080, 3))}
 
 
 def mpii_joints(smpl, joints30):
@@ -35,15 +37,16 @@ def mpii_joints(smpl, joints30):
     return np.stack(rows)
 
 
-def write(root, smpl, rng):
+def write(root, smpl, rng, full_size=False):
     """Write ``root/MPII/data`` (train.json, NeuralAnnot fits, JPEG images).
 
-    root: data root (Path); smpl: the SMPL wrapper; rng: np.random.Generator.
+    root: data root (Path); smpl: the SMPL wrapper; rng: np.random.Generator;
+    full_size: images at MPII's typical 1280x720 (one 1920x1080) instead of small stand-ins.
     """
     data_dir = Path(root) / 'MPII' / 'data'
     images, annotations, fits = [], [], {}
     ann_id = 0
-    for index, (width, height, count) in enumerate(IMAGES):
+    for index, (width, height, count) in enumerate(IMAGES[full_size]):
         img_id = index
         file_name = f'images/{15601864 + 1000 * index:09d}.jpg'
         focal, princpt = common.random_camera(rng, width, height)

@@ -27,9 +27,11 @@ COCO_KEYPOINT_NAMES = ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear',
 COCO_SKELETON_1BASED = ((16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
                         (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7))
 
-# (width, height, number of annotated people) per image; people of one image overlap.
-TRAIN_IMAGES = ((320, 240, 2), (288, 384, 3), (384, 288, 2), (256, 320, 1))
-VAL_IMAGES = ((320, 256, 2),)
+# (width, height, number of annotated people) per image; people of one image overlap.  Keyed by
+# ``full_size``: COCO's typical 640-pixel landscape and portrait sizes, or about half of them.
+TRAIN_IMAGES = {False: ((320, 240, 2), (288, 384, 3), (384, 288, 2), (256, 320, 1)),
+                True: ((640, 480, 2), (480, 640, 3), (640, 427, 2), (427, 640, 1))}
+VAL_IMAGES = {False: ((320, 256, 2),), True: ((640, 480, 2),)}
 
 
 def person_keypoints(uv, width, height, rng):
@@ -133,16 +135,17 @@ def write_split(root, split, image_specs, smpl, rng, first_img_id, first_ann_id,
     return coco, fits
 
 
-def write(root, smpl, rng):
+def write(root, smpl, rng, full_size=False):
     """Write ``root/MSCOCO`` (train and debug-val keypoint files, NeuralAnnot fits, JPEG images).
 
-    root: data root (Path); smpl: the SMPL wrapper; rng: np.random.Generator.
+    root: data root (Path); smpl: the SMPL wrapper; rng: np.random.Generator;
+    full_size: images at COCO's typical 640x480 / 480x640 / 640x427 instead of about half.
     ``J_regressor_coco_hip_smpl.npy`` is copied by the orchestrator.
     """
     ann_dir = Path(root) / 'MSCOCO' / 'annotations'
-    train, fits = write_split(root, 'train', TRAIN_IMAGES, smpl, rng, first_img_id=1, first_ann_id=100,
+    train, fits = write_split(root, 'train', TRAIN_IMAGES[full_size], smpl, rng, first_img_id=1, first_ann_id=100,
                               with_extras=True)
-    val, _ = write_split(root, 'val', VAL_IMAGES, smpl, rng, first_img_id=1001, first_ann_id=5000,
+    val, _ = write_split(root, 'val', VAL_IMAGES[full_size], smpl, rng, first_img_id=1001, first_ann_id=5000,
                          with_extras=False)
     common.write_json(ann_dir / 'person_keypoints_train2017.json', train)
     common.write_json(ann_dir / 'person_keypoints_val2017.json', val)

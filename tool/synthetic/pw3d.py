@@ -31,9 +31,12 @@ from tool.synthetic import common
 
 SCORE_THRESHOLD = 0.05
 
-PORTRAIT, LANDSCAPE = (270, 480), (480, 270)  # (width, height): 3DPW's 1080x1920 at 1/4
+PORTRAIT, LANDSCAPE = 'portrait', 'landscape'
+# (width, height) of each orientation: 3DPW's real 1080x1920 / 1920x1080 (``full_size``) or a quarter of it.
+IMAGE_SIZES = {False: {PORTRAIT: (270, 480), LANDSCAPE: (480, 270)},
+               True: {PORTRAIT: (1080, 1920), LANDSCAPE: (1920, 1080)}}
 
-# split -> list of (sequence, (width, height), frames, people per frame)
+# split -> list of (sequence, orientation, frames, people per frame)
 SEQUENCES = {
     'test': (('downtown_arguing_00', PORTRAIT, 3, 2), ('office_phoneCall_00', LANDSCAPE, 2, 2)),
     'validation': (('courtyard_hug_00', LANDSCAPE, 2, 2), ('courtyard_dancing_00', PORTRAIT, 2, 2),
@@ -60,14 +63,15 @@ def coinciding_detection(det, rng):
     return det
 
 
-def _write_split(root, smpl, rng, split, ann_id_start=0):
+def _write_split(root, smpl, rng, split, full_size=False):
     """Render the images of one split; returns (json dict, hhrnet dict, rootnet list)."""
     images, annotations, hhrnet, rootnet = [], [], {}, []
-    image_id, ann_id = 0, ann_id_start
+    image_id, ann_id = 0, 0
     op_rows = _names_to_rows(OPENPOSE18.names, smpl)
     coco_rows = _names_to_rows(COCO17.names, smpl)
     regressor = np.asarray(smpl.joint_regressor, dtype=np.float64)
-    for sequence, (width, height), n_frames, n_people in SEQUENCES[split]:
+    for sequence, orientation, n_frames, n_people in SEQUENCES[split]:
+        width, height = IMAGE_SIZES[full_size][orientation]
         # Alternating genders, so every split with two people has both gendered layers.
         first = common.random_gender(rng)
         genders = [(first, 'female' if first == 'male' else 'male')[person % 2] for person in range(n_people)]
@@ -121,15 +125,16 @@ def _write_split(root, smpl, rng, split, ann_id_start=0):
                                          'R': np.eye(3), 't': np.zeros(3)}})
             image_id += 1
     return {'images': images, 'annotations': annotations}, hhrnet, rootnet
-def write(root, smpl, rng):
+def write(root, smpl, rng, full_size=False):
     """Write ``root/PW3D`` (test, validation, train splits, crowd HigherHRNet file, RootNet file).
 
-    root: data root (Path); smpl: the SMPL wrapper; rng: np.random.Generator.
+    root: data root (Path); smpl: the SMPL wrapper; rng: np.random.Generator;
+    full_size: images at 3DPW's real 1080x1920 / 1920x1080 instead of a quarter of it.
     """
     root = Path(root)
     data_dir = root / 'PW3D' / 'data'
     for split in ('test', 'validation', 'train'):
-        db, hhrnet, rootnet = _write_split(root, smpl, rng, split)
+        db, hhrnet, rootnet = _write_split(root, smpl, rng, split, full_size)
         common.write_json(data_dir / f'3DPW_latest_{split}.json', db)
         if split == 'validation':
             common.write_json(data_dir / '3DPW_validation_crowd_hhrnet_result.json', hhrnet)

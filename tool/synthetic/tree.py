@@ -36,11 +36,15 @@ def dataset_rng(seed, name):
     return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
 
 
-def make_synthetic_data(root, smpl_dir, seed=0, datasets=ALL_DATASETS, verbose=False):
+def make_synthetic_data(root, smpl_dir, seed=0, datasets=ALL_DATASETS, verbose=False, full_size=False):
     """Write the synthetic tree of ``datasets`` under ``root`` (created if needed); returns ``Path(root)``.
 
     root: data root (becomes ``cfg.data_dir``); smpl_dir: synthetic body-model folder;
-    seed: every random draw follows from it (same seed -> byte-identical files).
+    seed: every random draw follows from it (same seed -> byte-identical files);
+    full_size: images at each dataset's real resolution (3DPW 1080x1920 and 1920x1080,
+    Human3.6M 1000x1002, MuCo 2048x2048, COCO 640x480-like, MPII 1280x720) with cameras,
+    boxes and joints to match; off: the small images the tests use (same people and layout,
+    different random draws, since the image noise draws depend on the size).
     """
     from common.options import BodyModelPaths
     from common.utils.smpl import SMPL
@@ -59,7 +63,7 @@ def make_synthetic_data(root, smpl_dir, seed=0, datasets=ALL_DATASETS, verbose=F
     for name in datasets:
         start = time.perf_counter()
         writer = importlib.import_module(f'tool.synthetic.{name.lower()}')
-        writer.write(root, smpl, dataset_rng(seed, name))
+        writer.write(root, smpl, dataset_rng(seed, name), full_size=full_size)
         if verbose:
             print(f'{name}: written in {time.perf_counter() - start:.1f} s')
     return root
