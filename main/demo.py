@@ -1,6 +1,6 @@
 """Recover an SMPL mesh for every person in an image from its 2D poses.
 
-    python main/demo.py --gpu 0 --img IMAGE --pose POSES.json --model CHECKPOINT [--out DIR]
+    python main/demo.py [--gpu 0] --img IMAGE --pose POSES.json --model CHECKPOINT [--out DIR]
 
 Pose files: the OpenPose JSON format (``{"people": [{"pose_keypoints_2d": [x, y, c, ...]}]}``,
 BODY_25, COCO-18 or COCO-17 layout, told apart by length) or the COCO keypoint-results
@@ -30,19 +30,14 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from main.model import get_model  # noqa: E402
-from common.demo import read_pose_file, restore_network, run_demo, warn_stderr  # noqa: E402
-from common.utils import checkpoint as ckpt_io  # noqa: E402
 from common.utils.cli import add_debug_flag, apply_cfg_file, exit_on_expected_errors, gpu_ids_arg  # noqa: E402
-from common.utils.device import select_device  # noqa: E402
-from common.utils.preprocessing import load_img  # noqa: E402
-from common.utils.smpl import SMPL, SMPLFileError  # noqa: E402
+# torch, OpenCV and the model are imported where they are used: --help answers without them.
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description='SMPL meshes for every person of an image from its 2D poses.')
-    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default='0',
-                        help="GPU id (default '0'); without CUDA the CPU is used")
+    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
+                        help="GPU id (default: the first CUDA device, else the CPU); without CUDA the CPU is used")
     parser.add_argument('--img', required=True, help='input image')
     parser.add_argument('--pose', required=True,
                         help='2D poses: OpenPose JSON (BODY_25 / COCO-18) or COCO keypoint results (17 joints)')
@@ -89,8 +84,13 @@ def configure(args, checkpoint):
 
 
 def pick_device(gpu_ids):
-    """The demo's device from ``--gpu`` (the CPU, with one warning, without CUDA)."""
+    """The demo's device from ``--gpu`` (None: the first CUDA device, else the CPU, said once
+    on stderr; an id without CUDA: the CPU, with one warning)."""
+    from common.demo import warn_stderr
+    from common.utils.device import select_device
     setup = select_device(gpu_ids)
+    for message in setup.notes:
+        print(message, file=sys.stderr)
     for message in setup.warnings:
         warn_stderr(message)
     return setup.device
@@ -98,6 +98,9 @@ def pick_device(gpu_ids):
 
 def build_model(checkpoint, device, source):
     """The test-mode network with the checkpoint loaded strictly, on ``device``, in eval mode."""
+    from common.demo import restore_network
+    from common.utils.smpl import SMPL
+    from main.model import get_model
     smpl = SMPL(cfg.body_model_paths())
     model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl, options=cfg.model_options())
     return restore_network(model, checkpoint, device, source=source)
@@ -106,6 +109,9 @@ def build_model(checkpoint, device, source):
 def main(argv=None):
     """Run the demo from command-line arguments; returns :func:`common.demo.run_demo`'s dict."""
     args = build_parser().parse_args(argv)
+    from common.demo import read_pose_file, run_demo
+    from common.utils import checkpoint as ckpt_io
+    from common.utils.preprocessing import load_img
     load_img(args.img)                                  # unreadable image: fail before any model work
     read_pose_file(args.pose, args.img, args.image_id)  # malformed pose file: likewise
     checkpoint = ckpt_io.load_checkpoint_file(args.model, map_location='cpu')
@@ -121,8 +127,11 @@ def run_cli(argv=None):
     """``main`` for the command line: expected failures (a bad option, an unreadable image or pose
     file, a checkpoint that does not fit) end with ``ERROR: <message>`` and exit status 1
     (``--debug`` keeps the traceback)."""
-    exit_on_expected_errors(main, argv, (OSError, ValueError, ckpt_io.CheckpointError, SMPLFileError))
+    from common.utils.checkpoint import CheckpointError
+    from common.utils.smpl import SMPLFileError
+    exit_on_expected_errors(main, argv, (OSError, ValueError, CheckpointError, SMPLFileError))
 
 
 if __name__ == '__main__':
+    build_parser().parse_args()  # --help and usage errors answer before torch is imported
     run_cli()

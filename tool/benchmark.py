@@ -45,6 +45,33 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+MODE_NAMES = ('model', 'data')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--mode', choices=MODE_NAMES, default='model')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--runs', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (default: cuda if available)")
+    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA only)')
+    parser.add_argument('--contiguous-backbone', action='store_true',
+                        help="model mode: also time a copy whose backbone runs in the contiguous memory "
+                             "format instead of the model's channels-last")
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--smpl', default=None,
+                        help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
+    parser.add_argument('--data', default=None,
+                        help='data mode: dataset root (default: generate the synthetic tree)')
+    parser.add_argument('--out', default=None,
+                        help='JSON path (default <output_root>/benchmark/<mode>_b<batch>.json)')
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer before torch is imported
+
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -405,7 +432,7 @@ def benchmark_data(args, device):
     return results, {}
 
 
-MODES = {'model': benchmark_model, 'data': benchmark_data}
+MODES = dict(zip(MODE_NAMES, (benchmark_model, benchmark_data)))
 
 
 # ----------------------------------------------------------------------------- report
@@ -449,27 +476,6 @@ def print_comparison(report):
                   f"(channels-last is {results[name]['median_ms'] / variant['median_ms']:.2f}x of it)")
     for name, diff in report.get('agreement_max_rel_diff', {}).items():
         print(f'outputs and losses of {name} vs current: max relative difference {diff:.2e}')
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--mode', choices=sorted(MODES), default='model')
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--runs', type=int, default=10)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (default: cuda if available)")
-    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA only)')
-    parser.add_argument('--contiguous-backbone', action='store_true',
-                        help="model mode: also time a copy whose backbone runs in the contiguous memory "
-                             "format instead of the model's channels-last")
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    parser.add_argument('--smpl', default=None,
-                        help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
-    parser.add_argument('--data', default=None,
-                        help='data mode: dataset root (default: generate the synthetic tree)')
-    parser.add_argument('--out', default=None,
-                        help='JSON path (default <output_root>/benchmark/<mode>_b<batch>.json)')
-    return parser.parse_args(argv)
 
 
 def main(argv=None):
