@@ -39,7 +39,7 @@ esac
 
 REPORT = {'device': 'cuda:0 (Fake GPU)', 'torch': '0.0', 'batch': 128, 'runs': 10, 'warmup': 3,
           'train': {'fp32': {'status': 'ok', 'median_ms': 500.0, 'min_ms': 490.0, 'max_ms': 510.0,
-                             'samples_per_s': 256.0, 'peak_memory_mb': 20480.0},
+                             'samples_per_s': 256.0, 'peak_memory_mb': 20480.0, 'skipped_steps': 2},
                     'bf16': {'status': 'skipped', 'reason': 'no bfloat16'}},
           'test': {'fp32': {'status': 'ok', 'median_ms': 100.0, 'min_ms': 99.0, 'max_ms': 101.0,
                             'samples_per_s': 1280.0, 'peak_memory_mb': 4096.0}}}
@@ -67,9 +67,9 @@ def test_a_failing_step_fails_the_check_after_the_summary(tmp_path, pytest_rc):
     assert steps['gpu tests'].startswith('FAIL (exit 1)' if pytest_rc else 'PASS')
     assert steps['throughput'].startswith('PASS')
     assert steps['nccl 2-proc'] == 'SKIP needs two GPUs, 1 present'
-    assert 'train  fp32        256.0     20480' in summary
+    assert 'train  fp32        256.0     20480              2' in summary
     assert 'train  bf16    skipped: no bfloat16' in summary
-    assert 'test   fp32       1280.0      4096' in summary
+    assert 'test   fp32       1280.0      4096              -' in summary
     assert (out_dir / 'gpu_tests.log').read_text() == 'pytest stand-in\n'
     assert json.loads((out_dir / 'throughput.json').read_text()) == REPORT
 
@@ -93,6 +93,7 @@ def test_throughput_script_on_the_cpu(tmp_path):
         assert row['samples_per_s'] == pytest.approx(2 / (row['median_ms'] / 1000.0))
         assert report[step]['fp16'] == {
             'status': 'skipped', 'reason': 'autocast is measured on CUDA only (the trainer runs float32 on the CPU)'}
+    assert report['train']['fp32']['skipped_steps'] == 0 and 'skipped_steps' not in report['test']['fp32']
     assert 'train  fp32' in out.stdout and 'test   fp32' in out.stdout
     assert not list(tmp_path.glob('output'))   # nothing written beside --out
 

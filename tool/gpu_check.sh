@@ -86,12 +86,12 @@ if [ -f "$OUT/throughput.json" ]; then
 import json, sys
 report = json.load(open(sys.argv[1]))
 print(f"\nbatch {report['batch']} on {report['device']}")
-print(f"{'step':<7}{'dtype':<6}{'samples/s':>11}{'peak MB':>10}")
+print(f"{'step':<7}{'dtype':<6}{'samples/s':>11}{'peak MB':>10}{'skipped steps':>15}")
 for step in ('train', 'test'):
     for dtype, row in report[step].items():
         if row['status'] == 'ok':
             peak = '-' if row['peak_memory_mb'] is None else f"{row['peak_memory_mb']:.0f}"
-            print(f"{step:<7}{dtype:<6}{row['samples_per_s']:>11.1f}{peak:>10}")
+            print(f"{step:<7}{dtype:<6}{row['samples_per_s']:>11.1f}{peak:>10}{row.get('skipped_steps', '-'):>15}")
         else:
             print(f"{step:<7}{dtype:<6}  {row['status']}: {row['reason']}")
 EOF

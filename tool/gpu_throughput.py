@@ -1,7 +1,7 @@
 """Training and test throughput of SGRE on one device, per autocast dtype.
 
     python tool/gpu_throughput.py [--batch 128] [--dtypes fp32,fp16,bf16] [--device cuda|cuda:N|cpu]
-                                  [--runs 10] [--warmup 3] [--out FILE]
+                                  [--init_scale 1024] [--runs 10] [--warmup 3] [--out FILE]
 
 For each dtype a fresh :class:`common.trainer.Trainer` is built on the synthetic body model and
 data tree (generated into a temporary folder; the numbers do not depend on their values), and
@@ -10,9 +10,13 @@ through the datasets' ``__getitem__`` once, collated and pinned as the DataLoade
 
 * ``train``: ``Trainer.train_step`` itself: the copy to the device, forward, loss, backward,
   the non-finite checks and the Adam step; ``fp32`` without autocast, ``fp16`` with float16
-  autocast and the original's fixed loss scale (GradScaler at 1024, reset every step), ``bf16``
+  autocast and the original's fixed loss scale (GradScaler at ``--init_scale``, default 1024,
+  reset every step), ``bf16``
   with bfloat16 autocast and no loss scaling;
 * ``test``: the evaluation forward (eval mode, no gradient, same autocast), with the copy.
+
+``skipped_steps`` counts the training calls (warm-up included) whose Adam step GradScaler
+skipped for overflowing float16 gradients: their time lacks the optimizer step.
 
 Data loading is not included (``tool/benchmark.py --mode data`` measures it).  Each time is the
 median of ``--runs`` calls after ``--warmup`` calls, with ``torch.cuda.synchronize`` around
@@ -24,7 +28,7 @@ with bfloat16 support.  Such rows are ``skipped`` with the reason; a row whose r
 ``failed`` with the error, and the exit status is then 1.  The table is printed and written as
 JSON: ``{"device", "torch", "batch", "runs", "warmup", "train": {dtype: row}, "test": {dtype: row}}``
 with ``row = {"status": "ok", "median_ms", "min_ms", "max_ms", "samples_per_s", "peak_memory_mb"}``
-or ``{"status": "skipped" | "failed", "reason"}``.
+(train rows also ``"skipped_steps"``) or ``{"status": "skipped" | "failed", "reason"}``.
 """
 import os
 import sys
@@ -46,7 +50,6 @@ from common.utils.cli import add_debug_flag, exit_on_expected_errors  # noqa: E4
 from main.config import cfg  # noqa: E402
 
 DTYPES = ('fp32', 'fp16', 'bf16')
-INIT_SCALE = 1024.0   # the original's fixed loss scale
 
 
 def dtype_list(text):
@@ -65,6 +68,8 @@ def parse_args(argv=None):
                         help=f"comma list of {', '.join(DTYPES)} (default: all)")
     parser.add_argument('--device', default=None,
                         help="'cuda', 'cuda:N' or 'cpu' (default: the first CUDA device, else the CPU)")
+    parser.add_argument('--init_scale', type=float, default=1024.0,
+                        help="fp16's fixed loss scale (default 1024, the original's)")
     parser.add_argument('--runs', type=int, default=10, help='timed calls per measurement (default 10)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed calls first (default 3)')
     parser.add_argument('--out', default=None,
@@ -101,7 +106,7 @@ def make_synthetic_tree(folder):
     cfg.num_thread = 0   # the loader is never iterated: samples are drawn directly
 
 
-def make_trainer(dtype):
+def make_trainer(dtype, init_scale):
     """A set-up Trainer (dataset, model, Adam, scaler) for ``dtype`` in the run folder, its
     backbone He-initialised in place of pretrained weights (``tool/synthetic/weights.py``:
     from the original's tiny initial weights every float16 step would overflow and be skipped)."""
@@ -109,7 +114,7 @@ def make_trainer(dtype):
     from common.trainer import Trainer
     from tool.synthetic.weights import he_initialise_convolutions_
     amp_dtype = torch.bfloat16 if dtype == 'bf16' else torch.float16
-    trainer = Trainer(use_amp=dtype != 'fp32', init_scale=INIT_SCALE, amp_dtype=amp_dtype)
+    trainer = Trainer(use_amp=dtype != 'fp32', init_scale=init_scale, amp_dtype=amp_dtype)
     try:
         trainer.setup()
         he_initialise_convolutions_(trainer.model.backbone)
@@ -192,6 +197,14 @@ def train_call(trainer, batch):
     return step
 
 
+def optimizer_steps(optimizer):
+    """How many steps ``optimizer`` (Adam) has taken: its largest per-parameter step count.
+    GradScaler skips the whole ``optimizer.step()`` after an overflow, so this count tells the
+    taken steps from the skipped ones."""
+    counts = [float(state['step']) for state in optimizer.state.values() if 'step' in state]
+    return int(max(counts, default=0))
+
+
 def eval_call(trainer, batch):
     """The evaluation forward of ``trainer.model`` on ``batch`` with the trainer's autocast."""
     import torch
@@ -207,14 +220,16 @@ def eval_call(trainer, batch):
 def measure_dtype(dtype, batch_size, args, batch_cache):
     """``(train_row, test_row)`` of one dtype; a fresh trainer, released afterwards."""
     import torch
-    trainer = make_trainer(dtype)
+    trainer = make_trainer(dtype, args.init_scale)
     try:
         if 'batch' not in batch_cache:
             trainer.begin_epoch(0)
             batch_cache['batch'] = collated_batch(trainer.trainset, batch_size, trainer.device_setup.is_cuda)
         batch = batch_cache['batch']
         trainer.network.train()
+        steps_before = optimizer_steps(trainer.optimizer)
         train = timed_row(train_call(trainer, batch), batch_size, args.runs, args.warmup, trainer.device)
+        train['skipped_steps'] = args.warmup + args.runs - (optimizer_steps(trainer.optimizer) - steps_before)
         trainer.network.eval()
         test = timed_row(eval_call(trainer, batch), batch_size, args.runs, args.warmup, trainer.device)
         return train, test
@@ -244,13 +259,14 @@ def format_row(name, dtype, row):
         return f"{name:<7}{dtype:<6}{row['status']}: {row['reason']}"
     peak = '-' if row['peak_memory_mb'] is None else f"{row['peak_memory_mb']:.0f}"
     return (f"{name:<7}{dtype:<6}{row['median_ms']:>10.1f}{row['min_ms']:>9.1f}{row['max_ms']:>9.1f}"
-            f"{row['samples_per_s']:>12.1f}{peak:>12}")
+            f"{row['samples_per_s']:>12.1f}{peak:>12}{row.get('skipped_steps', '-'):>9}")
 
 
 def print_report(report):
     print(f"device: {report['device']}   torch {report['torch']}   batch {report['batch']}   "
           f"median of {report['runs']} runs after {report['warmup']}")
-    print(f"{'step':<7}{'dtype':<6}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'samples/s':>12}{'peak MB':>12}")
+    print(f"{'step':<7}{'dtype':<6}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'samples/s':>12}{'peak MB':>12}"
+          f"{'skipped':>9}")
     for name in ('train', 'test'):
         for dtype, row in report[name].items():
             print(format_row(name, dtype, row))
