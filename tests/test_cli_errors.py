@@ -141,6 +141,7 @@ def test_quickstart_bad_option_stops_before_making_data(tmp_path):
 
 
 def test_demo_bad_option_is_one_line(tmp_path, monkeypatch):
+    import common.demo  # noqa: F401  (imported before the patches: it must bind the real load_img)
     import main.demo as demo
     # The demo imports these where it uses them (fast --help): patch them at their source.
     monkeypatch.setattr('common.utils.preprocessing.load_img', lambda path: None)
