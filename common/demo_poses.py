@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.demo_defaults import AUTO
 from common.demo import (Detection, PoseFileError, coco_entry_detection, is_coco_results, load_pose_json,
                          read_pose_file)
 from common.utils.joints import COCO17
 
-AUTO = 'auto'
 ESTIMATOR_LAYOUT = 'coco17-estimator'
 
 

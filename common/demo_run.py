@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.demo_defaults import DEFAULT_BATCH_SIZE, DEFAULT_RENDER_MAX_SIDE
 from common.demo import (SCORE_THR, person_inputs, predict_in_batches, read_pose_file, select_people, to_smpl30,
                          warn_stderr)
 from common.demo_inputs import Frame
@@ -30,8 +31,6 @@ from common.utils.files import atomic_write_text
 from common.utils.preprocessing import load_img
 
 SKIPPED_COLOR = (0.6, 0.6, 0.6)
-DEFAULT_RENDER_MAX_SIDE = 1920
-DEFAULT_BATCH_SIZE = 16
 
 SUMMARY_UNITS = ('smpl_pose: 24x3 axis-angle (radians), relative rotations; cam_trans: metres; the mesh is '
                  'SMPL_neutral(pose, shape) + cam_trans, seen through render_camera (pixels of the image)')

@@ -1,12 +1,13 @@
-"""Run logger in the original's format.
+"""Run logger in the original's line format: ``<%m-%d %H:%M:%S> <message>``.
 
-Each line is ``<green %m-%d %H:%M:%S><reset> <message>``; the ANSI codes go to the
-file too, as in the original.  Warnings, errors and critical messages carry
-coloured ``WRN:`` / ``ERR:`` / ``CRI:`` prefixes.  Console output goes through
+Warnings, errors and critical messages carry ``WRN:`` / ``ERR:`` / ``CRI:`` prefixes.  The
+log file is plain text; the console gets the original's colours (green timestamp, yellow
+warnings, red errors) only when it is a terminal.  Console output goes through
 ``tqdm.write`` so progress bars stay intact.
 """
 import logging
 import os
+import sys
 
 from tqdm import tqdm
 
@@ -18,9 +19,35 @@ RESET = '\033[0m'
 
 TIME_FORMAT = '%m-%d %H:%M:%S'
 
+# Prefix and console colour of each level above INFO.
+LEVEL_STYLES = {
+    logging.WARNING: ('WRN: ', YELLOW),
+    logging.ERROR: ('ERR: ', RED),
+    logging.CRITICAL: ('CRI: ', BOLD + RED),
+}
+
+
+class LineFormatter(logging.Formatter):
+    """``<time> [WRN: |ERR: |CRI: ]<message>``; ``colour`` wraps the time and the prefixed
+    message in ANSI colour codes (for a terminal only)."""
+
+    def __init__(self, colour=False):
+        super().__init__(datefmt=TIME_FORMAT)
+        self.colour = colour
+
+    def format(self, record):
+        stamp = self.formatTime(record, self.datefmt)
+        prefix, level_colour = LEVEL_STYLES.get(record.levelno, ('', ''))
+        message = prefix + record.getMessage()
+        if not self.colour:
+            return f'{stamp} {message}'
+        if level_colour:
+            message = f'{level_colour}{message}{RESET}'
+        return f'{GREEN}{stamp}{RESET} {message}'
+
 
 class _TqdmConsoleHandler(logging.Handler):
-    """Console handler that prints above any active tqdm bar."""
+    """Console handler that prints above any active tqdm bar (on stdout, as ``tqdm.write``)."""
 
     def emit(self, record):
         try:
@@ -36,8 +63,18 @@ class _ConsoleFilter(logging.Filter):
         return not getattr(record, 'file_only', False)
 
 
+def stream_is_terminal(stream):
+    """Whether ``stream`` is an interactive terminal (colour codes would be shown, not stored)."""
+    isatty = getattr(stream, 'isatty', None)
+    try:
+        return bool(isatty and isatty())
+    except (ValueError, OSError):  # a closed or detached stream
+        return False
+
+
 class ColorLogger:
-    """Named INFO logger writing to ``<log_dir>/<log_name>`` (append) and the console.
+    """Named INFO logger writing to ``<log_dir>/<log_name>`` (append, plain text) and the
+    console (coloured when stdout is a terminal).
 
     Creating a second logger for the same file (e.g. in tests) replaces the first
     one's handlers instead of duplicating every line.
@@ -50,13 +87,12 @@ class ColorLogger:
         self._logger.setLevel(logging.INFO)
         self._logger.propagate = False
         self.close()
-        formatter = logging.Formatter(f'{GREEN}%(asctime)s{RESET} %(message)s', TIME_FORMAT)
         file_handler = logging.FileHandler(self.path, mode='a')
-        file_handler.setFormatter(formatter)
+        file_handler.setFormatter(LineFormatter(colour=False))
         self._logger.addHandler(file_handler)
         if console:
             console_handler = _TqdmConsoleHandler()
-            console_handler.setFormatter(formatter)
+            console_handler.setFormatter(LineFormatter(colour=stream_is_terminal(sys.stdout)))
             console_handler.addFilter(_ConsoleFilter())
             self._logger.addHandler(console_handler)
 
@@ -68,13 +104,13 @@ class ColorLogger:
         self._logger.info(msg, extra={'file_only': not console})
 
     def warning(self, msg):
-        self._logger.warning(f'{YELLOW}WRN: {msg}{RESET}')
+        self._logger.warning(msg)
 
     def error(self, msg):
-        self._logger.error(f'{RED}ERR: {msg}{RESET}')
+        self._logger.error(msg)
 
     def critical(self, msg):
-        self._logger.critical(f'{BOLD}{RED}CRI: {msg}{RESET}')
+        self._logger.critical(msg)
 
     def close(self):
         """Flush and detach this logger's handlers (closes the file)."""

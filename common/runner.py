@@ -17,9 +17,10 @@ from common.utils.device import select_device, select_rank_device
 class Runner:
     """Logger, device and timers of a run.
 
-    ``log_dir``: folder of the log file ``log_name``; ``gpu_ids``: the ``--gpu`` string
-    (under torchrun the id of this process is picked by ``LOCAL_RANK``); ``deterministic``:
-    a seeded run asks cuDNN for repeatable kernels instead of benchmarking them.
+    ``log_dir``: folder of the log file ``log_name``; ``gpu_ids``: the ``--gpu`` string, or
+    None for the first CUDA device, else the CPU (under torchrun the id of this process is
+    picked by ``LOCAL_RANK``); ``deterministic``: a seeded run asks cuDNN for repeatable
+    kernels instead of benchmarking them.
     """
 
     log_name = 'train_logs.txt'
@@ -41,6 +42,8 @@ class Runner:
             self.device_setup = select_device(gpu_ids)
         self.device = self.device_setup.device
         if self.is_main_process:
+            for message in self.device_setup.notes:
+                self.logger.info(message)
             for message in self.device_setup.warnings:
                 self.logger.warning(message)
         if self.distributed:

@@ -121,6 +121,9 @@ class Trainer(Runner):
     for both), then :meth:`train`.
 
     ``use_amp`` / ``init_scale``: the ``--amp`` / ``--init_scale`` flags.
+    ``amp_dtype``: the autocast dtype of ``use_amp``: ``torch.float16`` (the original's, with
+    the GradScaler) or ``torch.bfloat16`` (float32's exponent range: no loss scaling, the
+    scaler stays disabled; used by ``tool/gpu_throughput.py``).
     ``warm_start_path``: the file of the ``--continue`` warm start without ``--exp_dir``
     (default ``<root>/tool/snapshot_0.pth.tar``).
     ``snapshot_interval``: save every N-th epoch (the last epoch always); 1 = every epoch.
@@ -135,12 +138,15 @@ class Trainer(Runner):
     """Consecutive non-finite losses after which training stops."""
 
     def __init__(self, use_amp=False, init_scale=1024.0, warm_start_path=None, snapshot_interval=1,
-                 sync_batchnorm_converter=None):
+                 sync_batchnorm_converter=None, amp_dtype=torch.float16):
         super().__init__(cfg.log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
         self.use_amp, amp_warning = resolve_amp(use_amp, self.device)
         if amp_warning:
             self.logger.warning(amp_warning)
         self.init_scale = float(init_scale)
+        if amp_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f'amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype}')
+        self.amp_dtype = amp_dtype
         self.warm_start_path = str(warm_start_path) if warm_start_path else ckpt_io.warm_start_file(cfg.root_dir).path
         self.snapshot_interval = int(snapshot_interval)
         self.sync_batchnorm_converter = sync_batchnorm_converter or dist_utils.convert_sync_batchnorm
@@ -210,7 +216,8 @@ class Trainer(Runner):
         model = get_model(self.vertex_num, self.joint_num, 'train').to(self.device)
         self.model = model
         self.optimizer = self.get_optimizer(model)
-        self.scaler = make_grad_scaler(self.device, self.use_amp, self.init_scale)
+        self.scaler = make_grad_scaler(self.device, self.use_amp and self.amp_dtype == torch.float16,
+                                       self.init_scale)
         if cfg.continue_train:
             self.start_epoch = self._resume() if cfg.exp_dir else self._warm_start()
         elif cfg.exp_dir:
@@ -382,7 +389,9 @@ class Trainer(Runner):
         self.begin_epoch(epoch)
         self.network.train()
         running = {}
-        bar = tqdm(total=self.itr_per_epoch, desc=f'Epoch {epoch}/{cfg.end_epoch}',
+        # The console counts epochs from 1 (the last bar reads N/N); the file's per-iteration
+        # lines keep the original's 0-based epoch index, the number of snapshot_<epoch>.
+        bar = tqdm(total=self.itr_per_epoch, desc=f'Epoch {epoch + 1}/{cfg.end_epoch}',
                    disable=not self.is_main_process, leave=True, dynamic_ncols=True)
         self.tot_timer.tic()
         self.read_timer.tic()
@@ -410,7 +419,7 @@ class Trainer(Runner):
             self.monitor.end_epoch()
         if running.get('_n'):
             means = {k: v / running['_n'] for k, v in running.items() if k != '_n'}
-            self.logger.info(f'Epoch {epoch}/{cfg.end_epoch} done: {running["_n"]} iterations, mean loss '
+            self.logger.info(f'Epoch {epoch + 1}/{cfg.end_epoch} done: {running["_n"]} iterations, mean loss '
                              f'{sum(means.values()):.4f} (' + ', '.join(f'{k} {v:.4f}' for k, v in means.items()) + ')')
 
     def train_step(self, inputs, targets, meta_info, epoch=0, itr=0):
@@ -429,7 +438,7 @@ class Trainer(Runner):
         # The train-mode forward updates the BatchNorm running statistics before the loss is
         # known: keep a copy so that a skipped step leaves them exactly as they were.
         saved_statistics = running_statistics_copy(self.model)
-        with autocast(self.device, self.use_amp):
+        with autocast(self.device, self.use_amp, self.amp_dtype):
             loss = self.network(inputs, targets, meta_info, 'train')
             loss = {key: value.mean() for key, value in loss.items()}
             total = sum(loss[key] for key in loss)

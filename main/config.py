@@ -22,7 +22,7 @@ import yaml
 
 from common.errors import ConfigError, RunDirError
 # ``--gpu`` parsing lives with the device selection; importable from here as before.
-from common.utils.device import parse_gpu_ids  # noqa: F401
+from common.utils.gpu_ids import parse_gpu_ids  # noqa: F401
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,8 @@ class Config:
 
     @property
     def num_gpus(self):
-        return len(self.gpu_ids.split(','))
+        """Number of listed GPU ids; 1 when ``gpu_ids`` is None (the first CUDA device, else the CPU)."""
+        return 1 if self.gpu_ids is None else len(self.gpu_ids.split(','))
 
     def _run_subdir(self, name, writable=False):
         """``<output_dir>/<name>``; for the folders an evaluation writes (``writable``), under
@@ -163,11 +164,13 @@ class Config:
     def set_args(self, gpu_ids, continue_train=False, is_test=False, exp_dir=''):
         """Apply the command-line arguments as the original does, without touching the disk.
 
-        ``gpu_ids`` accepts '0', '0,1' or '0-3'.  For testing, a non-empty ``exp_dir``
-        becomes the experiment folder; for training it names the run to resume from, and
-        ``output_dir`` is cleared: training never writes into an existing run's folder.
+        ``gpu_ids`` accepts '0', '0,1' or '0-3', or None (no ``--gpu``: the first CUDA device
+        if there is one, else the CPU; the device is chosen when the run starts).  For testing,
+        a non-empty ``exp_dir`` becomes the experiment folder; for training it names the run to
+        resume from, and ``output_dir`` is cleared: training never writes into an existing
+        run's folder.
         """
-        self.gpu_ids = parse_gpu_ids(gpu_ids)
+        self.gpu_ids = None if gpu_ids is None else parse_gpu_ids(gpu_ids)
         self.bbox_3d_size = 2
         self.camera_3d_size = 2.5
         self.exp_dir = exp_dir or ''
@@ -614,7 +617,7 @@ def _option_types():
         vis=boolean(),
         render=boolean(),
         num_thread=integer(minimum=0),
-        gpu_ids=gpu_list(),
+        gpu_ids=optional(gpu_list()),
         continue_train=boolean(),
         exp_dir=text(),
         data_dir=path(),

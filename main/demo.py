@@ -1,6 +1,6 @@
 """Recover an SMPL mesh for every person in your pictures: one image, a folder of images or a video.
 
-    python main/demo.py --img PHOTO_OR_FOLDER_OR_VIDEO --model CHECKPOINT [--pose POSES] [--out DIR]
+    python main/demo.py [--gpu 0] --img PHOTO_OR_FOLDER_OR_VIDEO --model CHECKPOINT [--pose POSES] [--out DIR]
 
 ``--pose`` (see ``common/demo_poses.py``): absent or ``auto``, the built-in estimator (the
 optional ``rtmlib`` package with its ONNX files, ``--det_model`` / ``--pose_model`` or
@@ -38,15 +38,9 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from main.model import get_model  # noqa: E402
-from common.demo import restore_network, warn_stderr  # noqa: E402
-from common.demo_inputs import VideoOutput, check_input, iter_frames, video_fps  # noqa: E402
-from common.demo_poses import AUTO, pose_source  # noqa: E402
-from common.demo_run import DEFAULT_BATCH_SIZE, DEFAULT_RENDER_MAX_SIDE, OutputOptions, iter_demo  # noqa: E402
-from common.utils import checkpoint as ckpt_io  # noqa: E402
+from common.demo_defaults import AUTO, DEFAULT_BATCH_SIZE, DEFAULT_RENDER_MAX_SIDE  # noqa: E402
 from common.utils.cli import add_debug_flag, apply_cfg_file, exit_on_expected_errors, gpu_ids_arg  # noqa: E402
-from common.utils.device import select_device  # noqa: E402
-from common.utils.smpl import SMPL, SMPLFileError  # noqa: E402
+# torch, OpenCV and the model are imported where they are used: --help answers without them.
 
 
 def positive_int(text):
@@ -59,8 +53,8 @@ def positive_int(text):
 def build_parser():
     parser = argparse.ArgumentParser(description='SMPL meshes for every person of an image, a folder of images '
                                                  'or a video.')
-    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default='0',
-                        help="GPU id (default '0'); without CUDA the CPU is used")
+    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
+                        help="GPU id (default: the first CUDA device, else the CPU); without CUDA the CPU is used")
     parser.add_argument('--img', required=True, help='an image, a folder of images or a video file')
     parser.add_argument('--pose', default=AUTO,
                         help="2D poses: 'auto' (default: the built-in rtmlib estimator), an OpenPose output folder, "
@@ -120,15 +114,23 @@ def configure(args, checkpoint):
 
 
 def pick_device(gpu_ids):
-    """The demo's device from ``--gpu`` (the CPU, with one warning, without CUDA)."""
+    """The demo's device from ``--gpu`` (None: the first CUDA device, else the CPU, said once
+    on stderr; an id without CUDA: the CPU, with one warning)."""
+    from common.demo import warn_stderr
+    from common.utils.device import select_device
     setup = select_device(gpu_ids)
     for message in setup.warnings:
         warn_stderr(message)
+    for message in setup.notes:
+        print(message, file=sys.stderr)
     return setup.device
 
 
 def build_model(checkpoint, device, source):
     """The test-mode network with the checkpoint loaded strictly, on ``device``, in eval mode."""
+    from common.demo import restore_network
+    from common.utils.smpl import SMPL
+    from main.model import get_model
     smpl = SMPL(cfg.body_model_paths())
     model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl, options=cfg.model_options())
     return restore_network(model, checkpoint, device, source=source)
@@ -139,6 +141,8 @@ def check_inputs(args, device):
 
     Returns ``(input kind, pose source)``; the estimator is loaded here for ``--pose auto``.
     """
+    from common.demo_inputs import check_input
+    from common.demo_poses import pose_source
     from common.pose_estimator import load_estimator
     if args.render_max_side < 0:
         raise ValueError(f'--render_max_side must be 0 (full size) or positive, got {args.render_max_side}')
@@ -154,6 +158,8 @@ def check_inputs(args, device):
 def run(args, kind, source, model, out_dir):
     """Run the demo over every picture of ``--img``; returns the first picture's paths (and,
     for a video, ``'video'``: the rendered video's path, and ``'frames'``: the frame count)."""
+    from common.demo_inputs import VideoOutput, iter_frames, video_fps
+    from common.demo_run import OutputOptions, iter_demo
     video = kind == 'video'
     options = OutputOptions(render_max_side=args.render_max_side, write_obj=not video or args.video_extras,
                             write_pose_image=not video or args.video_extras, checkpoint_path=args.model)
@@ -181,6 +187,7 @@ def run(args, kind, source, model, out_dir):
 
 def main(argv=None):
     """Run the demo from command-line arguments; returns :func:`run`'s dict."""
+    from common.utils import checkpoint as ckpt_io
     args = build_parser().parse_args(argv)
     device = pick_device(args.gpu_ids)
     kind, source = check_inputs(args, device)
@@ -195,8 +202,11 @@ def run_cli(argv=None):
     """``main`` for the command line: expected failures (a bad option, an unreadable image or pose
     file, a checkpoint that does not fit, a missing estimator) end with ``ERROR: <message>`` and
     exit status 1 (``--debug`` keeps the traceback)."""
-    exit_on_expected_errors(main, argv, (OSError, ValueError, ckpt_io.CheckpointError, SMPLFileError))
+    from common.utils.checkpoint import CheckpointError
+    from common.utils.smpl import SMPLFileError
+    exit_on_expected_errors(main, argv, (OSError, ValueError, CheckpointError, SMPLFileError))
 
 
 if __name__ == '__main__':
+    build_parser().parse_args()  # --help and usage errors answer before torch is imported
     run_cli()

@@ -1,4 +1,4 @@
-"""Evaluate SGRE: ``python main/test.py --gpu 0 --exp_dir output/exp_X --test_epoch N [--cfg Y.yaml]``.
+"""Evaluate SGRE: ``python main/test.py [--gpu 0] --exp_dir output/exp_X --test_epoch N [--cfg Y.yaml]``.
 
 Evaluates every set of the ``testset`` option (one name or a list, e.g.
 ``[PW3D, PW3D-crowd, PW3D-OC, PW3D-PC]``); per set prints the metrics as the original, and
@@ -27,8 +27,9 @@ from common.utils.cli import (add_debug_flag, apply_cfg_file, check_args, exit_o
 def build_parser():
     parser = argparse.ArgumentParser(description='Evaluate an SGRE snapshot.')
     parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
-                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU. "
-                             "Required, except under torchrun (default: GPU <LOCAL_RANK>).")
+                        help="GPU ids: '0', '0,1' or the range '0-3' (default: the first CUDA device, "
+                             "else the CPU; without CUDA the run uses the CPU).  Under torchrun the "
+                             "default is GPU <LOCAL_RANK>.")
     parser.add_argument('--test_epoch', type=int, required=True,
                         help='epoch N of <exp_dir>/checkpoint/snapshot_N.pth.tar')
     parser.add_argument('--exp_dir', type=str, default='', help='experiment folder holding checkpoint/')
@@ -105,5 +106,6 @@ def run_cli(argv=None):
 
 
 if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer before torch is imported
     from torch.distributed.elastic.multiprocessing.errors import record
     record(run_cli)()

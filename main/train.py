@@ -1,8 +1,10 @@
-"""Train SGRE: ``python main/train.py --gpu 0-0 [--amp] [--continue [--exp_dir X]] [--cfg Y.yaml]``.
+"""Train SGRE: ``python main/train.py [--gpu 0] [--amp] [--continue [--exp_dir X]] [--cfg Y.yaml]``.
+
+Without ``--gpu`` the run uses the first CUDA device, or the CPU when there is none.
 
 Several GPUs: ``--gpu 0-3`` (DataParallel, as the original) or, one process per GPU,
 ``torchrun --nproc_per_node=4 main/train.py [--amp] ...`` (DistributedDataParallel;
-``--gpu`` is then optional and lists the node's GPUs, one per local process).
+``--gpu``, if given, lists the node's GPUs, one per local process).
 Runs from the repo root or as ``python train.py`` from ``main/``.
 """
 import os
@@ -22,9 +24,9 @@ from main.config import cfg  # noqa: E402
 def build_parser():
     parser = argparse.ArgumentParser(description='Train SGRE.')
     parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
-                        help="GPU ids: '0', '0,1' or the range '0-3'; without CUDA the run uses the CPU. "
-                             "Required, except under torchrun, where it defaults to GPU <LOCAL_RANK> "
-                             "(given, local process i uses its i-th id).")
+                        help="GPU ids: '0', '0,1' or the range '0-3' (default: the first CUDA device, "
+                             "else the CPU; without CUDA the run uses the CPU).  Under torchrun the "
+                             "default is GPU <LOCAL_RANK>; given, local process i uses its i-th id.")
     parser.add_argument('--continue', dest='continue_train', action='store_true',
                         help='resume from --exp_dir, or without it warm-start from tool/snapshot_0.pth.tar')
     parser.add_argument('--exp_dir', type=str, default='',
@@ -99,6 +101,7 @@ def run_cli(argv=None):
 
 
 if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer before torch is imported
     # record(): under torchrun an unexpected exception's traceback appears in the job's summary.
     from torch.distributed.elastic.multiprocessing.errors import record
     record(run_cli)()

@@ -143,7 +143,8 @@ def test_quickstart_bad_option_stops_before_making_data(tmp_path):
 def test_demo_bad_option_is_one_line(tmp_path, monkeypatch):
     import main.demo as demo
     monkeypatch.setattr(demo, 'check_inputs', lambda *args: ('image', None))
-    monkeypatch.setattr(demo.ckpt_io, 'load_checkpoint_file', lambda *args, **kwargs: {})
+    # The demo imports the checkpoint module where it uses it (fast --help): patch it at its source.
+    monkeypatch.setattr('common.utils.checkpoint.load_checkpoint_file', lambda *args, **kwargs: {})
     config = bad_yaml(tmp_path, 'resnet_type: 34\n')
     with pytest.raises(SystemExit) as info:
         demo.run_cli(['--img', 'x.jpg', '--pose', 'p.json', '--model', 'm.pth', '--cfg', str(config),

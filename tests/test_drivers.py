@@ -1,5 +1,6 @@
 """Training/test drivers: CLI, device selection, timers, logger, optimizer and LR schedule,
 non-finite losses, and (on the synthetic tree) training, resume, determinism and testing."""
+import io
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from tests.helpers import run_in_process
 # These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
 pytestmark = pytest.mark.usefixtures('cfg_state')
 
-ANSI_LINE = re.compile(r'^\x1b\[92m\d\d-\d\d \d\d:\d\d:\d\d\x1b\[0m (.*)$')
+LOG_LINE = re.compile(r'^\d\d-\d\d \d\d:\d\d:\d\d (.*)$')
 
 
 # --------------------------------------------------------------------- CLI
@@ -39,7 +40,6 @@ def test_train_cli_flags():
 
 
 @pytest.mark.parametrize('argv, message', [
-    ([], 'required: --gpu'),
     (['--gpu', '0-a'], "Invalid --gpu value '0-a'"),
     (['--gpu', '3-1'], 'below the start'),
     (['--gpu', '0', '--exp_dir', '/no/such/experiment'], '--exp_dir /no/such/experiment: no such folder'),
@@ -65,7 +65,47 @@ def test_test_cli_flags(capsys):
     assert "invalid int value: 'last'" in capsys.readouterr().err
 
 
+def test_gpu_is_optional():
+    from main.demo import build_parser
+    from main.test import parse_args as parse_test_args
+    from main.train import parse_args
+    assert parse_args([]).gpu_ids is None
+    assert parse_test_args(['--test_epoch', '3']).gpu_ids is None
+    assert build_parser().parse_args(['--img', 'a.jpg', '--pose', 'p.json', '--model', 'm.pth']).gpu_ids is None
+    cfg.set_args(None)
+    assert cfg.gpu_ids is None and cfg.num_gpus == 1
+    cfg.validate()
+
+
 # ------------------------------------------------------------------ device
+def test_no_gpu_ids_means_the_first_cuda_device_else_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    setup = device_utils.select_device(None)
+    assert setup.device == torch.device('cpu') and setup.device_ids == [] and not setup.warnings
+    assert setup.notes == ['device: cpu (no CUDA device)']
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    setup = device_utils.select_device(None)
+    assert setup.device == torch.device('cuda', 0) and setup.device_ids == [0] and not setup.warnings
+    assert len(setup.notes) == 1 and 'first CUDA device' in setup.notes[0]
+
+
+def test_the_default_device_is_said_once_in_the_log(tmp_path, cfg_state):
+    from common.trainer import Trainer
+    cfg.set_args(None)
+    cfg.output_root = str(tmp_path)
+    cfg.make_run_dirs()
+    trainer = Trainer()
+    trainer.close()
+    messages = log_messages(trainer.logger.path)
+    device_lines = [m for m in messages if m.startswith(('device:', '--gpu', '>>> Using GPU', 'CUDA', 'WRN: CUDA'))]
+    if torch.cuda.is_available():
+        assert device_lines == ['--gpu not given: using the first CUDA device (--gpu chooses others).',
+                                '>>> Using GPU: 0']
+    else:
+        assert device_lines == ['device: cpu (no CUDA device)']
+
+
 def test_cpu_fallback_and_amp(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     setup = device_utils.select_device('0-1')
@@ -130,14 +170,31 @@ def test_logger_format_levels_and_no_duplicates(tmp_path, capsys):
     logger = ColorLogger(str(tmp_path), 'train_logs.txt')  # re-created: must not double lines
     logger.info('again')
     logger.close()
-    lines = (tmp_path / 'train_logs.txt').read_text().splitlines()
-    messages = [ANSI_LINE.match(line).group(1) for line in lines]
-    assert messages[0] == 'hello' and messages[1] == 'file only'
-    assert 'WRN: careful' in messages[2] and 'ERR: broken' in messages[3] and 'CRI: fatal' in messages[4]
-    assert all('\x1b[' in m for m in messages[2:5])
-    assert messages[5:] == ['again']
+    text = (tmp_path / 'train_logs.txt').read_text()
+    assert '\x1b[' not in text  # the file is plain text
+    messages = [LOG_LINE.match(line).group(1) for line in text.splitlines()]
+    assert messages == ['hello', 'file only', 'WRN: careful', 'ERR: broken', 'CRI: fatal', 'again']
     console = capsys.readouterr().out
     assert 'hello' in console and 'file only' not in console and console.count('again') == 1
+    assert '\x1b[' not in console  # captured output is not a terminal
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_logger_colours_a_terminal_but_never_the_file(tmp_path, monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, 'stdout', terminal)
+    logger = ColorLogger(str(tmp_path), 'test_logs.txt')
+    logger.info('hello')
+    logger.warning('careful')
+    logger.close()
+    lines = terminal.getvalue().splitlines()
+    assert re.fullmatch(r'\x1b\[92m\d\d-\d\d \d\d:\d\d:\d\d\x1b\[0m hello', lines[0])
+    assert lines[1].endswith(' \x1b[93mWRN: careful\x1b[0m')
+    assert '\x1b[' not in (tmp_path / 'test_logs.txt').read_text()
 
 
 # ----------------------------------------------- optimizer / LR / non-finite
@@ -389,6 +446,28 @@ def test_amp_overflow_skips_the_step_and_resets_the_scale(bare_trainer, dynamic)
     assert trainer.scaler.get_scale() == (64.0 if dynamic else 256.0)
 
 
+def test_bfloat16_autocast_trains_without_loss_scaling(bare_trainer):
+    """amp_dtype=bfloat16: the forward runs in bfloat16, no GradScaler, the step is taken.
+    (CPU bfloat16 autocast stands in for CUDA's here.)"""
+    from common.trainer import Trainer
+    from common.utils.device import make_grad_scaler
+    with pytest.raises(ValueError, match='amp_dtype'):
+        Trainer(amp_dtype=torch.float32)
+    model = LossModel()
+    trainer = bare_trainer
+    trainer.model = trainer.network = model
+    trainer.optimizer = trainer.get_optimizer(model)
+    trainer.use_amp, trainer.amp_dtype = True, torch.bfloat16
+    trainer.scaler = make_grad_scaler(trainer.device, False)
+    dtypes = []
+    model.backbone.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    before = model.rotation_net.weight.detach().clone()
+    losses = trainer.train_step({'img': torch.randn(4, 2)}, {}, {})
+    assert dtypes == [torch.bfloat16]
+    assert losses is not None and all(math.isfinite(v) for v in losses.values())
+    assert not torch.equal(before, model.rotation_net.weight)
+
+
 def test_single_sample_batch_is_skipped(bare_trainer):
     model = LossModel()
     bare_trainer.model = bare_trainer.network = model
@@ -426,6 +505,43 @@ def test_snapshot_interval_is_a_constructor_argument(tmp_path, cfg_state):
     assert sorted(p.name for p in Path(cfg.model_dir).iterdir()) == \
         ['snapshot_1.pth.tar', 'snapshot_3.pth.tar', 'snapshot_4.pth.tar']
     assert trainer.global_step == 5
+
+
+def final_bar_states(stderr, label):
+    """The last drawn state of each tqdm bar whose description starts with ``label`` in
+    captured stderr (a bar redraws itself after '\\r' and ends its line when closed)."""
+    return [line.split('\r')[-1] for line in stderr.split('\n') if line.split('\r')[-1].startswith(label)]
+
+
+def test_epoch_progress_bars_end_at_n_of_n(tmp_path, cfg_state, capsys):
+    """The real training loop over 3 epochs of 2 batches: every epoch's bar ends at 2/2 and
+    the epochs count 1/3, 2/3, 3/3 (the last bar reads N/N, not N-1/N)."""
+    from common.trainer import Trainer
+    cfg.set_args('0')
+    cfg.output_root = str(tmp_path)
+    cfg.end_epoch, cfg.lr_dec_epoch = 3, [10]
+    cfg.make_run_dirs()
+    trainer = Trainer()
+    try:
+        tiny_training(trainer, [({'img': torch.randn(4, 2)}, {}, {})] * 2)
+        capsys.readouterr()
+        trainer.train()
+    finally:
+        trainer.close()
+    captured = capsys.readouterr()
+    finals = final_bar_states(captured.err, 'Epoch ')
+    assert [state.split(':')[0] for state in finals] == ['Epoch 1/3', 'Epoch 2/3', 'Epoch 3/3']
+    assert all(re.search(r'\| 2/2 \[', state) for state in finals), finals
+    assert 'Epoch 3/3 done: 2 iterations' in captured.out
+
+
+def test_test_progress_bar_ends_at_n_of_n(tmp_path, cfg_state, capsys):
+    released_experiment(tmp_path)
+    cfg.make_run_dirs()
+    capsys.readouterr()
+    run_tester()
+    finals = final_bar_states(capsys.readouterr().err, 'Test')
+    assert len(finals) == 1 and re.search(r'\| 2/2 \[', finals[0]), finals
 
 
 def test_sync_bn_in_one_process_keeps_plain_batchnorm_with_a_warning(bare_trainer):
@@ -629,8 +745,8 @@ def snapshot(exp_dir, epoch):
 
 
 def log_messages(path):
-    return [ANSI_LINE.match(line).group(1) for line in Path(path).read_text().splitlines()
-            if ANSI_LINE.match(line)]
+    return [LOG_LINE.match(line).group(1) for line in Path(path).read_text().splitlines()
+            if LOG_LINE.match(line)]
 
 
 def assert_same_tensors(a, b):
@@ -702,12 +818,13 @@ def test_two_iteration_run_writes_snapshot_log_and_config(trained_snapshot):
     messages = log_messages(trained_snapshot / 'log' / 'train_logs.txt')
     lines = [m for m in messages if m.startswith('Epoch ') and ' itr ' in m]
     assert len(lines) == 2, lines
-    assert sum(m.startswith('Epoch 0/1 done: 2 iterations, mean loss') for m in messages) == 1
+    assert sum(m.startswith('Epoch 1/1 done: 2 iterations, mean loss') for m in messages) == 1
     for itr, line in enumerate(lines):
         match = ITERATION_LINE.match(line)
         assert match, line
         assert match.groups()[:5] == ('0', '1', str(itr), '2', '0.001')
     assert f'Write snapshot into {snapshot(trained_snapshot, 0)}' in messages
+    assert '\x1b[' not in (trained_snapshot / 'log' / 'train_logs.txt').read_text()
     assert any('CUDA is not available' in m for m in messages)
 
     saved = yaml.safe_load((trained_snapshot / 'config.yaml').read_text())

@@ -46,6 +46,43 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+MODE_NAMES = ('model', 'data')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--mode', choices=MODE_NAMES, default='model')
+    parser.add_argument('--batch', type=int, default=None,
+                        help='model mode: batch (default 8); data mode: stream batch (default train_batch_size)')
+    parser.add_argument('--runs', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (default: cuda if available)")
+    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA only)')
+    parser.add_argument('--contiguous-backbone', action='store_true',
+                        help="model mode: also time a copy whose backbone runs in the contiguous memory "
+                             "format instead of the model's channels-last")
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--smpl', default=None,
+                        help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
+    parser.add_argument('--data', default=None,
+                        help='data mode: small-image dataset root (default: generate the synthetic tree)')
+    parser.add_argument('--data-full', default=None,
+                        help='data mode: full-size dataset root (default: generate it with --full-size)')
+    parser.add_argument('--sizes', default='small,full', help='data mode: image sizes to measure')
+    parser.add_argument('--workers', type=int, default=None,
+                        help='data mode: DataLoader workers of the second stream row (default: usable CPUs)')
+    parser.add_argument('--stream-batches', type=int, default=2,
+                        help='data mode: timed batches per worker of the stream rows')
+    parser.add_argument('--gpu-samples-per-s', type=float, default=None,
+                        help="data mode: a GPU's training rate (tool/gpu_throughput.py); prints the workers it needs")
+    parser.add_argument('--out', default=None,
+                        help='JSON path (default <output_root>/benchmark/<mode>_b<batch>.json)')
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer before torch is imported
+
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -368,7 +405,7 @@ def benchmark_data(args, device):
     return run_data_benchmark(args, time_callable, time_alternating)
 
 
-MODES = {'model': benchmark_model, 'data': benchmark_data}
+MODES = dict(zip(MODE_NAMES, (benchmark_model, benchmark_data)))
 
 
 # ----------------------------------------------------------------------------- report
@@ -412,37 +449,6 @@ def print_comparison(report):
                   f"(channels-last is {results[name]['median_ms'] / variant['median_ms']:.2f}x of it)")
     for name, diff in report.get('agreement_max_rel_diff', {}).items():
         print(f'outputs and losses of {name} vs current: max relative difference {diff:.2e}')
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--mode', choices=sorted(MODES), default='model')
-    parser.add_argument('--batch', type=int, default=None,
-                        help='model mode: batch (default 8); data mode: stream batch (default train_batch_size)')
-    parser.add_argument('--runs', type=int, default=10)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (default: cuda if available)")
-    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA only)')
-    parser.add_argument('--contiguous-backbone', action='store_true',
-                        help="model mode: also time a copy whose backbone runs in the contiguous memory "
-                             "format instead of the model's channels-last")
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    parser.add_argument('--smpl', default=None,
-                        help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
-    parser.add_argument('--data', default=None,
-                        help='data mode: small-image dataset root (default: generate the synthetic tree)')
-    parser.add_argument('--data-full', default=None,
-                        help='data mode: full-size dataset root (default: generate it with --full-size)')
-    parser.add_argument('--sizes', default='small,full', help='data mode: image sizes to measure')
-    parser.add_argument('--workers', type=int, default=None,
-                        help='data mode: DataLoader workers of the second stream row (default: usable CPUs)')
-    parser.add_argument('--stream-batches', type=int, default=2,
-                        help='data mode: timed batches per worker of the stream rows')
-    parser.add_argument('--gpu-samples-per-s', type=float, default=None,
-                        help="data mode: a GPU's training rate (tool/gpu_throughput.py); prints the workers it needs")
-    parser.add_argument('--out', default=None,
-                        help='JSON path (default <output_root>/benchmark/<mode>_b<batch>.json)')
-    return parser.parse_args(argv)
 
 
 def main(argv=None):

@@ -18,9 +18,6 @@ if ROOT not in sys.path:
 
 import argparse  # noqa: E402
 
-import torch  # noqa: E402
-
-from common.utils.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint  # noqa: E402
 from common.utils.cli import add_debug_flag, exit_on_expected_errors  # noqa: E402
 
 DEFAULT_SRC = 'pose_resnet_50_256x192.pth.tar'
@@ -31,6 +28,7 @@ PREFIX = 'module.backbone.'
 def backbone_state(loaded, source):
     """The plain ``{name: tensor}`` of a SimpleBaseline file (bare, ``state_dict``-wrapped or
     ``module.``-prefixed), checked to look like a ResNet."""
+    from common.utils.checkpoint import CheckpointError
     state = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{source} holds no state dict of tensors.")
@@ -44,6 +42,8 @@ def backbone_state(loaded, source):
 
 def convert(src, out=DEFAULT_OUT):
     """Convert ``src`` into the warm-start file ``out``; returns the output path."""
+    import torch
+    from common.utils.checkpoint import load_checkpoint_file, save_checkpoint
     if not os.path.isfile(src):
         raise FileNotFoundError(
             f"{src} not found. Download the COCO-trained SimpleBaseline checkpoint "
@@ -54,11 +54,15 @@ def convert(src, out=DEFAULT_OUT):
     return save_checkpoint({'network': network, 'epoch': 0}, out)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--src', default=DEFAULT_SRC, help=f'SimpleBaseline checkpoint (default ./{DEFAULT_SRC})')
     parser.add_argument('--out', default=DEFAULT_OUT, help='output file (default tool/snapshot_0.pth.tar)')
-    args = add_debug_flag(parser).parse_args(argv)
+    return add_debug_flag(parser).parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     path = convert(args.src, args.out)
     print(f'Wrote {path}')
     return path
@@ -68,8 +72,10 @@ def main(argv=None):
 def run_cli(argv=None):
     """:func:`main` for the command line: expected errors (a missing or unusable input, a full
     disk) end with ``ERROR: <message>`` and exit status 1 (``--debug``: the traceback)."""
+    from common.utils.checkpoint import CheckpointError
     return exit_on_expected_errors(main, argv, (CheckpointError,))
 
 
 if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer before torch is imported
     run_cli()

@@ -21,6 +21,18 @@ import json  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Peak memory of the demo's drawing on a large picture.")
+    parser.add_argument('--size', default='6000x4000', help='picture WIDTHxHEIGHT (default 6000x4000, 24 MP)')
+    parser.add_argument('--people', type=int, default=3)
+    parser.add_argument('--render_max_side', type=int, default=1920, help='0: draw at full size')
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer before torch and OpenCV are imported
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -76,11 +88,7 @@ def peak_mib():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Peak memory of the demo's drawing on a large picture.")
-    parser.add_argument('--size', default='6000x4000', help='picture WIDTHxHEIGHT (default 6000x4000, 24 MP)')
-    parser.add_argument('--people', type=int, default=3)
-    parser.add_argument('--render_max_side', type=int, default=1920, help='0: draw at full size')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split('x'))
     from common.demo_run import run_demo
     with tempfile.TemporaryDirectory() as work:

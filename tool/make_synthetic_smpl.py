@@ -13,14 +13,18 @@ if __name__ == '__main__':  # entry script: make the repository root importable
 import argparse  # noqa: E402
 
 from common.utils.cli import add_debug_flag, exit_on_expected_errors  # noqa: E402
-from tool.synthetic.body_model import make_synthetic_smpl  # noqa: E402
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', required=True, help='output folder (use it as cfg.smpl_model_dir and cfg.data_dir)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    args = add_debug_flag(parser).parse_args(argv)
+    return add_debug_flag(parser).parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from tool.synthetic.body_model import make_synthetic_smpl  # SciPy: after --help
     out = make_synthetic_smpl(args.out, seed=args.seed)
     print(f'Synthetic SMPL model written to {out}')
 

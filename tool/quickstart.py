@@ -178,7 +178,7 @@ def learning_ratio(result):
 
 
 # ------------------------------------------------------------------ demo
-def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_ids='0', log=print):
+def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_ids=None, log=print):
     """The quickstart's last step, on the synthetic tree at ``data_root``.
 
     1. renders the meshes of the first synthetic 3DPW test image (test pipeline);
@@ -218,7 +218,7 @@ def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_
         paths['pw3d_render'] = render_test_image(
             model, dataset, img_path, out_dir / f"pw3d_{first['sequence']}_{stem}_render.jpg", device)
 
-        with open(dataset.annotation_path()) as f:
+        with open(dataset.annotation_paths()[0]) as f:   # the test split: one file
             db = json.load(f)
         image_ids = {img['id'] for img in db['images']
                      if img['sequence'] == first['sequence'] and img['file_name'] == os.path.basename(img_path)}
@@ -226,7 +226,8 @@ def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_
         paths['openpose_json'] = openpose_json_from_annotations(annotations, out_dir / f'{stem}_keypoints.json')
         paths.update(run_demo(img_path, paths['openpose_json'], out_dir, model, cfg.geometry_options(),
                               checkpoint_path=checkpoint_path, log=log))
-        paths['command'] = (f"python main/demo.py --gpu {gpu_ids} --img {img_path} --pose {paths['openpose_json']} "
+        gpu_flag = f'--gpu {gpu_ids} ' if gpu_ids is not None else ''
+        paths['command'] = (f"python main/demo.py {gpu_flag}--img {img_path} --pose {paths['openpose_json']} "
                             f"--model {checkpoint_path} --smpl_dir {cfg.smpl_model_dir} --data_dir {cfg.data_dir} "
                             f"--out {out_dir}")
         log(f"Quickstart demo: {paths['pw3d_render']} (3DPW test pipeline) and {paths['render']} "
@@ -247,8 +248,8 @@ def quickstart_step(result, args):
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Synthetic-data quickstart: make data, train, evaluate.')
-    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default='0',
-                        help="GPU ids (default '0'); without CUDA the CPU is used")
+    parser.add_argument('--gpu', type=gpu_ids_arg, dest='gpu_ids', default=None,
+                        help="GPU ids (default: the first CUDA device, else the CPU); without CUDA the CPU is used")
     parser.add_argument('--cfg', default=DEFAULT_CONFIG, help='training schedule (default main/configs/quickstart.yaml)')
     parser.add_argument('--work_dir', default=DEFAULT_WORK_DIR, help='folder for data and runs (default output/quickstart)')
     parser.add_argument('--regenerate', action='store_true', help='remake the synthetic body model and data tree')

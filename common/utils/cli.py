@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from common.errors import ConfigError, UserError
-from common.utils.device import parse_gpu_ids
+from common.utils.gpu_ids import parse_gpu_ids
 from main.config import Config, cfg, remove_created_dirs
 
 # OSErrors a user fixes outside the code (space, quota, permissions, read-only media); other
@@ -30,17 +30,9 @@ def gpu_ids_arg(text):
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def require_gpu_outside_torchrun(parser, args):
-    """``--gpu`` is required unless torchrun started the process."""
-    from common.utils.distributed import launched_by_torchrun
-    if args.gpu_ids is None and not launched_by_torchrun():
-        parser.error('the following arguments are required: --gpu (or start the script with torchrun)')
-
-
 def check_args(parser, args):
-    """Checks shared by train.py and test.py: ``--gpu`` outside torchrun, ``--exp_dir`` and
-    ``--cfg`` exist.  A failure exits with a usage message."""
-    require_gpu_outside_torchrun(parser, args)
+    """Checks shared by train.py and test.py: ``--exp_dir`` and ``--cfg`` exist.  A failure
+    exits with a usage message.  (No ``--gpu`` means the first CUDA device, else the CPU.)"""
     if args.exp_dir and not os.path.isdir(args.exp_dir):
         parser.error(f'--exp_dir {args.exp_dir}: no such folder.')
     if args.cfg and not os.path.isfile(args.cfg):

@@ -1,37 +1,17 @@
 """Device selection and mixed-precision helpers shared by the training and test drivers.
 
-The device is chosen once per run from the ``--gpu`` ids (under torchrun: one device
-per process, by ``LOCAL_RANK``, see :func:`select_rank_device`).  CUDA devices are
-addressed by their id (``cuda:<id>``); ``CUDA_VISIBLE_DEVICES`` is neither needed
-nor changed.  Without CUDA the run falls back to the CPU with one warning, and
-``--amp`` is then ignored with one warning.
+The device is chosen once per run from the ``--gpu`` ids (none given: the first CUDA
+device, else the CPU, said in one note; under torchrun: one device per process, by
+``LOCAL_RANK``, see :func:`select_rank_device`).  CUDA devices are addressed by their id
+(``cuda:<id>``); ``CUDA_VISIBLE_DEVICES`` is neither needed nor changed.  With ``--gpu``
+but without CUDA the run falls back to the CPU with one warning, and ``--amp`` is then
+ignored with one warning.
 """
-import re
 from dataclasses import dataclass, field
 
 import torch
 
-_GPU_RANGE = re.compile(r'^(\d+)-(\d+)$')
-_GPU_LIST = re.compile(r'^\d+(,\d+)*$')
-
-
-def parse_gpu_ids(gpu_ids):
-    """Normalise a ``--gpu`` string: ``'0'``, ``'0,1'`` or the inclusive range ``'0-3'``.
-
-    Returns the comma-separated id list as a string (``'0-3'`` -> ``'0,1,2,3'``).
-    """
-    text = str(gpu_ids).strip() if gpu_ids is not None else ''
-    match = _GPU_RANGE.match(text)
-    if match:
-        first, last = int(match.group(1)), int(match.group(2))
-        if last < first:
-            raise ValueError(f"Invalid --gpu range '{gpu_ids}': the end {last} is below the start {first}.")
-        return ','.join(str(i) for i in range(first, last + 1))
-    if _GPU_LIST.match(text):
-        return text
-    raise ValueError(
-        f"Invalid --gpu value '{gpu_ids}'. Use one id ('0'), a comma list ('0,1') "
-        "or an inclusive range ('0-3').")
+from common.utils.gpu_ids import parse_gpu_ids
 
 
 @dataclass
@@ -39,12 +19,13 @@ class DeviceSetup:
     """Result of :func:`select_device`.
 
     ``device`` is where the model and the batches live; ``device_ids`` lists the CUDA
-    ids to spread a batch over (empty on the CPU); ``warnings`` are messages the
-    caller should log once.
+    ids to spread a batch over (empty on the CPU); ``notes`` (information) and
+    ``warnings`` are messages the caller should log once.
     """
     device: torch.device
     device_ids: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     @property
     def num_devices(self):
@@ -59,9 +40,12 @@ class DeviceSetup:
 def select_device(gpu_ids):
     """Pick the run's device from a ``--gpu`` string ('0', '0,1', '0-3').
 
-    Returns a :class:`DeviceSetup`.  Raises ``ValueError`` for a malformed string
-    or an id that no visible CUDA device has.
+    ``None`` (no ``--gpu``): the first CUDA device if there is one, else the CPU, with a
+    note saying which.  Returns a :class:`DeviceSetup`.  Raises ``ValueError`` for a
+    malformed string or an id that no visible CUDA device has.
     """
+    if gpu_ids is None:
+        return default_device()
     ids = [int(i) for i in parse_gpu_ids(gpu_ids).split(',')]
     if not torch.cuda.is_available():
         return DeviceSetup(
@@ -76,6 +60,14 @@ def select_device(gpu_ids):
     if len(set(ids)) != len(ids):
         raise ValueError(f"--gpu {gpu_ids}: a device id is repeated.")
     return DeviceSetup(torch.device('cuda', ids[0]), ids, [])
+
+
+def default_device():
+    """The device without ``--gpu``: CUDA device 0 if CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return DeviceSetup(torch.device('cuda', 0), [0],
+                           notes=['--gpu not given: using the first CUDA device (--gpu chooses others).'])
+    return DeviceSetup(torch.device('cpu'), [], notes=['device: cpu (no CUDA device)'])
 
 
 def select_rank_device(gpu_ids, local_rank):
@@ -126,9 +118,10 @@ def resolve_amp(requested, device):
     return True, None
 
 
-def autocast(device, enabled):
-    """Autocast context of the original (float16 on CUDA) or a no-op when disabled."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=bool(enabled))
+def autocast(device, enabled, dtype=torch.float16):
+    """Autocast context of the original (float16 on CUDA; ``dtype`` may choose bfloat16) or a
+    no-op when disabled."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=bool(enabled))
 
 
 def make_grad_scaler(device, enabled, init_scale=1024.0):
