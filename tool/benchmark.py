@@ -53,11 +53,12 @@ from common.nets.module import sample_joint_features  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- timing
-def time_alternating(fns, runs, warmup, device):
+def time_alternating(fns, runs, warmup, device, clock=time.perf_counter):
     """Time several callables side by side: every run calls each once, the order alternating
     between runs, so slow phases of a shared machine hit all of them alike.
 
-    fns: {name: callable}.  Returns {name: {"median_ms", "min_ms", "max_ms", "runs"}}.
+    fns: {name: callable}; clock: seconds (wall clock by default).  Returns
+    {name: {"median_ms", "min_ms", "max_ms", "runs"}}.
     """
     def sync():
         if device.type == 'cuda':
@@ -71,10 +72,10 @@ def time_alternating(fns, runs, warmup, device):
     times = {name: [] for name in names}
     for run in range(runs):
         for name in (names if run % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
             sync()
-            times[name].append((time.perf_counter() - start) * 1000.0)
+            times[name].append((clock() - start) * 1000.0)
     return {name: {'median_ms': statistics.median(values), 'min_ms': min(values),
                    'max_ms': max(values), 'runs': runs} for name, values in times.items()}
 
@@ -279,6 +280,7 @@ class StepFunctions:
         model.train()
         with torch.no_grad():
             self.feat_train = model.extract_features(inputs)
+            self.joints_train = [out.detach() for out in model.position_net(self.feat_train)]
         model.eval()
         with torch.no_grad():
             self.feat_test = model.extract_features(inputs)
@@ -299,6 +301,12 @@ class StepFunctions:
             loss = self.model.heads(self.feat_train, self.inputs, self.targets, self.meta_info, 'train')
         total_loss(loss).backward()
 
+    def rotation_net_train_step(self):
+        self.model.zero_grad(set_to_none=True)
+        with self.amp:
+            outputs = self.model.rotation_net(self.feat_train, *self.joints_train, self.model.parents)
+        sum(out.float().sum() for out in outputs).backward()
+
     def heads_test_forward(self):
         with torch.no_grad(), self.amp:
             return self.model.heads(self.feat_test, self.inputs, self.targets, self.meta_info, 'test')
@@ -306,7 +314,69 @@ class StepFunctions:
 
 # name -> (StepFunctions method, module train mode)
 MEASUREMENTS = (('heads_train_step', True), ('heads_test_forward', False), ('train_step', True),
-                ('test_forward', False))
+                ('test_forward', False), ('rotation_net_train_step', True))
+
+
+class RotationNetGemmFloor:
+    """The matrix products every implementation of the rotation net's training step must run
+    (forward and backward, the same shapes and FLOPs as the per-joint reference), alone, each
+    in one stacked call: graph layers (forward, weight gradient, input gradient after the first
+    layer, adjacency mixing), the shape / camera / root heads, and the pose branches' three
+    layers (forward and weight gradients; the graph feature's gradient through the first layer;
+    hidden and parent gradients). Nothing else (no element-wise work, no chain order), so its
+    time is a lower bound of the rotation net's step on this device.
+    """
+
+    def __init__(self, rotation_net, batch, device, dtype=torch.float32):
+        graph = rotation_net.graph_block
+        branches = rotation_net.pose_branch
+        vertices, width = graph[0].vertex_num, graph[0].dim_out
+        joints, hidden = len(branches.joint_order), branches.hidden_dim
+        gen = torch.Generator().manual_seed(0)
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
+        flat = vertices * width
+        self.graph_in = rand(vertices, batch, graph[0].dim_in)
+        self.graph_w0 = rand(vertices, graph[0].dim_in, width)
+        self.graph_x = rand(vertices, batch, width)
+        self.graph_w = rand(vertices, width, width)
+        self.adj = rand(vertices, vertices)
+        self.graph_layers = 2 * (len(graph) - 1)
+        self.flat_feat = rand(batch, flat)
+        self.head_w = rand(flat, 10 + 3 + 6)
+        self.head_grad = rand(batch, 10 + 3 + 6)
+        self.pose_graph_w = rand(joints * hidden, flat)
+        self.pose_feat = rand(joints, batch, branches.feature_dim)
+        self.pose_feat_w = rand(joints, branches.feature_dim, hidden)
+        self.pose_h = rand(joints, batch, hidden)
+        self.pose_w2 = rand(joints, hidden, hidden)
+        self.pose_w3 = rand(joints, hidden, 6 * 2)  # layer 3 and the parent block of layer 1
+        self.pose_grad = rand(batch, joints * hidden)
+
+    def __call__(self):
+        x, w = self.graph_x, self.graph_w
+        torch.bmm(self.graph_in, self.graph_w0)  # first graph layer: forward
+        torch.bmm(self.graph_in.transpose(1, 2), x)  # ... its weight gradient
+        mixed = x.reshape(x.shape[0], -1)
+        for _ in range(self.graph_layers):  # residual graph layers: forward, weight, input grad
+            torch.bmm(x, w), torch.bmm(x.transpose(1, 2), x), torch.bmm(x, w.transpose(1, 2))
+        for _ in range(2 * (self.graph_layers + 1)):  # adjacency mixing, forward and backward
+            torch.mm(self.adj, mixed)
+        feat, grad = self.flat_feat, self.head_grad
+        torch.mm(feat, self.head_w), torch.mm(grad.t(), feat), torch.mm(grad, self.head_w.t())
+        # pose branches, layer 1: forward, weight gradient, graph feature's gradient
+        torch.mm(feat, self.pose_graph_w.t())
+        torch.bmm(self.pose_feat, self.pose_feat_w)
+        torch.mm(self.pose_grad.t(), feat)
+        torch.bmm(self.pose_h.transpose(1, 2), self.pose_feat)
+        torch.mm(self.pose_grad, self.pose_graph_w)
+        # layers 2 and 3 (and layer 1's parent block): forward, weight and input gradients
+        h = self.pose_h
+        for weight in (self.pose_w2, self.pose_w3):
+            out = torch.bmm(h, weight)
+            torch.bmm(h.transpose(1, 2), out), torch.bmm(out, weight.transpose(1, 2))
 
 
 def max_relative_difference(first, second):
@@ -354,7 +424,10 @@ def benchmark_model(args, device):
         for m in models.values():
             m.train(train)
         fns = {name: getattr(step, measurement) for name, step in steps.items()}
-        stats = time_alternating(fns, args.runs, args.warmup, device)
+        if measurement == 'rotation_net_train_step':
+            fns['floor'] = RotationNetGemmFloor(model.rotation_net, args.batch, device)
+        clock = time.thread_time if args.cpu_clock else time.perf_counter
+        stats = time_alternating(fns, args.runs, args.warmup, device, clock)
         for name, fn in fns.items():
             key = measurement if name == 'current' else f'{name}_{measurement}'
             results[key] = {**stats[name], **count_operators(fn)}
@@ -447,6 +520,15 @@ def print_comparison(report):
         if variant is not None:
             print(f"contiguous backbone, {name}: {variant['median_ms']:.1f} ms "
                   f"(channels-last is {results[name]['median_ms'] / variant['median_ms']:.2f}x of it)")
+    floor = results.get('floor_rotation_net_train_step')
+    ref_net, ref_heads = results.get('reference_rotation_net_train_step'), results.get('reference_heads_train_step')
+    if floor and ref_net and ref_heads:
+        # the rest of the heads step (position net, rotations, SMPL, losses) is the same code in both
+        bound = ref_heads['median_ms'] - ref_net['median_ms'] + floor['median_ms']
+        print(f"floor: the rotation net's matrix products alone take {floor['median_ms']:.1f} ms; with "
+              f"the shared rest of the reference's heads step ({ref_heads['median_ms'] - ref_net['median_ms']:.1f} ms) "
+              f"no implementation of the heads train step gets below {bound / ref_heads['median_ms']:.2f}x "
+              "of the reference on this device")
     for name, diff in report.get('agreement_max_rel_diff', {}).items():
         print(f'outputs and losses of {name} vs current: max relative difference {diff:.2e}')
 
@@ -463,6 +545,10 @@ def parse_args(argv=None):
                         help="model mode: also time a copy whose backbone runs in the contiguous memory "
                              "format instead of the model's channels-last")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--cpu-clock', action='store_true',
+                        help="model mode on the CPU: time by the calling thread's CPU time instead of the "
+                             "wall clock; with --threads 1 that is the whole work of a call, and other "
+                             "processes on a busy machine do not count")
     parser.add_argument('--smpl', default=None,
                         help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
     parser.add_argument('--data', default=None,
@@ -480,6 +566,8 @@ def main(argv=None):
     if args.amp and device.type != 'cuda':
         print('--amp is ignored on the CPU')
         args.amp = False
+    if args.cpu_clock and (device.type != 'cpu' or torch.get_num_threads() != 1):
+        raise SystemExit('--cpu-clock needs --device cpu and --threads 1 (other threads\' work would not count).')
     if args.batch < 2:
         raise SystemExit('--batch must be at least 2 (BatchNorm1d in training mode).')
     with tempfile.TemporaryDirectory(prefix='sgre_bench_') as workdir:

@@ -299,39 +299,50 @@ def rotmat_to_axis_angle(R):
     return aa.reshape(*lead, 3)
 
 
+def _skew_generators():
+    """(3, 3, 3) E with sum_k v_k E[:, :, k] = [v]_x, the cross-product matrix of v."""
+    generators = np.zeros((3, 3, 3))
+    for row, column, k in ((2, 1, 0), (0, 2, 1), (1, 0, 2)):
+        generators[row, column, k], generators[column, row, k] = 1.0, -1.0
+    return generators
+
+
+_SKEW_GENERATORS = _skew_generators()
+
+
+@lru_cache(maxsize=16)
+def _rotation_constants(dtype, device):
+    """(identity (3, 3), skew generators (3, 3, 3)) as cached tensors."""
+    return (torch.eye(3, dtype=dtype, device=device),
+            torch.tensor(_SKEW_GENERATORS, dtype=dtype, device=device))
+
+
 def axis_angle_to_rotmat(aa):
     """Axis-angle (radians) -> rotation matrix, torchgeometry ``angle_axis_to_rotation_matrix``
     (the ground-truth side of the rotation loss), top-left 3x3.
 
-    aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6);
-    otherwise the first-order form I + [r]_x. Float32 for float16/bfloat16 input,
-    otherwise the input dtype. Gradients are finite at theta = 0.
+    aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6),
+    R = cos(theta) I + (1 - cos(theta)) w w^T + sin(theta) [w]_x; otherwise the first-order form
+    I + [r]_x. Every entry is the original's sum in the original's order (the added zeros are
+    exact). Float32 for float16/bfloat16 input, otherwise the input dtype. Gradients are finite
+    at theta = 0.
     """
     lead = aa.shape[:-1]
     r = aa.reshape(-1, 3).to(_compute_dtype(aa))
-    rx, ry, rz = r[:, 0], r[:, 1], r[:, 2]
-    theta2 = rx * rx + ry * ry + rz * rz
+    eye, generators = _rotation_constants(r.dtype, r.device)
+    theta2 = (r * r).sum(dim=-1, keepdim=True)
     use_rodrigues = theta2 > 1e-6
     # Substitute 1 in the unused branch: sqrt'(0) = inf would make 0 * inf = NaN gradients.
     theta = torch.sqrt(torch.where(use_rodrigues, theta2, torch.ones_like(theta2)))
-    wx = rx / (theta + 1e-6)
-    wy = ry / (theta + 1e-6)
-    wz = rz / (theta + 1e-6)
-    c = torch.cos(theta)
-    s = torch.sin(theta)
-    omc = 1.0 - c
-    rodrigues = torch.stack((
-        c + wx * wx * omc, wx * wy * omc - wz * s, wy * s + wx * wz * omc,
-        wz * s + wx * wy * omc, c + wy * wy * omc, -wx * s + wy * wz * omc,
-        -wy * s + wx * wz * omc, wx * s + wy * wz * omc, c + wz * wz * omc,
-    ), dim=-1)
-    one = torch.ones_like(rx)
-    first_order = torch.stack((
-        one, -rz, ry,
-        rz, one, -rx,
-        -ry, rx, one,
-    ), dim=-1)
-    R = torch.where(use_rodrigues[:, None], rodrigues, first_order)
+    w = r / (theta + 1e-6)
+    c = torch.cos(theta)[:, :, None]
+    outer = w[:, :, None] * w[:, None, :]
+    # sin(theta) * w goes into the skew part as sin * w_k, the original's product
+    skew_terms = torch.cat((torch.sin(theta) * w, r), dim=0)[:, None, None, :] * generators
+    skew = skew_terms.sum(dim=-1)  # (2N, 3, 3): [sin w]_x, then [r]_x
+    rodrigues = c * eye + outer * (1.0 - c) + skew[:len(r)]
+    first_order = eye + skew[len(r):]
+    R = torch.where(use_rodrigues[:, :, None], rodrigues, first_order)
     return R.reshape(*lead, 3, 3)
 
 
