@@ -1,12 +1,13 @@
 """Timing and operator-count benchmark of SGRE on the current device.
 
     python tool/benchmark.py [--mode model] [--batch 8] [--runs 10] [--warmup 3] [--smpl DIR]
-                             [--contiguous-backbone] [--threads N] [--device cpu|cuda] [--amp]
+                             [--contiguous-backbone] [--threads N] [--cpu-clock]
+                             [--device cpu|cuda] [--amp]
 
 ``--mode model`` builds the model (``get_model``) and a copy whose ``rotation_net`` is the
 original heads written out as the authors' code runs them (``ReferenceRotationNet``: per-vertex
 Linear + BatchNorm1d graph layers as separate modules, the 23 pose branches one after the other
-in joint order), with the same weights.  For both it measures the whole training step
+in joint order), with the same weights and the backbone in the contiguous memory format.  For both it measures the whole training step
 (forward + loss + backward, no optimizer step), the whole test forward (eval mode, no
 gradient), and the same two for the heads + SMPL alone (everything after the backbone, from a
 cached feature map).  The calls of the two models alternate run by run, so a busy machine slows
@@ -16,6 +17,15 @@ measurement also reports the number of operators one call launches, forward and 
 each operator is a kernel launch).  ``--contiguous-backbone`` adds a copy whose backbone runs
 in the default contiguous memory format instead of the model's channels-last.  Before timing,
 outputs and losses of the copies are compared with the model's.
+
+Two more rows bound what the heads can gain: the rotation net's training step alone (from the
+cached feature and joint positions), and ``floor_rotation_net_train_step``, the matrix products
+that step must run whatever the implementation (``RotationNetGemmFloor``: the reference's
+shapes and FLOPs, each product one stacked call, nothing else).  Since the rest of the heads
+step is the same code in both models, ``(reference heads step - reference rotation net +
+floor) / reference heads step`` is the lowest time ratio any rotation net can reach on the
+device; the comparison prints it.  ``--cpu-clock`` (CPU, ``--threads 1``) times each call by
+the calling thread's CPU time, so other processes on a busy machine do not count.
 
 The table is printed and written as JSON:
 ``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs",
@@ -224,15 +234,16 @@ class ReferenceRotationNet(nn.Module):
 
 
 def with_reference_heads(model):
-    """A copy of ``model`` whose ``rotation_net`` is the ``ReferenceRotationNet`` with the same
-    weights and batch-norm state."""
+    """The original model: a copy of ``model`` whose ``rotation_net`` is the
+    ``ReferenceRotationNet`` with the same weights and batch-norm state, and whose backbone runs
+    in the default contiguous memory format, as the original's does."""
     human_model = model.human_model
     graph_joint_idx = [human_model.joints_name.index(name) for name in human_model.graph_joints_name]
     reference = copy.deepcopy(model)
     heads = ReferenceRotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents)
     heads.load_state_dict(model.rotation_net.state_dict(), strict=True)
     reference.rotation_net = heads.to(next(model.parameters()).device)
-    return reference
+    return reference.use_memory_format(torch.contiguous_format)
 
 
 def with_contiguous_backbone(model):
@@ -503,8 +514,8 @@ def print_table(report, authors=None):
 def print_comparison(report):
     """Before (reference heads) / after (this model) table: time, operators, ratios."""
     results = report['results']
-    print('\nreference = the original heads (per-vertex graph layers, 23 sequential branches);'
-          ' current = this model; same weights, same batch, timed alternately')
+    print('\nreference = the original model (per-vertex graph layers, 23 sequential branches, '
+          'contiguous backbone); current = this model; same weights, same batch, timed alternately')
     print(f"{'step':<20}{'ref ms':>9}{'cur ms':>9}{'ratio':>7}{'ref ops':>9}{'cur ops':>9}{'ratio':>7}"
           f"{'ref comp':>10}{'cur comp':>10}{'ratio':>7}")
     for name, _ in MEASUREMENTS:
