@@ -1,8 +1,7 @@
 """Timing and operator-count benchmark of SGRE on the current device.
 
     python tool/benchmark.py [--mode model] [--batch 8] [--runs 10] [--warmup 3] [--smpl DIR]
-                             [--contiguous-backbone] [--threads N] [--cpu-clock]
-                             [--device cpu|cuda] [--amp]
+                             [--contiguous-backbone] [--threads N] [--device cpu|cuda] [--amp]
 
 ``--mode model`` builds the model (``get_model``) and a copy whose ``rotation_net`` is the
 original heads written out as the authors' code runs them (``ReferenceRotationNet``: per-vertex
@@ -419,6 +418,8 @@ def agreement(models, inputs, targets, meta_info):
 def benchmark_model(args, device):
     """Time and operator counts of this model and of the reference heads, side by side."""
     from main.model import get_model
+    if args.cpu_clock and (device.type != 'cpu' or torch.get_num_threads() != 1):
+        raise SystemExit('--cpu-clock needs --device cpu and --threads 1 (other threads\' work would not count).')
     torch.manual_seed(0)
     model = get_model(6890, 30, 'train').to(device)
     models = {'current': model, 'reference': with_reference_heads(model)}
@@ -577,8 +578,6 @@ def main(argv=None):
     if args.amp and device.type != 'cuda':
         print('--amp is ignored on the CPU')
         args.amp = False
-    if args.cpu_clock and (device.type != 'cpu' or torch.get_num_threads() != 1):
-        raise SystemExit('--cpu-clock needs --device cpu and --threads 1 (other threads\' work would not count).')
     if args.batch < 2:
         raise SystemExit('--batch must be at least 2 (BatchNorm1d in training mode).')
     with tempfile.TemporaryDirectory(prefix='sgre_bench_') as workdir:
