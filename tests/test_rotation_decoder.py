@@ -325,6 +325,28 @@ def test_benchmark_reference_heads_match_and_launch_more_operators():
     assert 0 < ours['compute_ops'] <= ours['ops'] and ours['ops'] < theirs['ops']
 
 
+def test_benchmark_floor_runs_only_the_rotation_nets_products_with_its_flops():
+    """The floor measurement launches matrix products only, and as many multiply-adds as a
+    hand count of the rotation net's training step (forward, weight and needed input gradients)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from tool.benchmark import RotationNetGemmFloor, count_operators
+    net = make_net()  # 15 vertices, graph width 8, feature 24, 23 joints, hidden 8
+    batch, v, c, cin, f, n, h = 3, 15, 8, 24 + 4, 24, 23, 8
+    floor = RotationNetGemmFloor(net, batch, torch.device('cpu'))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        floor()
+    macs = (2 * v * batch * cin * c  # first graph layer: forward, weight gradient
+            + 8 * 3 * v * batch * c * c  # 8 residual graph layers: forward, weight, input gradient
+            + 18 * v * v * batch * c  # adjacency mixing, forward and backward of 9 layers
+            + 3 * batch * v * c * 19  # shape, camera, root heads
+            + 3 * batch * v * c * n * h + 2 * batch * f * n * h  # pose layer 1 (graph, features)
+            + 3 * n * batch * h * h + 3 * n * batch * h * 12)  # layers 2, 3 and the parent block
+    assert counter.get_total_flops() == 2 * macs
+    # one call per product: 2 + 24 + 18 (graph) + 3 (heads) + 5 + 6 (pose branches)
+    assert count_operators(floor)['compute_ops'] == 58
+
+
 # ----------------------------------------------------------------------------- optimizer state
 def test_per_joint_optimizer_state_round_trip_and_resume():
     """Adam state of 23 per-joint branches, converted to the stacked parameters: written back it

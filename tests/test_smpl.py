@@ -52,6 +52,21 @@ def test_layer_matches_smplpytorch(synthetic_smpl_dir, gender):
         torch.testing.assert_close(value, ref_buffers[name], rtol=0, atol=0)
 
 
+def test_quaternion_route_matches_scipy_rotation():
+    """smplpytorch's route (angle |v + 1e-8|, axis v / |v + 1e-8|, normalised quaternion) against
+    scipy's matrix of the same quaternion, and exactly the identity for zero vectors."""
+    from scipy.spatial.transform import Rotation
+    rotvec = np.random.default_rng(11).normal(size=(2, 50, 3)) * 1.5
+    rotmat = smpl_layer_module.quat_axis_angle_to_rotmat(torch.tensor(rotvec))
+    assert rotmat.shape == (2, 50, 3, 3) and rotmat.dtype == torch.float64
+    angle = np.linalg.norm(rotvec + 1e-8, axis=-1, keepdims=True)
+    xyzw = np.concatenate([np.sin(angle / 2) * rotvec / angle, np.cos(angle / 2)], -1)
+    expected = Rotation.from_quat(xyzw.reshape(-1, 4)).as_matrix()  # normalises the quaternion
+    np.testing.assert_allclose(rotmat.numpy().reshape(-1, 3, 3), expected, rtol=0, atol=1e-12)
+    identity = smpl_layer_module.quat_axis_angle_to_rotmat(torch.zeros(4, 3))
+    assert torch.equal(identity, torch.eye(3).expand(4, 3, 3))
+
+
 def test_layer_dtype_gradients_and_defaults(synthetic_smpl_dir):
     layer = SMPLLayer('neutral', model_dir=synthetic_smpl_dir)
     pose, betas, trans = _random_inputs(batch=2)

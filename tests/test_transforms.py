@@ -344,6 +344,32 @@ def test_numpy_forward_kinematics_bit_identical_to_per_joint_loop(dtype):
         np.testing.assert_array_equal(skin, np.concatenate([expected_rot.reshape(-1, 9), expected_trans], 1))
 
 
+def test_torch_forward_kinematics_gradients_match_per_joint_loop():
+    """Values and gradients of the depth-batched torch path against a per-joint torch loop."""
+    local_rot = torch.tensor(Rotation.random(3 * 24, random_state=21).as_matrix().reshape(3, 24, 3, 3),
+                             requires_grad=True)
+    joints_rest = torch.randn(3, 24, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
+                              requires_grad=True)
+    weights = torch.randn(3, 24, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def per_joint_loop(rot, rest):
+        g_rot, g_pos = [rot[:, 0]], [rest[:, 0]]
+        for joint in range(1, 24):
+            parent = SMPL_PARENTS[joint]
+            g_rot.append(g_rot[parent] @ rot[:, joint])
+            offset = rest[:, joint] - rest[:, parent]
+            g_pos.append((g_rot[parent] @ offset[..., None])[..., 0] + g_pos[parent])
+        return torch.stack(g_rot, 1), torch.stack(g_pos, 1)
+
+    results = []
+    for fk in (per_joint_loop, lambda r, j: kinematics.forward_kinematics(r, j, SMPL_PARENTS)):
+        global_rot, global_pos = fk(local_rot, joints_rest)
+        loss = (torch.cat([global_rot.flatten(-2), global_pos], -1) * weights).sum()
+        results.append((global_rot, global_pos, *torch.autograd.grad(loss, (local_rot, joints_rest))))
+    for expected, actual in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_torch_and_numpy_forward_kinematics_agree_and_move_points_rigidly():
     rng = np.random.default_rng(4)
     local_rot = Rotation.random(2 * 24, random_state=5).as_matrix().reshape(2, 24, 3, 3)

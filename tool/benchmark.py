@@ -6,7 +6,7 @@
 ``--mode model`` builds the model (``get_model``) and a copy whose ``rotation_net`` is the
 original heads written out as the authors' code runs them (``ReferenceRotationNet``: per-vertex
 Linear + BatchNorm1d graph layers as separate modules, the 23 pose branches one after the other
-in joint order), with the same weights.  For both it measures the whole training step
+in joint order), with the same weights and the backbone in the contiguous memory format.  For both it measures the whole training step
 (forward + loss + backward, no optimizer step), the whole test forward (eval mode, no
 gradient), and the same two for the heads + SMPL alone (everything after the backbone, from a
 cached feature map).  The calls of the two models alternate run by run, so a busy machine slows
@@ -16,6 +16,15 @@ measurement also reports the number of operators one call launches, forward and 
 each operator is a kernel launch).  ``--contiguous-backbone`` adds a copy whose backbone runs
 in the default contiguous memory format instead of the model's channels-last.  Before timing,
 outputs and losses of the copies are compared with the model's.
+
+Two more rows bound what the heads can gain: the rotation net's training step alone (from the
+cached feature and joint positions), and ``floor_rotation_net_train_step``, the matrix products
+that step must run whatever the implementation (``RotationNetGemmFloor``: the reference's
+shapes and FLOPs, each product one stacked call, nothing else).  Since the rest of the heads
+step is the same code in both models, ``(reference heads step - reference rotation net +
+floor) / reference heads step`` is the lowest time ratio any rotation net can reach on the
+device; the comparison prints it.  ``--cpu-clock`` (CPU, ``--threads 1``) times each call by
+the calling thread's CPU time, so other processes on a busy machine do not count.
 
 The table is printed and written as JSON:
 ``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs",
@@ -62,6 +71,10 @@ def parse_args(argv=None):
                         help="model mode: also time a copy whose backbone runs in the contiguous memory "
                              "format instead of the model's channels-last")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--cpu-clock', action='store_true',
+                        help="model mode on the CPU: time by the calling thread's CPU time instead of the "
+                             "wall clock; with --threads 1 that is the whole work of a call, and other "
+                             "processes on a busy machine do not count")
     parser.add_argument('--smpl', default=None,
                         help='folder of the SMPL pkl files (default cfg.smpl_model_dir)')
     parser.add_argument('--data', default=None,
@@ -91,11 +104,12 @@ from common.nets.module import sample_joint_features  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- timing
-def time_alternating(fns, runs, warmup, device):
+def time_alternating(fns, runs, warmup, device, clock=time.perf_counter):
     """Time several callables side by side: every run calls each once, the order alternating
     between runs, so slow phases of a shared machine hit all of them alike.
 
-    fns: {name: callable}.  Returns {name: {"median_ms", "min_ms", "max_ms", "runs"}}.
+    fns: {name: callable}; clock: seconds (wall clock by default).  Returns
+    {name: {"median_ms", "min_ms", "max_ms", "runs"}}.
     """
     def sync():
         if device.type == 'cuda':
@@ -109,10 +123,10 @@ def time_alternating(fns, runs, warmup, device):
     times = {name: [] for name in names}
     for run in range(runs):
         for name in (names if run % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
             sync()
-            times[name].append((time.perf_counter() - start) * 1000.0)
+            times[name].append((clock() - start) * 1000.0)
     return {name: {'median_ms': statistics.median(values), 'min_ms': min(values),
                    'max_ms': max(values), 'runs': runs} for name, values in times.items()}
 
@@ -261,15 +275,16 @@ class ReferenceRotationNet(nn.Module):
 
 
 def with_reference_heads(model):
-    """A copy of ``model`` whose ``rotation_net`` is the ``ReferenceRotationNet`` with the same
-    weights and batch-norm state."""
+    """The original model: a copy of ``model`` whose ``rotation_net`` is the
+    ``ReferenceRotationNet`` with the same weights and batch-norm state, and whose backbone runs
+    in the default contiguous memory format, as the original's does."""
     human_model = model.human_model
     graph_joint_idx = [human_model.joints_name.index(name) for name in human_model.graph_joints_name]
     reference = copy.deepcopy(model)
     heads = ReferenceRotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents)
     heads.load_state_dict(model.rotation_net.state_dict(), strict=True)
     reference.rotation_net = heads.to(next(model.parameters()).device)
-    return reference
+    return reference.use_memory_format(torch.contiguous_format)
 
 
 def with_contiguous_backbone(model):
@@ -317,6 +332,7 @@ class StepFunctions:
         model.train()
         with torch.no_grad():
             self.feat_train = model.extract_features(inputs)
+            self.joints_train = [out.detach() for out in model.position_net(self.feat_train)]
         model.eval()
         with torch.no_grad():
             self.feat_test = model.extract_features(inputs)
@@ -337,6 +353,12 @@ class StepFunctions:
             loss = self.model.heads(self.feat_train, self.inputs, self.targets, self.meta_info, 'train')
         total_loss(loss).backward()
 
+    def rotation_net_train_step(self):
+        self.model.zero_grad(set_to_none=True)
+        with self.amp:
+            outputs = self.model.rotation_net(self.feat_train, *self.joints_train, self.model.parents)
+        sum(out.float().sum() for out in outputs).backward()
+
     def heads_test_forward(self):
         with torch.no_grad(), self.amp:
             return self.model.heads(self.feat_test, self.inputs, self.targets, self.meta_info, 'test')
@@ -344,7 +366,69 @@ class StepFunctions:
 
 # name -> (StepFunctions method, module train mode)
 MEASUREMENTS = (('heads_train_step', True), ('heads_test_forward', False), ('train_step', True),
-                ('test_forward', False))
+                ('test_forward', False), ('rotation_net_train_step', True))
+
+
+class RotationNetGemmFloor:
+    """The matrix products every implementation of the rotation net's training step must run
+    (forward and backward, the same shapes and FLOPs as the per-joint reference), alone, each
+    in one stacked call: graph layers (forward, weight gradient, input gradient after the first
+    layer, adjacency mixing), the shape / camera / root heads, and the pose branches' three
+    layers (forward and weight gradients; the graph feature's gradient through the first layer;
+    hidden and parent gradients). Nothing else (no element-wise work, no chain order), so its
+    time is a lower bound of the rotation net's step on this device.
+    """
+
+    def __init__(self, rotation_net, batch, device, dtype=torch.float32):
+        graph = rotation_net.graph_block
+        branches = rotation_net.pose_branch
+        vertices, width = graph[0].vertex_num, graph[0].dim_out
+        joints, hidden = len(branches.joint_order), branches.hidden_dim
+        gen = torch.Generator().manual_seed(0)
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
+        flat = vertices * width
+        self.graph_in = rand(vertices, batch, graph[0].dim_in)
+        self.graph_w0 = rand(vertices, graph[0].dim_in, width)
+        self.graph_x = rand(vertices, batch, width)
+        self.graph_w = rand(vertices, width, width)
+        self.adj = rand(vertices, vertices)
+        self.graph_layers = 2 * (len(graph) - 1)
+        self.flat_feat = rand(batch, flat)
+        self.head_w = rand(flat, 10 + 3 + 6)
+        self.head_grad = rand(batch, 10 + 3 + 6)
+        self.pose_graph_w = rand(joints * hidden, flat)
+        self.pose_feat = rand(joints, batch, branches.feature_dim)
+        self.pose_feat_w = rand(joints, branches.feature_dim, hidden)
+        self.pose_h = rand(joints, batch, hidden)
+        self.pose_w2 = rand(joints, hidden, hidden)
+        self.pose_w3 = rand(joints, hidden, 6 * 2)  # layer 3 and the parent block of layer 1
+        self.pose_grad = rand(batch, joints * hidden)
+
+    def __call__(self):
+        x, w = self.graph_x, self.graph_w
+        torch.bmm(self.graph_in, self.graph_w0)  # first graph layer: forward
+        torch.bmm(self.graph_in.transpose(1, 2), x)  # ... its weight gradient
+        mixed = x.reshape(x.shape[0], -1)
+        for _ in range(self.graph_layers):  # residual graph layers: forward, weight, input grad
+            torch.bmm(x, w), torch.bmm(x.transpose(1, 2), x), torch.bmm(x, w.transpose(1, 2))
+        for _ in range(2 * (self.graph_layers + 1)):  # adjacency mixing, forward and backward
+            torch.mm(self.adj, mixed)
+        feat, grad = self.flat_feat, self.head_grad
+        torch.mm(feat, self.head_w), torch.mm(grad.t(), feat), torch.mm(grad, self.head_w.t())
+        # pose branches, layer 1: forward, weight gradient, graph feature's gradient
+        torch.mm(feat, self.pose_graph_w.t())
+        torch.bmm(self.pose_feat, self.pose_feat_w)
+        torch.mm(self.pose_grad.t(), feat)
+        torch.bmm(self.pose_h.transpose(1, 2), self.pose_feat)
+        torch.mm(self.pose_grad, self.pose_graph_w)
+        # layers 2 and 3 (and layer 1's parent block): forward, weight and input gradients
+        h = self.pose_h
+        for weight in (self.pose_w2, self.pose_w3):
+            out = torch.bmm(h, weight)
+            torch.bmm(h.transpose(1, 2), out), torch.bmm(out, weight.transpose(1, 2))
 
 
 def max_relative_difference(first, second):
@@ -376,6 +460,8 @@ def agreement(models, inputs, targets, meta_info):
 def benchmark_model(args, device):
     """Time and operator counts of this model and of the reference heads, side by side."""
     from main.model import get_model
+    if args.cpu_clock and (device.type != 'cpu' or torch.get_num_threads() != 1):
+        raise SystemExit('--cpu-clock needs --device cpu and --threads 1 (other threads\' work would not count).')
     torch.manual_seed(0)
     model = get_model(6890, 30, 'train').to(device)
     models = {'current': model, 'reference': with_reference_heads(model)}
@@ -392,7 +478,10 @@ def benchmark_model(args, device):
         for m in models.values():
             m.train(train)
         fns = {name: getattr(step, measurement) for name, step in steps.items()}
-        stats = time_alternating(fns, args.runs, args.warmup, device)
+        if measurement == 'rotation_net_train_step':
+            fns['floor'] = RotationNetGemmFloor(model.rotation_net, args.batch, device)
+        clock = time.thread_time if args.cpu_clock else time.perf_counter
+        stats = time_alternating(fns, args.runs, args.warmup, device, clock)
         for name, fn in fns.items():
             key = measurement if name == 'current' else f'{name}_{measurement}'
             results[key] = {**stats[name], **count_operators(fn)}
@@ -430,8 +519,8 @@ def print_table(report, authors=None):
 def print_comparison(report):
     """Before (reference heads) / after (this model) table: time, operators, ratios."""
     results = report['results']
-    print('\nreference = the original heads (per-vertex graph layers, 23 sequential branches);'
-          ' current = this model; same weights, same batch, timed alternately')
+    print('\nreference = the original model (per-vertex graph layers, 23 sequential branches, '
+          'contiguous backbone); current = this model; same weights, same batch, timed alternately')
     print(f"{'step':<20}{'ref ms':>9}{'cur ms':>9}{'ratio':>7}{'ref ops':>9}{'cur ops':>9}{'ratio':>7}"
           f"{'ref comp':>10}{'cur comp':>10}{'ratio':>7}")
     for name, _ in MEASUREMENTS:
@@ -447,6 +536,15 @@ def print_comparison(report):
         if variant is not None:
             print(f"contiguous backbone, {name}: {variant['median_ms']:.1f} ms "
                   f"(channels-last is {results[name]['median_ms'] / variant['median_ms']:.2f}x of it)")
+    floor = results.get('floor_rotation_net_train_step')
+    ref_net, ref_heads = results.get('reference_rotation_net_train_step'), results.get('reference_heads_train_step')
+    if floor and ref_net and ref_heads:
+        # the rest of the heads step (position net, rotations, SMPL, losses) is the same code in both
+        bound = ref_heads['median_ms'] - ref_net['median_ms'] + floor['median_ms']
+        print(f"floor: the rotation net's matrix products alone take {floor['median_ms']:.1f} ms; with "
+              f"the shared rest of the reference's heads step ({ref_heads['median_ms'] - ref_net['median_ms']:.1f} ms) "
+              f"no implementation of the heads train step gets below {bound / ref_heads['median_ms']:.2f}x "
+              "of the reference on this device")
     for name, diff in report.get('agreement_max_rel_diff', {}).items():
         print(f'outputs and losses of {name} vs current: max relative difference {diff:.2e}')
 

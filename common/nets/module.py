@@ -147,6 +147,9 @@ class RotationNet(nn.Module):
         parents = self.parents if parents is None else parents
         # the grid comes from the (float32) soft-argmax, so sample a feature map of its dtype
         joint_feat = sample_joint_features(img_feat.to(joint_coord.dtype), joint_coord)
+        # stored joint-major, (J, B, C) contiguous, viewed as (B, J, C): the stacked products
+        # then read every joint's (B, C) block in a BLAS layout instead of copying it per joint
+        joint_feat = joint_feat.transpose(0, 1).contiguous().transpose(0, 1)
         graph_feat = self.graph_feature(joint_feat, joint_coord, joint_score)
         shape = self.shape_out(graph_feat)
         cam = self.cam_out(graph_feat)

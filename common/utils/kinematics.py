@@ -132,8 +132,17 @@ def _take(x, positions, axis):
 def _select(x, parent_sel, axis):
     """The rows of ``x`` along the negative ``axis`` that ``parent_sel`` names (see ``TreePlan``)."""
     if parent_sel[0] == 'slice':
+        if (parent_sel[1], parent_sel[2]) == (0, x.shape[axis]):
+            return x  # every row: no slice, whose backward would zero-fill and copy the gradient
         return x[(Ellipsis, slice(parent_sel[1], parent_sel[2])) + (slice(None),) * (-axis - 1)]
     return _take(x, parent_sel[1], axis)
+
+
+def _split(x, sizes, axis):
+    """``x`` cut along the negative ``axis`` into consecutive blocks of ``sizes`` (a list)."""
+    if isinstance(x, torch.Tensor):
+        return list(torch.split(x, sizes, dim=axis))
+    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
 
 
 def _concat(blocks, axis):
@@ -150,10 +159,6 @@ def _swap_last_two(x):
 
 def _einsum(x):
     return torch.einsum if isinstance(x, torch.Tensor) else np.einsum
-
-
-def _rows(x, start, end, axis):
-    return x[(Ellipsis, slice(start, end)) + (slice(None),) * (-axis - 1)]
 
 
 # ------------------------------------------------------------------ tree operations
@@ -189,6 +194,10 @@ def forward_kinematics(local_rot, joints_rest, parents):
     without ``joints_rest``), where ``G_j = G_p @ L_j`` and
     ``p_j = G_p @ (rest_j - rest_p) + p_p`` for the parent ``p`` of ``j``; the root keeps
     ``L_0`` and ``rest_0``.
+
+    The inputs are cut into their depth blocks by one split each (and all bone offsets
+    ``rest_j - rest_p`` come from one subtraction), so autograd joins their gradients with one
+    concatenation instead of a zero-filled copy per depth.
     """
     parents = _parents_tuple(parents, local_rot.shape[-3])
     plan = _cached_plan(parents)
@@ -197,18 +206,20 @@ def forward_kinematics(local_rot, joints_rest, parents):
         local_rot = _take(local_rot, plan.order, -3)
         if with_pos:
             joints_rest = _take(joints_rest, plan.order, -2)
-    rot_blocks = [local_rot[..., :1, :, :]]
-    pos_blocks = [joints_rest[..., :1, :]] if with_pos else None
-    previous = (0, 1)
-    for start, end, parent_sel in plan.levels:
-        parent_rot = _select(rot_blocks[-1], parent_sel, -3)
-        rot_blocks.append(parent_rot @ local_rot[..., start:end, :, :])
+    sizes = [1] + [end - start for start, end, _ in plan.levels]
+    rot_blocks = _split(local_rot, sizes, -3)
+    if with_pos:
+        # parent of the joint at each depth-order position, as a depth-order position
+        parent_positions = tuple(plan.order.index(parents[j]) for j in plan.order[1:])
+        offsets = joints_rest[..., 1:, :] - _take(joints_rest, parent_positions, -2)
+        offset_blocks = _split(offsets[..., None], sizes[1:], -3)
+        pos_blocks = [joints_rest[..., :1, :]]
+    for level, (_, _, parent_sel) in enumerate(plan.levels, start=1):
+        parent_rot = _select(rot_blocks[level - 1], parent_sel, -3)
         if with_pos:
-            parent_rest = _select(_rows(joints_rest, *previous, -2), parent_sel, -2)
-            offset = joints_rest[..., start:end, :] - parent_rest
-            moved = (parent_rot @ offset[..., None])[..., 0]
+            moved = (parent_rot @ offset_blocks[level - 1])[..., 0]
             pos_blocks.append(moved + _select(pos_blocks[-1], parent_sel, -2))
-        previous = (start, end)
+        rot_blocks[level] = parent_rot @ rot_blocks[level]
     global_rot = _concat(rot_blocks, -3)
     global_pos = _concat(pos_blocks, -2) if with_pos else None
     if plan.inverse is not None:

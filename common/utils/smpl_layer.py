@@ -9,6 +9,7 @@ import importlib
 import os
 import pickle
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -290,26 +291,52 @@ def load_smpl_model(path):
 
 
 # ----------------------------------------------------------------------------- the layer
+def _quaternion_products_to_rotmat():
+    """(16, 9) coefficients taking the outer product q q^T of a unit quaternion (w, x, y, z),
+    flattened row-major, to its rotation matrix, flattened row-major:
+    R = (w^2 - |v|^2) I + 2 v v^T + 2 w [v]_x with v = (x, y, z). Each product a*b of distinct
+    components gets coefficient 1 at both (a, b) and (b, a), i.e. 2ab in total."""
+    w, x, y, z = range(4)
+    entries = (  # (sign, first, second) per term, R00 .. R22
+        ((1, w, w), (1, x, x), (-1, y, y), (-1, z, z)), ((2, x, y), (-2, w, z)), ((2, w, y), (2, x, z)),
+        ((2, w, z), (2, x, y)), ((1, w, w), (-1, x, x), (1, y, y), (-1, z, z)), ((2, y, z), (-2, w, x)),
+        ((2, x, z), (-2, w, y)), ((2, w, x), (2, y, z)), ((1, w, w), (-1, x, x), (-1, y, y), (1, z, z)),
+    )
+    table = np.zeros((16, 9))
+    for column, terms in enumerate(entries):
+        for sign, a, b in terms:
+            if a == b:
+                table[4 * a + a, column] += sign
+            else:
+                table[4 * a + b, column] += sign / 2
+                table[4 * b + a, column] += sign / 2
+    return table
+
+
+_QUATERNION_PRODUCTS_TO_ROTMAT = _quaternion_products_to_rotmat()
+
+
+@lru_cache(maxsize=16)
+def _quaternion_table(dtype, device):
+    return torch.tensor(_QUATERNION_PRODUCTS_TO_ROTMAT, dtype=dtype, device=device)
+
+
 def quat_axis_angle_to_rotmat(axis_angle):
     """Axis-angle (..., 3) -> rotation matrices (..., 3, 3) by smplpytorch's quaternion route.
 
     The angle is the norm of ``axis_angle + 1e-8`` (per component), so zero vectors give exactly
-    the identity without a NaN.
+    the identity without a NaN. The matrix is a fixed linear map of the quaternion's pairwise
+    products (``_quaternion_products_to_rotmat``), applied as element-wise products and a sum so
+    that autocast leaves it in the input's precision.
     """
     angle = torch.linalg.vector_norm(axis_angle + 1e-8, dim=-1, keepdim=True)
-    axis = axis_angle / angle
     half = angle * 0.5
-    quat = torch.cat([torch.cos(half), torch.sin(half) * axis], dim=-1)
+    quat = torch.cat([torch.cos(half), torch.sin(half) * (axis_angle / angle)], dim=-1)
     quat = quat / torch.linalg.vector_norm(quat, dim=-1, keepdim=True)
-    w, x, y, z = quat.unbind(-1)
-    ww, xx, yy, zz = w * w, x * x, y * y, z * z
-    wx, wy, wz, xy, xz, yz = w * x, w * y, w * z, x * y, x * z, y * z
-    rows = (
-        ww + xx - yy - zz, 2 * xy - 2 * wz, 2 * wy + 2 * xz,
-        2 * wz + 2 * xy, ww - xx + yy - zz, 2 * yz - 2 * wx,
-        2 * xz - 2 * wy, 2 * wx + 2 * yz, ww - xx - yy + zz,
-    )
-    return torch.stack(rows, dim=-1).reshape(axis_angle.shape[:-1] + (3, 3))
+    products = (quat[..., :, None] * quat[..., None, :]).flatten(-2)  # (..., 16)
+    table = _quaternion_table(quat.dtype, quat.device)
+    rotmat = (products[..., None] * table).sum(dim=-2)  # (..., 9)
+    return rotmat.unflatten(-1, (3, 3))
 
 
 class SMPLLayer(nn.Module):

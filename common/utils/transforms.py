@@ -13,6 +13,8 @@ backward gives NaN (docs/METHOD.md, "Differences from the original"). Low-precis
 e.g. under autocast) are converted in float32; float64 stays float64. The tree
 compositions (global <-> relative) are plain matmuls and follow autocast.
 """
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -208,46 +210,79 @@ def rot6d_to_rotmat(x):
     return torch.stack((b1, b2, b3), dim=-1).reshape(*lead, 3, 3)
 
 
-def _rotmat_to_quaternion(R):
-    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule."""
-    r00, r01, r02 = R[:, 0, 0], R[:, 0, 1], R[:, 0, 2]
-    r10, r11, r12 = R[:, 1, 0], R[:, 1, 1], R[:, 1, 2]
-    r20, r21, r22 = R[:, 2, 0], R[:, 2, 1], R[:, 2, 2]
-    # Operand order as in the original so the float rounding is the same.
-    t0 = 1 + r00 - r11 - r22
-    t1 = 1 - r00 + r11 - r22
-    t2 = 1 - r00 - r11 + r22
-    t3 = 1 + r00 + r11 + r22
-    q0 = torch.stack((r21 - r12, t0, r10 + r01, r02 + r20), dim=-1)
-    q1 = torch.stack((r02 - r20, r10 + r01, t1, r21 + r12), dim=-1)
-    q2 = torch.stack((r10 - r01, r02 + r20, r21 + r12, t2), dim=-1)
-    q3 = torch.stack((t3, r21 - r12, r02 - r20, r10 - r01), dim=-1)
+# The four candidate quaternions of torchgeometry's case rule, each followed by its t (the
+# candidate's large diagonal term), are linear in the nine entries of R plus a constant:
+# candidate k = R_flat @ _CANDIDATE_MAP[:, k] + _CANDIDATE_ONES[k], shapes (9, 4, 5) and (4, 5).
+# Rows: the entry r_ij at 3i + j; columns per candidate (w, x, y, z, t).
+def _candidate_tables():
+    def entry(name):
+        return 3 * int(name[1]) + int(name[2])
 
-    d2 = r22 < 1e-6
-    d01 = r00 > r11
-    n01 = r00 < -r11
-    case0 = d2 & d01
-    case1 = d2 & ~d01
-    case2 = ~d2 & n01
-    # Select t before the square root so no unused (possibly negative) t reaches sqrt,
+    # sign and entries of each (w, x, y, z) component, torchgeometry's q0..q3; 't' marks t_k
+    layout = (
+        (('+r21', '-r12'), 't', ('+r10', '+r01'), ('+r02', '+r20')),
+        (('+r02', '-r20'), ('+r10', '+r01'), 't', ('+r21', '+r12')),
+        (('+r10', '-r01'), ('+r02', '+r20'), ('+r21', '+r12'), 't'),
+        ('t', ('+r21', '-r12'), ('+r02', '-r20'), ('+r10', '-r01')),
+    )
+    # t_k = 1 +- r00 +- r11 +- r22, signs per candidate
+    t_signs = ((1, -1, -1), (-1, 1, -1), (-1, -1, 1), (1, 1, 1))
+    linear = np.zeros((9, 4, 5))
+    ones = np.zeros((4, 5))
+    for k, components in enumerate(layout):
+        t_column = np.zeros(9)
+        t_column[[0, 4, 8]] = t_signs[k]
+        for c, terms in enumerate(components):
+            if terms == 't':
+                linear[:, k, c] = t_column
+                ones[k, c] = 1
+            else:
+                for term in terms:
+                    linear[entry(term[1:]), k, c] += 1.0 if term[0] == '+' else -1.0
+        linear[:, k, 4] = t_column
+        ones[k, 4] = 1
+    return linear, ones
+
+
+_CANDIDATE_MAP, _CANDIDATE_ONES = _candidate_tables()
+
+
+@lru_cache(maxsize=16)
+def _candidate_constants(dtype, device):
+    """``_CANDIDATE_MAP`` (9, 4, 5) and ``_CANDIDATE_ONES`` (4, 5) as cached tensors."""
+    return (torch.tensor(_CANDIDATE_MAP, dtype=dtype, device=device),
+            torch.tensor(_CANDIDATE_ONES, dtype=dtype, device=device))
+
+
+def _rotmat_to_quaternion(R):
+    """(N,3,3) -> quaternion (N,4) (w,x,y,z), torchgeometry-0.1.2 case rule.
+
+    All four candidates come from one linear map of the nine entries (element-wise products
+    and a sum, so autocast keeps them in float32); the case picks one with a gather.
+    """
+    flat = R.reshape(-1, 9)
+    linear, ones = _candidate_constants(R.dtype, R.device)
+    candidates = (flat[:, :, None, None] * linear).sum(dim=1) + ones  # (N, 4, 5)
+    r00, r11, r22 = flat[:, 0], flat[:, 4], flat[:, 8]
+    # case: 0 if r22 < 1e-6 and r00 > r11; 1 if r22 < 1e-6 otherwise; 2 if r00 < -r11; else 3
+    case = torch.where(r22 < 1e-6, (r00 <= r11).long(), 2 + (r00 >= -r11).long())
+    chosen = candidates.gather(1, case[:, None, None].expand(-1, 1, 5))[:, 0]  # (N, 5)
+    # t is selected before the square root, so no unused (possibly negative) t reaches sqrt,
     # which would put NaN into the backward pass.
-    t = torch.where(case0, t0, torch.where(case1, t1, torch.where(case2, t2, t3)))
-    q = torch.where(case0[:, None], q0,
-                    torch.where(case1[:, None], q1, torch.where(case2[:, None], q2, q3)))
-    return q / torch.sqrt(t)[:, None] * 0.5
+    return chosen[:, :4] * (0.5 / torch.sqrt(chosen[:, 4:]))
 
 
 def _quaternion_to_axis_angle(q):
     """(N,4) (w,x,y,z) -> (N,3) axis-angle, torchgeometry formula with a NaN-free backward."""
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    s2 = x * x + y * y + z * z
+    w, axis = q[:, 0], q[:, 1:]
+    s2 = (axis * axis).sum(dim=-1)
     has_axis = s2 > 0
     # At s2 == 0 the k = theta2 / s branch is unused; a substitute of 1 keeps its
     # gradient finite (the original gets NaN there).
     s = torch.sqrt(torch.where(has_axis, s2, torch.ones_like(s2)))
     two_theta = 2 * torch.where(w < 0, torch.atan2(-s, -w), torch.atan2(s, w))
     k = torch.where(has_axis, two_theta / s, torch.full_like(s2, 2.0))
-    return torch.stack((x, y, z), dim=-1) * k[:, None]
+    return axis * k[:, None]
 
 
 def rotmat_to_axis_angle(R):
@@ -264,39 +299,50 @@ def rotmat_to_axis_angle(R):
     return aa.reshape(*lead, 3)
 
 
+def _skew_generators():
+    """(3, 3, 3) E with sum_k v_k E[:, :, k] = [v]_x, the cross-product matrix of v."""
+    generators = np.zeros((3, 3, 3))
+    for row, column, k in ((2, 1, 0), (0, 2, 1), (1, 0, 2)):
+        generators[row, column, k], generators[column, row, k] = 1.0, -1.0
+    return generators
+
+
+_SKEW_GENERATORS = _skew_generators()
+
+
+@lru_cache(maxsize=16)
+def _rotation_constants(dtype, device):
+    """(identity (3, 3), skew generators (3, 3, 3)) as cached tensors."""
+    return (torch.eye(3, dtype=dtype, device=device),
+            torch.tensor(_SKEW_GENERATORS, dtype=dtype, device=device))
+
+
 def axis_angle_to_rotmat(aa):
     """Axis-angle (radians) -> rotation matrix, torchgeometry ``angle_axis_to_rotation_matrix``
     (the ground-truth side of the rotation loss), top-left 3x3.
 
-    aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6);
-    otherwise the first-order form I + [r]_x. Float32 for float16/bfloat16 input,
-    otherwise the input dtype. Gradients are finite at theta = 0.
+    aa (..., 3) -> (..., 3, 3). For theta^2 > 1e-6 Rodrigues with w = r/(theta + 1e-6),
+    R = cos(theta) I + (1 - cos(theta)) w w^T + sin(theta) [w]_x; otherwise the first-order form
+    I + [r]_x. Every entry is the original's sum in the original's order (the added zeros are
+    exact). Float32 for float16/bfloat16 input, otherwise the input dtype. Gradients are finite
+    at theta = 0.
     """
     lead = aa.shape[:-1]
     r = aa.reshape(-1, 3).to(_compute_dtype(aa))
-    rx, ry, rz = r[:, 0], r[:, 1], r[:, 2]
-    theta2 = rx * rx + ry * ry + rz * rz
+    eye, generators = _rotation_constants(r.dtype, r.device)
+    theta2 = (r * r).sum(dim=-1, keepdim=True)
     use_rodrigues = theta2 > 1e-6
     # Substitute 1 in the unused branch: sqrt'(0) = inf would make 0 * inf = NaN gradients.
     theta = torch.sqrt(torch.where(use_rodrigues, theta2, torch.ones_like(theta2)))
-    wx = rx / (theta + 1e-6)
-    wy = ry / (theta + 1e-6)
-    wz = rz / (theta + 1e-6)
-    c = torch.cos(theta)
-    s = torch.sin(theta)
-    omc = 1.0 - c
-    rodrigues = torch.stack((
-        c + wx * wx * omc, wx * wy * omc - wz * s, wy * s + wx * wz * omc,
-        wz * s + wx * wy * omc, c + wy * wy * omc, -wx * s + wy * wz * omc,
-        -wy * s + wx * wz * omc, wx * s + wy * wz * omc, c + wz * wz * omc,
-    ), dim=-1)
-    one = torch.ones_like(rx)
-    first_order = torch.stack((
-        one, -rz, ry,
-        rz, one, -rx,
-        -ry, rx, one,
-    ), dim=-1)
-    R = torch.where(use_rodrigues[:, None], rodrigues, first_order)
+    w = r / (theta + 1e-6)
+    c = torch.cos(theta)[:, :, None]
+    outer = w[:, :, None] * w[:, None, :]
+    # sin(theta) * w goes into the skew part as sin * w_k, the original's product
+    skew_terms = torch.cat((torch.sin(theta) * w, r), dim=0)[:, None, None, :] * generators
+    skew = skew_terms.sum(dim=-1)  # (2N, 3, 3): [sin w]_x, then [r]_x
+    rodrigues = c * eye + outer * (1.0 - c) + skew[:len(r)]
+    first_order = eye + skew[len(r):]
+    R = torch.where(use_rodrigues[:, :, None], rodrigues, first_order)
     return R.reshape(*lead, 3, 3)
 
 
