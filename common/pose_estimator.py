@@ -26,7 +26,8 @@ DETECTOR_INPUT_HW = (640, 640)      # rtmlib's YOLOX default, used when the ONNX
 POSE_INPUT_HW = (256, 192)          # rtmlib's RTMPose default (W 192, H 256), likewise
 SOLUTIONS = ('Wholebody', 'Body')   # rtmlib solutions whose cached models are looked for, in order
 MODES = ('balanced', 'performance', 'lightweight')
-INSTALL_HINT = 'pip install rtmlib onnxruntime (onnxruntime-gpu for CUDA)'
+INSTALL_HINT = ('pip install --no-deps rtmlib && pip install onnxruntime (onnxruntime-gpu for CUDA; --no-deps keeps '
+                'the headless OpenCV)')
 
 
 class EstimatorUnavailable(UserError):

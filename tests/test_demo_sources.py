@@ -281,11 +281,11 @@ def test_estimator_without_rtmlib_says_what_to_install(monkeypatch, tmp_path):
     from common.pose_estimator import EstimatorUnavailable, load_estimator
     from main.demo import run_cli
     monkeypatch.setitem(sys.modules, 'rtmlib', None)          # import rtmlib -> ImportError
-    with pytest.raises(EstimatorUnavailable, match='pip install rtmlib onnxruntime'):
+    with pytest.raises(EstimatorUnavailable, match='pip install --no-deps rtmlib && pip install onnxruntime'):
         load_estimator()
     img = str(tmp_path / 'a.png')
     cv2.imwrite(img, np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(SystemExit, match='ERROR: The built-in 2D pose estimator needs .*pip install rtmlib'):
+    with pytest.raises(SystemExit, match='ERROR: The built-in 2D pose estimator needs .*pip install --no-deps rtmlib'):
         run_cli(['--img', img, '--model', str(tmp_path / 'missing.pth.tar')])
 
 
