@@ -28,7 +28,7 @@ import torch
 from common.errors import DataError
 from common.utils import checkpoint as ckpt_io
 from common.utils import vis
-from common.utils.files import atomic_write_text
+from common.utils.files import atomic_write_text, read_json_file
 from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, transfer_joints
 from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
                                         process_bbox)
@@ -90,14 +90,7 @@ def read_pose_file(path, img_path=None, image_id=None):
 
 def load_pose_json(path):
     """The parsed JSON of a pose file; ``FileNotFoundError`` / :class:`PoseFileError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Pose file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PoseFileError(f"Pose file {path} is not valid JSON: {exc}") from exc
+    return read_json_file(path, 'Pose file', PoseFileError)
 
 
 def is_coco_results(data):

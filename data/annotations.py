@@ -6,7 +6,6 @@ helpers build are described in ``data/train_dataset.py``.
 """
 import contextlib
 import io
-import json
 import logging
 import os.path as osp
 from functools import partial
@@ -16,6 +15,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from common.errors import DataError
+from common.utils.files import read_json_file
 from common.utils.joints import H36M17
 from common.utils.preprocessing import compute_iou, process_bbox
 from common.utils.required_files import RequiredFile
@@ -91,14 +91,7 @@ def count_missing_fits(dataset, datalist, fit_path):
 
 def read_json(path, layout_hint):
     """Parse one JSON annotation file; a missing or malformed file names itself and the layout."""
-    path = str(path)
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"Annotation file not found: {path}\nExpected layout: {layout_hint}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"Annotation file {path} is not valid JSON ({err}).") from err
+    return read_json_file(path, 'Annotation file', AnnotationError, hint=f'Expected layout: {layout_hint}')
 
 
 def coco_index(content, description):

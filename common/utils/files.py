@@ -10,6 +10,7 @@ whose process no longer exists.
     atomic_write('out/eval.json', lambda f: f.write(b'{}'))
     atomic_write_text('out/config.yaml', yaml.safe_dump(options))
 """
+import json
 import errno
 import os
 import re
@@ -180,3 +181,20 @@ def is_writable_dir(folder):
     except OSError:  # read-only parent, or a file of that name
         return False
     return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def read_json_file(path, what, error_type, hint=''):
+    """The parsed content of the JSON file ``path``.
+
+    A missing file raises ``FileNotFoundError`` ("<what> not found: <path>", then ``hint`` on
+    its own line when given); a file that is not valid UTF-8 JSON raises ``error_type`` naming
+    ``what`` and the path.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}" + (f"\n{hint}" if hint else ''))
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error_type(f"{what} {path} is not valid JSON ({err}).") from err
