@@ -178,6 +178,17 @@ def test_one_test_run_evaluates_every_listed_set(trained_snapshot, tiny_schedule
     options['testset'] = ['PW3D', 'PW3D-crowd']
     schedule = tmp_path / 'sets.yaml'
     schedule.write_text(yaml.safe_dump(options))
+    import csv
+
+    def metric_rows():
+        path = exp / 'log' / 'metrics.csv'
+        if not path.is_file():
+            return []
+        with open(path, newline='') as f:
+            return list(csv.DictReader(f))
+
+    # The shared snapshot may already hold evaluations by other tests: this run's rows follow them.
+    earlier = metric_rows()
     run_in_process(main, ['--gpu', '0', '--exp_dir', str(exp), '--test_epoch', '0', '--cfg', str(schedule)])
     result = exp / 'result'
     summaries = {name: json.loads((result / f'eval_{name}_snapshot_0.json').read_text())
@@ -188,9 +199,9 @@ def test_one_test_run_evaluates_every_listed_set(trained_snapshot, tiny_schedule
     for line, name in zip(table[3:], ('PW3D', 'PW3D-crowd')):
         assert line.split() == [name] + [f"{summaries[name][m]:.2f}" for m in ('mpjpe', 'pa_mpjpe', 'mpvpe')] \
             + [str(summaries[name]['num_samples'])]
-    import csv
-    with open(exp / 'log' / 'metrics.csv', newline='') as f:
-        rows = list(csv.DictReader(f))
+    all_rows = metric_rows()
+    assert all_rows[:len(earlier)] == earlier
+    rows = all_rows[len(earlier):]
     assert [(r['epoch'], r['testset'], r['metric']) for r in rows] == [
         ('0', name, metric) for name in ('PW3D', 'PW3D-crowd') for metric in ('mpjpe', 'pa_mpjpe', 'mpvpe')]
     for r in rows:
