@@ -107,7 +107,5 @@ def run_cli(argv=None):
 
 if __name__ == '__main__':
     parse_args()  # --help and usage errors answer before torch is imported
-    from common.utils.heap import keep_freed_memory
-    keep_freed_memory()  # no page faults from re-allocating each step's blocks
     from torch.distributed.elastic.multiprocessing.errors import record
     record(run_cli)()

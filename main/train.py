@@ -102,8 +102,6 @@ def run_cli(argv=None):
 
 if __name__ == '__main__':
     parse_args()  # --help and usage errors answer before torch is imported
-    from common.utils.heap import keep_freed_memory
-    keep_freed_memory()  # no page faults from re-allocating each step's blocks
     # record(): under torchrun an unexpected exception's traceback appears in the job's summary.
     from torch.distributed.elastic.multiprocessing.errors import record
     record(run_cli)()

@@ -25,8 +25,6 @@ step is the same code in both models, ``(reference heads step - reference rotati
 floor) / reference heads step`` is the lowest time ratio any rotation net can reach on the
 device; the comparison prints it.  ``--cpu-clock`` (CPU, ``--threads 1``) times each call by
 the calling thread's CPU time, so other processes on a busy machine do not count.
-Run as a script, it first makes glibc keep freed memory (``common/utils/heap.py``), as the
-training and test scripts do, so no step pays page faults for blocks an earlier step freed.
 
 The table is printed and written as JSON:
 ``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs",
@@ -584,8 +582,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from common.utils.heap import keep_freed_memory
-    # as the training and test scripts do: without it, page faults of re-allocated blocks
-    # land on whichever model's step glibc happens to trim or unmap (common/utils/heap.py)
-    print('freed memory kept by malloc' if keep_freed_memory() else 'malloc policy unchanged (not glibc)')
     main()
