@@ -176,22 +176,15 @@ def kept_coco_annotation(content):
     return next(a for a in content['annotations'] if not a['iscrowd'] and a['num_keypoints'] > 0)
 
 
-def test_coco_nan_bbox_is_refused_not_dropped_as_degenerate(tree):
+@pytest.mark.parametrize('field, index', [('bbox', 2),         # refused, not dropped as a degenerate box
+                                          ('keypoints', 4)])
+def test_coco_nan_names_file_annotation_and_field(tree, field, index):
     path = tree / COCO_ANN / 'person_keypoints_train2017.json'
     content = load(path)
     ann = kept_coco_annotation(content)
-    ann['bbox'][2] = float('nan')
+    ann[field][index] = float('nan')
     save(path, content)
-    refused('MSCOCO', 'train', path, f"annotation id {ann['id']}", 'bbox', 'non-finite')
-
-
-def test_coco_nan_keypoint_names_file_and_annotation(tree):
-    path = tree / COCO_ANN / 'person_keypoints_train2017.json'
-    content = load(path)
-    ann = kept_coco_annotation(content)
-    ann['keypoints'][4] = float('nan')
-    save(path, content)
-    refused('MSCOCO', 'train', path, f"annotation id {ann['id']}", 'keypoints', 'non-finite')
+    refused('MSCOCO', 'train', path, f"annotation id {ann['id']}", field, 'non-finite')
 
 
 def test_neuralannot_nan_camera_names_fit_file_and_annotation(tree):
