@@ -29,7 +29,7 @@ from common.errors import DataError
 from common.utils import checkpoint as ckpt_io
 from common.utils import vis
 from common.utils.files import atomic_write_text, read_json_file
-from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, transfer_joints
+from common.utils.joints import BODY25, COCO17, OPENPOSE18, SMPL30, append_midpoint, transfer_joints
 from common.utils.preprocessing import (crop_for_test, get_bbox, in_bounds_mask, input_aspect_ratio, load_img,
                                         process_bbox)
 
@@ -51,6 +51,18 @@ class PoseFileError(DataError):
 def warn_stderr(message):
     """Default warning sink of the demo: one ``WARNING:`` line on stderr."""
     print(f'WARNING: {message}', file=sys.stderr)
+
+
+def pick_device(gpu_ids):
+    """The demo's ``torch.device`` from ``--gpu`` ids (None: the first CUDA device, else the
+    CPU, said once on stderr; an id without CUDA: the CPU, with one warning)."""
+    from common.utils.device import select_device
+    setup = select_device(gpu_ids)
+    for message in setup.warnings:
+        warn_stderr(message)
+    for message in setup.notes:
+        print(message, file=sys.stderr)
+    return setup.device
 
 
 # ----------------------------------------------------------------------------- pose files
@@ -76,8 +88,12 @@ def read_pose_file(path, img_path=None, image_id=None):
     ``FileNotFoundError`` for a missing file and :class:`PoseFileError` (naming the file and
     the offending entry) for anything malformed.
     """
+    return parse_pose_data(load_pose_json(path), path, img_path, image_id)
+
+
+def parse_pose_data(data, path, img_path=None, image_id=None):
+    """:func:`read_pose_file` of already parsed JSON ``data`` (``path`` names the file in errors)."""
     path = Path(path)
-    data = load_pose_json(path)
     if isinstance(data, dict) and 'people' in data:
         return _read_openpose(data['people'], path)
     if is_coco_results(data):
@@ -174,18 +190,6 @@ def _image_id_from_name(img_path, ids):
 
 
 # ----------------------------------------------------------------------------- selection
-def _append_midpoint_keep_precision(joints, names, first, second, new_name):
-    """``joints.append_midpoint`` computed in the pose file's float64.
-
-    The shared helper rounds to float32 before averaging; the demo has always averaged the
-    file's values first and rounded once when moving to SMPL-30, and keeping that order
-    keeps its outputs bit-identical.
-    """
-    a, b = joints[names.index(first)], joints[names.index(second)]
-    row = np.array([(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, a[2] * b[2]])
-    return np.concatenate([joints, row[None]], axis=0), tuple(names) + (new_name,)
-
-
 def to_smpl30(detection):
     """(30, 3) float32 image-space ``[x, y, score]`` of a detection in SMPL-30 order.
 
@@ -194,9 +198,9 @@ def to_smpl30(detection):
     (joints without an SMPL-30 counterpart, e.g. BODY_25's feet, are dropped; SMPL-30
     joints the layout lacks stay zero).
     """
-    joints, names = _append_midpoint_keep_precision(detection.joints, detection.names, 'L_Hip', 'R_Hip', 'Pelvis')
+    joints, names = append_midpoint(detection.joints, detection.names, 'L_Hip', 'R_Hip', 'Pelvis')
     if 'Neck' not in names:
-        joints, names = _append_midpoint_keep_precision(joints, names, 'L_Shoulder', 'R_Shoulder', 'Neck')
+        joints, names = append_midpoint(joints, names, 'L_Shoulder', 'R_Shoulder', 'Neck')
     return transfer_joints(joints, names, SMPL30.names)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from common.demo_defaults import AUTO
 from common.demo import (Detection, PoseFileError, coco_entry_detection, is_coco_results, load_pose_json,
-                         read_pose_file)
+                         parse_pose_data, read_pose_file)
 from common.utils.joints import COCO17
 
 ESTIMATOR_LAYOUT = 'coco17-estimator'
@@ -36,9 +36,11 @@ ESTIMATOR_LAYOUT = 'coco17-estimator'
 class SingleFile:
     """One pose file for the one picture of the run."""
 
-    def __init__(self, path, img_path, image_id=None):
+    def __init__(self, path, img_path, image_id=None, data=None):
+        """data: the file's parsed JSON when already read (None: read ``path``)."""
         self.path = str(path)
-        self._detections = read_pose_file(path, img_path, image_id)
+        data = load_pose_json(path) if data is None else data
+        self._detections = parse_pose_data(data, path, img_path, image_id)
 
     def detections(self, frame):
         return self._detections
@@ -71,9 +73,10 @@ class OpenPoseFolder:
 class CocoResults:
     """A COCO keypoint-results file of many pictures, mapped by the rule of the module docstring."""
 
-    def __init__(self, path, images_path=None):
+    def __init__(self, path, images_path=None, entries=None):
+        """entries: the file's parsed JSON when already read (None: read ``path``)."""
         self.path = Path(path)
-        entries = load_pose_json(self.path)
+        entries = load_pose_json(self.path) if entries is None else entries
         if not is_coco_results(entries):
             raise PoseFileError(f"Pose file {self.path} is not a COCO keypoint-results list "
                                 "[{\"image_id\": ..., \"keypoints\": [x, y, s] * 17, \"score\": ...}, ...].")
@@ -171,8 +174,8 @@ def pose_source(pose, input_kind, img_path, image_id=None, coco_images=None, mak
         return OpenPoseFolder(path)
     data = load_pose_json(path)
     if is_coco_results(data) and (input_kind != 'image' or coco_images):
-        return CocoResults(path, coco_images)
+        return CocoResults(path, coco_images, entries=data)
     if input_kind != 'image':
         raise PoseFileError(f"Pose file {path} holds the poses of one image, but --img {img_path} is a "
                             f"{input_kind}: pass OpenPose's output folder (--write_json) or a COCO results file.")
-    return SingleFile(path, img_path, image_id)
+    return SingleFile(path, img_path, image_id, data=data)

@@ -43,11 +43,14 @@ from common.utils.cli import add_debug_flag, apply_cfg_file, exit_on_expected_er
 # torch, OpenCV and the model are imported where they are used: --help answers without them.
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-    return value
+def int_at_least(minimum):
+    """An argparse type: an integer of at least ``minimum`` (a usage error otherwise)."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {value}')
+        return value
+    return parse
 
 
 def build_parser():
@@ -67,9 +70,9 @@ def build_parser():
                              "the pictures by file-name stem")
     parser.add_argument('--det_model', default=None, help="estimator's person-detector ONNX file (YOLOX)")
     parser.add_argument('--pose_model', default=None, help="estimator's pose ONNX file (RTMPose / RTMW)")
-    parser.add_argument('--batch_size', type=positive_int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument('--batch_size', type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
                         help=f'people per network batch, across pictures (default {DEFAULT_BATCH_SIZE})')
-    parser.add_argument('--render_max_side', type=int, default=DEFAULT_RENDER_MAX_SIDE,
+    parser.add_argument('--render_max_side', type=int_at_least(0), default=DEFAULT_RENDER_MAX_SIDE,
                         help=f'longer side of the drawn pictures and video, pixels (default '
                              f'{DEFAULT_RENDER_MAX_SIDE}; 0: full size)')
     parser.add_argument('--video_extras', action='store_true',
@@ -113,19 +116,6 @@ def configure(args, checkpoint):
     cfg.validate()
 
 
-def pick_device(gpu_ids):
-    """The demo's device from ``--gpu`` (None: the first CUDA device, else the CPU, said once
-    on stderr; an id without CUDA: the CPU, with one warning)."""
-    from common.demo import warn_stderr
-    from common.utils.device import select_device
-    setup = select_device(gpu_ids)
-    for message in setup.warnings:
-        warn_stderr(message)
-    for message in setup.notes:
-        print(message, file=sys.stderr)
-    return setup.device
-
-
 def build_model(checkpoint, device, source):
     """The test-mode network with the checkpoint loaded strictly, on ``device``, in eval mode."""
     from common.demo import restore_network
@@ -144,8 +134,6 @@ def check_inputs(args, device):
     from common.demo_inputs import check_input
     from common.demo_poses import pose_source
     from common.pose_estimator import load_estimator
-    if args.render_max_side < 0:
-        raise ValueError(f'--render_max_side must be 0 (full size) or positive, got {args.render_max_side}')
     kind = check_input(args.img)
     if args.image_id is not None and kind != 'image':
         raise ValueError(f'--image_id picks the entries of one image; --img {args.img} is a {kind}: map a results '
@@ -189,6 +177,7 @@ def main(argv=None):
     """Run the demo from command-line arguments; returns :func:`run`'s dict."""
     from common.utils import checkpoint as ckpt_io
     args = build_parser().parse_args(argv)
+    from common.demo import pick_device
     device = pick_device(args.gpu_ids)
     kind, source = check_inputs(args, device)
     checkpoint = ckpt_io.load_checkpoint_file(args.model, map_location='cpu')

@@ -197,22 +197,6 @@ def test_person_inputs_follow_the_crop():
     np.testing.assert_allclose(inputs['img'][:, 128, 128], ref, atol=0.02)
 
 
-def test_person_inputs_are_the_test_crop():
-    """The demo's inputs are exactly ``crop_for_test``'s crop (scaled to [0, 1], channels first)."""
-    from common.demo import Person, person_inputs
-    from common.utils.preprocessing import crop_for_test
-    rng = np.random.default_rng(6)
-    joints = ref_smpl30(person((90, 70), 100, rng), COCO17_TO_SMPL30, False).astype(np.float32)
-    bbox = ref_bbox(joints, 200, 150).astype(np.float32)
-    img = rng.uniform(0, 255, (150, 200, 3)).astype(np.float32)
-    inputs = person_inputs(img, Person(0, joints, bbox), GEOMETRY)
-    crop = crop_for_test(img, bbox, joints, GEOMETRY)
-    np.testing.assert_array_equal(inputs['img'], crop.patch.transpose(2, 0, 1) / np.float32(255))
-    np.testing.assert_array_equal(inputs['joints'], crop.joints_hm)
-    np.testing.assert_array_equal(inputs['img2bb_trans'], crop.img2bb)
-    np.testing.assert_array_equal(inputs['bb2img_trans'], crop.bb2img)
-
-
 class RecordingModel(torch.nn.Module):
     """Stands in for the network: records how it was called and returns fixed outputs."""
 

@@ -187,9 +187,8 @@ def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_
     Returns ``{'pw3d_render', 'openpose_json', 'image', 'command', 'render', 'pose_2d', 'json', 'obj'}``.
     """
     import json
-    from common.demo import openpose_json_from_annotations, render_test_image, restore_network, warn_stderr
+    from common.demo import openpose_json_from_annotations, pick_device, render_test_image, restore_network
     from common.demo_run import run_demo
-    from common.utils.device import select_device
     from common.utils.checkpoint import load_checkpoint_file
     from common.utils.smpl import SMPL
     from data.PW3D.PW3D import PW3D
@@ -201,10 +200,7 @@ def run_quickstart_demo(checkpoint_path, data_root, out_dir, smpl_dir=None, gpu_
             cfg.smpl_model_dir = str(smpl_dir)
         cfg.crowd = False
         cfg.vis = False
-        setup = select_device(gpu_ids)
-        for message in setup.warnings:
-            warn_stderr(message)
-        device = setup.device
+        device = pick_device(gpu_ids)
         checkpoint = load_checkpoint_file(checkpoint_path)
         smpl = SMPL(cfg.body_model_paths())
         model = get_model(smpl.vertex_num, smpl.joint_num, 'test', human_model=smpl, options=cfg.model_options())
