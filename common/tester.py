@@ -16,7 +16,7 @@ each written atomically; the set names carry the mode (``PW3D-crowd``, ``PW3D-OC
 metrics.  Each evaluated set also adds its metrics to ``<log folder>/metrics.csv``
 (``common.utils.run_csv``), and redraws ``training.png`` when that folder holds the
 training losses.  When the experiment folder cannot be written (a released, read-only one),
-results and the log go to ``<output_root>/results/<experiment name>/`` instead.  Under torchrun the test batches are dealt out to the ranks
+results and the log go to ``<output_root>/eval_<experiment name>/{result,log}/`` instead.  Under torchrun the test batches are dealt out to the ranks
 and rank 0 gathers, prints and writes the same results as one process.
 (docs/METHOD.md, "Evaluation")
 """
@@ -87,10 +87,11 @@ def _float_or_none(value):
     return None if value is None else float(value)
 
 
-def fallback_dir(output_root, exp_dir, *parts):
-    """``<output_root>/results/<experiment folder name>/<parts...>``: where the results (and
-    log) of a read-only experiment folder go."""
-    return os.path.join(str(output_root), 'results', os.path.basename(os.path.normpath(str(exp_dir))), *parts)
+def eval_fallback_dir(output_root, exp_dir):
+    """``<output_root>/eval_<experiment folder name>``: where the evaluation of a read-only
+    experiment folder writes its ``log/``, ``result/`` and ``vis/`` (``main/test.py`` chooses it
+    up front; the Tester falls back to it when a folder still cannot be written)."""
+    return os.path.join(str(output_root), f'eval_{os.path.basename(os.path.normpath(str(exp_dir)))}')
 
 
 def writable_or_fallback(preferred, fallback):
@@ -126,8 +127,8 @@ class Tester(Runner):
     ``save_meshes`` adds the root-relative meshes to the predictions file;
     ``max_samples`` evaluates only the first N test samples (smoke runs);
     ``result_dir`` / ``log_dir``: where the results and the log go (default: the experiment
-    folder's ``result/`` and ``log/``, or ``<output_root>/results/<experiment>/`` and its
-    ``log/`` when those cannot be written, e.g. a read-only released experiment).
+    folder's ``result/`` and ``log/``, or those of ``eval_fallback_dir`` when they cannot be
+    written, e.g. a read-only released experiment).
     """
 
     log_name = 'test_logs.txt'
@@ -136,14 +137,14 @@ class Tester(Runner):
         log_moved = result_moved = False
         if log_dir is None:
             log_dir, log_moved = writable_or_fallback(
-                cfg.log_dir, fallback_dir(cfg.output_root, cfg.output_dir, 'log'))
+                cfg.log_dir, os.path.join(eval_fallback_dir(cfg.output_root, cfg.output_dir), 'log'))
         super().__init__(log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
         self.log_dir = str(log_dir)
         self.testset_names = evaluation_names(cfg.testset, cfg.crowd)
         self.testset_name = self.testset_names[0]
         if result_dir is None:
             result_dir, result_moved = writable_or_fallback(
-                cfg.result_dir, fallback_dir(cfg.output_root, cfg.output_dir))
+                cfg.result_dir, os.path.join(eval_fallback_dir(cfg.output_root, cfg.output_dir), 'result'))
         self.result_dir = str(result_dir)
         if self.is_main_process and (log_moved or result_moved):
             self.logger.warning(f'{cfg.output_dir} cannot be written: the log goes to {log_dir} '

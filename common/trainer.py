@@ -102,12 +102,12 @@ def restore_running_statistics(saved):
 def gradients_are_finite(optimizer):
     """Whether every gradient of ``optimizer``'s parameters is finite.
 
-    One max-abs reduction over all gradients and one host sync: the infinity norm is NaN or
-    inf exactly when some entry is (a 2-norm could overflow on large finite gradients)."""
+    One max-abs reduction per gradient and one host sync: the largest magnitude is NaN or inf
+    exactly when some entry is (a 2-norm could overflow on large finite gradients)."""
     grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
     if not grads:
         return True
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
+    return bool(torch.isfinite(torch.stack([g.detach().abs().amax() for g in grads]).amax()))
 
 
 def lr_at(epoch, base_lr, lr_dec_epoch, lr_dec_factor):
@@ -382,7 +382,6 @@ class Trainer(Runner):
             self.loader_generator.manual_seed(derive_seed(cfg.seed, 1, epoch))
             seed_everything(derive_seed(cfg.seed, 2, epoch))
 
-    _begin_epoch = begin_epoch
 
     def train_epoch(self, epoch):
         """One epoch of at most ``itr_per_epoch`` iterations."""

@@ -256,7 +256,7 @@ def get_model(vertex_num, joint_num, mode, human_model=None, options=None):
         from main.config import cfg
         options = cfg.model_options()
     human_model = human_model if human_model is not None else SMPL(options.body_model)
-    graph_joint_idx = [human_model.joints_name.index(name) for name in human_model.graph_joints_name]
+    graph_joint_idx = human_model.graph_joint_idx
     backbone = ResNetBackbone(options.resnet_type)
     pose2feat = Pose2Feat(joint_num)
     feature_hm_shape = tuple(size // 8 for size in options.geometry.output_hm_shape)

@@ -84,7 +84,8 @@ def choose_eval_output_dir(out_dir):
         return os.path.abspath(out_dir)
     if exp_dir_is_writable(cfg.output_dir):
         return None
-    fallback = os.path.join(cfg.output_root, f'eval_{os.path.basename(os.path.normpath(cfg.output_dir))}')
+    from common.tester import eval_fallback_dir
+    fallback = eval_fallback_dir(cfg.output_root, cfg.output_dir)
     print(f'{cfg.output_dir} is not writable: this evaluation writes its log and results to {fallback} '
           '(choose another folder with --out_dir).', file=sys.stderr)
     return fallback

@@ -50,7 +50,7 @@ def test_evaluations_in_fallback_and_out_dir_folders_belong_to_their_experiment(
     exp = tmp_path / 'released' / 'exp_R'                        # read-only: nothing in its log/
     (exp / 'checkpoint').mkdir(parents=True)
     evaluate(root / 'eval_exp_R' / 'log', exp, 5, 'PW3D', 78.4)   # test.py's fallback folder
-    evaluate(root / 'results' / 'exp_R' / 'log', exp, 6, 'PW3D', 79.0)  # the tester's fallback
+    evaluate(root / 'eval_exp_R' / 'log', exp, 6, 'PW3D', 79.0)        # a later evaluation there
     evaluate(tmp_path / 'mine' / 'log', exp, 7, 'PW3D-crowd', 93.3)     # --out_dir mine
     other = tmp_path / 'elsewhere' / 'exp_Z'
     evaluate(tmp_path / 'mine' / 'log', other, 1, 'PW3D', 99.0)         # another experiment's snapshot

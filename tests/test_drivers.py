@@ -666,9 +666,9 @@ def test_a_read_only_experiment_is_evaluated_into_the_fallback_folder(tmp_path, 
                                                           and real_access(path, mode)))
     monkeypatch.setattr(Path, 'mkdir', read_only_mkdir(exp, Path.mkdir))
     tester = run_tester()
-    fallback = tmp_path / 'out' / 'results' / 'exp_A'
-    assert tester.result_dir == str(fallback)
-    assert sorted(os.listdir(fallback)) == ['eval_PW3D_snapshot_10.json', 'log', 'predictions_PW3D_snapshot_10.npz']
+    fallback = tmp_path / 'out' / 'eval_exp_A'
+    assert tester.result_dir == str(fallback / 'result')
+    assert sorted(os.listdir(fallback / 'result')) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
     assert sorted(str(p.relative_to(exp)) for p in exp.rglob('*')) == before  # nothing written there
     log = (fallback / 'log' / 'test_logs.txt').read_text()
     assert f'{exp} cannot be written' in log and str(fallback) in log
@@ -690,7 +690,7 @@ def test_a_result_path_that_is_a_file_sends_results_elsewhere(tmp_path, cfg_stat
     (exp / 'result').write_text('not a folder')
     (exp / 'log').mkdir()
     tester = run_tester()
-    fallback = tmp_path / 'out' / 'results' / 'exp_A'
+    fallback = tmp_path / 'out' / 'eval_exp_A' / 'result'
     assert sorted(os.listdir(fallback)) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
     assert (exp / 'result').read_text() == 'not a folder'
     assert 'cannot be written' in (exp / 'log' / 'test_logs.txt').read_text()

@@ -279,7 +279,7 @@ def with_reference_heads(model):
     ``ReferenceRotationNet`` with the same weights and batch-norm state, and whose backbone runs
     in the default contiguous memory format, as the original's does."""
     human_model = model.human_model
-    graph_joint_idx = [human_model.joints_name.index(name) for name in human_model.graph_joints_name]
+    graph_joint_idx = human_model.graph_joint_idx
     reference = copy.deepcopy(model)
     heads = ReferenceRotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents)
     heads.load_state_dict(model.rotation_net.state_dict(), strict=True)

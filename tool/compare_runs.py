@@ -7,8 +7,8 @@ and prints, per evaluation set, a table of every experiment's evaluated epochs x
 ``mpjpe``).  An experiment's evaluations are looked for in
 
 * ``EXP/log/metrics.csv`` (``test.py`` writing into the experiment folder),
-* ``<output_root>/eval_<name>/log/metrics.csv`` and ``<output_root>/results/<name>/log/metrics.csv``
-  (the folders ``test.py`` falls back to when ``EXP`` is read-only), for ``output_root`` the
+* ``<output_root>/eval_<name>/log/metrics.csv`` (the folder ``test.py`` falls back to when
+  ``EXP`` is read-only), for ``output_root`` the
   folder holding ``EXP`` and the configured ``output_root`` (or ``--output_root``),
 * every ``--eval_dir`` (the ``--out_dir`` of ``test.py``; its ``log/metrics.csv``), whose
   rows belong to the experiment of the snapshot they evaluated.
@@ -57,7 +57,6 @@ def metric_files(exp, output_roots):
     paths = [os.path.join(exp, 'log', run_csv.METRICS_FILE)]
     for root in output_roots:
         paths.append(os.path.join(root, f'eval_{name}', 'log', run_csv.METRICS_FILE))
-        paths.append(os.path.join(root, 'results', name, 'log', run_csv.METRICS_FILE))
     return list(dict.fromkeys(os.path.realpath(p) for p in paths))
 
 

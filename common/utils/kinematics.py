@@ -32,11 +32,13 @@ class TreePlan(NamedTuple):
     ``parent_sel`` selects their parents inside the previous depth's block, as
     ``('slice', a, b)`` (a contiguous run; a run of length one broadcasts to every child) or
     ``('index', positions)``. ``inverse``: positions that undo ``order`` (None when ``order``
-    is already 0..J-1, as for SMPL).
+    is already 0..J-1, as for SMPL). ``parent_positions``: for each non-root joint in depth order,
+    its parent's position in ``order``.
     """
     order: Tuple[int, ...]
     levels: Tuple[Tuple[int, int, tuple], ...]
     inverse: Optional[Tuple[int, ...]]
+    parent_positions: Tuple[int, ...]
 
 
 def _joint_depths(parents):
@@ -84,7 +86,9 @@ def _cached_plan(parents):
         for position, joint in enumerate(order):
             inverse[joint] = position
         inverse = tuple(inverse)
-    return TreePlan(tuple(order), tuple(levels), inverse)
+    position = {joint: i for i, joint in enumerate(order)}
+    parent_positions = tuple(position[parents[j]] for j in order[1:])
+    return TreePlan(tuple(order), tuple(levels), inverse, parent_positions)
 
 
 def _parents_tuple(parents, num_joints=None):
@@ -209,9 +213,7 @@ def forward_kinematics(local_rot, joints_rest, parents):
     sizes = [1] + [end - start for start, end, _ in plan.levels]
     rot_blocks = _split(local_rot, sizes, -3)
     if with_pos:
-        # parent of the joint at each depth-order position, as a depth-order position
-        parent_positions = tuple(plan.order.index(parents[j]) for j in plan.order[1:])
-        offsets = joints_rest[..., 1:, :] - _take(joints_rest, parent_positions, -2)
+        offsets = joints_rest[..., 1:, :] - _take(joints_rest, plan.parent_positions, -2)
         offset_blocks = _split(offsets[..., None], sizes[1:], -3)
         pos_blocks = [joints_rest[..., :1, :]]
     for level, (_, _, parent_sel) in enumerate(plan.levels, start=1):
