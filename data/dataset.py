@@ -121,10 +121,6 @@ class MultipleDatasets(SeededDataset):
             if hasattr(db, 'set_epoch'):
                 db.set_epoch(epoch)
 
-    def locate(self, index, visit=()):
-        """Global ``index`` -> (member index, local index) under the mixing rule above."""
-        return self.locate_visit(index, visit)[:2]
-
     def locate_visit(self, index, visit=()):
         """Global ``index`` -> (member index, local index, the member sample's visit key)."""
         if not 0 <= index < len(self):

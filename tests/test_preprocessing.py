@@ -9,7 +9,7 @@ import pytest
 
 from common.utils import occlusion
 from common.utils.preprocessing import (
-    TestCrop, apply_affine, augmentation, compute_iou, crop_for_test, flip_img_joints, flip_x,
+    TestCrop, apply_affine, augmentation, compute_iou, crop_for_test, flip_img_joints,
     gen_trans_from_patch_cv, generate_patch_image, get_aug_config, get_bbox, in_bounds_mask, input_aspect_ratio,
     load_img, process_bbox, sanitize_bbox)
 from common.options import AugmentOptions, GeometryOptions
@@ -176,7 +176,6 @@ def test_generate_patch_flip_maps_mirrored_pixels():
 
 
 def test_flip_helpers():
-    assert flip_x(np.array([0.0, 10.0]), 64).tolist() == [63.0, 53.0]
     joints = np.array([[1, 2, 1], [5, 6, 0], [9, 9, 1]], np.float32)
     flipped = flip_img_joints(joints, 10, [(0, 1)])
     assert flipped.tolist() == [[4, 6, 0], [8, 2, 1], [0, 9, 1]]

@@ -408,11 +408,6 @@ def normalise_depth(depth_rel, unit_scale, geometry):
 
 
 # ----------------------------------------------------------------------- flipping
-def flip_x(u, img_width):
-    """Mirror horizontal pixel coordinates: ``u -> W - 1 - u``."""
-    return img_width - 1 - np.asarray(u)
-
-
 def flip_img_joints(joints, img_width, flip_pairs):
     """Mirror image joints (..., J, C): x -> W - 1 - x, then swap flip pairs (copy, float32)."""
     out = np.array(joints, dtype=np.float32, copy=True)

@@ -44,9 +44,9 @@ from common.utils.metrics import joint_error, regress_joints, vertex_error
 from common.utils.preprocessing import (crop_for_test, gen_trans_from_patch_cv, get_bbox, in_bounds_mask,
                                         input_aspect_ratio, load_img, process_bbox, read_image)
 from common.utils.transforms import cam2pixel, denorm_joints
-from data.annotations import (AnnotationError, check_finite, coco_file, h36m_regressor_file, image_folder,
-                              json_list_file, json_object_file, load_h36m_regressor, read_coco, read_json,
-                              read_json_object, require_fields)
+from data.annotations import (AnnotationError, check_finite, coco_file, finite_array, h36m_regressor_file,
+                              image_folder, json_list_file, json_object_file, load_h36m_regressor, read_coco,
+                              read_json, read_json_object, require_fields)
 from data.dataset import SeededDataset, body_model, resolve_data_options
 from data.sample_steps import input_image
 
@@ -148,15 +148,8 @@ ANNOTATION_FIELDS = ('bbox', 'smpl_param', 'openpose_result')
 
 
 def _float_array(value, shape, what, path, ann_id):
-    """``value`` as a float64 array of ``shape``; missing, malformed or non-finite: ``AnnotationError``."""
-    if value is None:
-        raise AnnotationError(f"{path}: annotation id {ann_id} lacks the field '{what}'.")
-    try:
-        array = np.asarray(value, dtype=np.float64).reshape(shape)
-    except (ValueError, TypeError) as err:
-        raise AnnotationError(f"{path}: annotation id {ann_id}: '{what}' must have {int(np.prod(shape))} numbers "
-                              f"{shape} ({err}).") from err
-    return check_finite(array, path, f'annotation id {ann_id}', what)
+    """``value`` as a float64 array of ``shape`` (:func:`data.annotations.finite_array` of annotation ``ann_id``)."""
+    return finite_array(value, shape, path, f'annotation id {ann_id}', what, dtype=np.float64)
 
 
 def frame_number(img, path):
