@@ -261,7 +261,7 @@ class Human36M(MocapTrainDataset):
             subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
             frame, cam_idx = img['frame_idx'], img['cam_idx']
             check_finite_number(frame, data_path, f"image id {img['id']}", 'frame_idx')
-            if frame % step != 0:
+            if frame % step != 0 or (self.data_split == 'test' and cam_idx != TEST_CAMERA):
                 continue
             if subject not in per_subject:
                 raise AnnotationError(f"{data_path}: image id {img['id']} has subject {subject}, which is not one of "
@@ -278,8 +278,6 @@ class Human36M(MocapTrainDataset):
             cam_path = self.annotation_path(subject, 'camera')
             cam_param = parse_camera(nested_lookup(tables['camera'], (str(cam_idx),), cam_path, 'camera'),
                                      cam_path, cam_idx)
-            if self.data_split == 'test' and cam_idx != TEST_CAMERA:
-                continue
 
             joint_path = self.annotation_path(subject, 'joint_3d')
             joint_world = finite_array(nested_lookup(tables['joint_3d'], frame_keys, joint_path, 'joint'),
