@@ -24,6 +24,7 @@ from common.nets.module import Pose2Feat, PositionNet, RotationNet
 from common.nets.pose_branches import PoseBranches
 from common.nets.resnet import ResNetBackbone
 from common.utils.smpl import SMPL
+from common.utils.smpl_layer import left_multiply
 from common.utils.transforms import global_to_relative, rot6d_to_rotmat, rotmat_to_axis_angle
 
 # keys of meta_info copied into the test outputs, in this order
@@ -130,7 +131,7 @@ class Model(nn.Module):
         mesh_cam (B,6890,3), and mesh_cam_render (B,6890,3) with the translation.
         """
         mesh_cam, _ = self.human_model_layer(smpl_pose, smpl_shape, smpl_trans)
-        joint_cam = torch.matmul(self.joint_regressor.to(mesh_cam.dtype), mesh_cam)
+        joint_cam = self.regress_joints(mesh_cam)
         fx, fy = self.geometry.focal
         cx, cy = self.geometry.princpt
         height, width = self.geometry.input_img_shape
@@ -144,6 +145,10 @@ class Model(nn.Module):
         mesh_cam_render = mesh_cam.clone()
         root_cam = joint_cam[:, self.root_joint_idx, None, :]
         return joint_proj, joint_cam - root_cam, mesh_cam - root_cam, mesh_cam_render
+
+    def regress_joints(self, mesh):
+        """Mesh (B,6890,3) -> the 30 joints (B,30,3) of the joint regressor, same units."""
+        return left_multiply(self.joint_regressor.to(mesh.dtype), mesh)
 
     def rotations(self, pose6d):
         """Global 6D (B,144) -> global rotations (B,24,3,3) and relative axis-angle pose (B,72)."""

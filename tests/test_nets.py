@@ -15,6 +15,7 @@ from common.nets.module import (PositionNet, Pose2Feat, RotationNet, sample_join
                                 sample_volumes_at, soft_argmax_3d)
 from common.nets.resnet import ResNetBackbone
 from tests.helpers import per_joint_branches
+from tool.bench.original_heads import PerVertexGraphConvBlock, PerVertexGraphResBlock
 
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 GRAPH_JOINT_IDX = [0, 1, 2, 4, 5, 7, 8, 12, 29, 16, 17, 18, 19, 20, 21]
@@ -103,31 +104,6 @@ def test_stack_builders_indices():
 
 
 # ----------------------------------------------------------------------------- graph layers
-class PerVertexGraphConv(nn.Module):
-    """Reference: the original's layout, one ``Sequential(Linear, BatchNorm1d)`` per vertex run
-    one vertex at a time, then ReLU(adj @ features)."""
-
-    def __init__(self, adj, dim_in, dim_out):
-        super().__init__()
-        self.register_buffer('adj', torch.as_tensor(adj, dtype=torch.float32).clone(), persistent=False)
-        self.fcbn_list = nn.ModuleList(nn.Sequential(nn.Linear(dim_in, dim_out), nn.BatchNorm1d(dim_out))
-                                       for _ in range(self.adj.shape[0]))
-
-    def forward(self, x):
-        feat = torch.stack([fcbn(x[:, v]) for v, fcbn in enumerate(self.fcbn_list)], dim=1)
-        return F.relu(torch.matmul(self.adj, feat))
-
-
-class PerVertexGraphRes(nn.Module):
-    def __init__(self, adj, dim):
-        super().__init__()
-        self.graph_block1 = PerVertexGraphConv(adj, dim, dim)
-        self.graph_block2 = PerVertexGraphConv(adj, dim, dim)
-
-    def forward(self, x):
-        return x + self.graph_block2(self.graph_block1(x))
-
-
 def _randomise_bn(model, generator):
     """Random BatchNorm affine parameters and running statistics (the defaults are 1 / 0)."""
     with torch.no_grad():
@@ -172,7 +148,7 @@ def test_graph_blocks_equal_per_vertex_modules(momentum):
     in eval mode: outputs, input and parameter gradients, running statistics, counters."""
     gen = torch.Generator().manual_seed(0)
     adj = random_adj(15, gen)
-    reference = nn.Sequential(PerVertexGraphConv(adj, 40, 16), PerVertexGraphRes(adj, 16))
+    reference = nn.Sequential(PerVertexGraphConvBlock(adj, 40, 16), PerVertexGraphResBlock(adj, 16))
     stacked = nn.Sequential(GraphConvBlock(adj, 40, 16), GraphResBlock(adj, 16))
     _randomise_bn(reference, gen)
     for model in (reference, stacked):
@@ -218,8 +194,8 @@ def test_per_vertex_optimizer_state_resumes_on_stacked_blocks():
     def model_pair():
         # no bias in front of the graph blocks: train-mode BatchNorm would make its gradient pure
         # rounding noise, which Adam scales up to full steps
-        reference = nn.Sequential(nn.Linear(3, 40, bias=False), PerVertexGraphConv(adj, 40, 8),
-                                  PerVertexGraphRes(adj, 8))
+        reference = nn.Sequential(nn.Linear(3, 40, bias=False), PerVertexGraphConvBlock(adj, 40, 8),
+                                  PerVertexGraphResBlock(adj, 8))
         stacked = nn.Sequential(nn.Linear(3, 40, bias=False), GraphConvBlock(adj, 40, 8), GraphResBlock(adj, 8))
         return reference, stacked
 
@@ -291,7 +267,7 @@ def test_graph_block_initialisation_draws_like_per_vertex_linears():
     one after another, so seeded runs start from the same numbers as the original layout."""
     adj = torch.eye(15)
     torch.manual_seed(3)
-    reference = PerVertexGraphConv(adj, 6, 4)
+    reference = PerVertexGraphConvBlock(adj, 6, 4)
     torch.manual_seed(3)
     block = GraphConvBlock(adj, 6, 4)
     _state_equal(block, reference, 0)
@@ -513,3 +489,21 @@ def test_rotation_net_uses_feature_at_joint_and_parent_residual():
             p = SMPL_PARENTS[j]
             branch = branches[j - 1](torch.cat([g, joint_feat[:, j], pose6d[:, p]], 1))
             assert torch.allclose(pose6d[:, j], branch + pose6d[:, p], atol=1e-6)
+
+
+def test_joint_feature_sampling_matches_grid_sample_on_a_non_square_map_with_gradients():
+    """Height and width differ, points fall on cell borders and outside; the feature map's
+    gradient equals grid_sample's."""
+    gen = torch.Generator().manual_seed(5)
+    feat = torch.randn(3, 5, 6, 9, dtype=torch.float64, generator=gen)
+    coord = torch.rand(3, 7, 2, generator=gen, dtype=torch.float64) * torch.tensor([9.4, 6.4]) - 0.2
+    coord[0, :3] = torch.tensor([[0.0, 0.0], [8.0, 5.0], [3.0, 2.5]], dtype=torch.float64)
+    grid = torch.stack((coord[..., 0] / 8 * 2 - 1, coord[..., 1] / 5 * 2 - 1), -1)[:, None]
+    ours_in, ref_in = feat.clone().requires_grad_(), feat.clone().requires_grad_()
+    ours = sample_joint_features(ours_in, coord)
+    ref = F.grid_sample(ref_in, grid, align_corners=True)[:, :, 0].transpose(1, 2)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    upstream = torch.randn(ours.shape, dtype=torch.float64, generator=gen)
+    ours.backward(upstream)
+    ref.backward(upstream)
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=0, atol=1e-12)

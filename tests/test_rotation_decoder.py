@@ -303,12 +303,13 @@ def test_cuda_float16_autocast_matches_modules_precision():
 
 # ----------------------------------------------------------------------------- benchmark reference
 def test_benchmark_reference_heads_match_and_launch_more_operators():
-    """The benchmark's per-vertex, per-joint RotationNet loads this one's weights and agrees
-    with it; the depth decoder launches fewer operators for the same training step."""
-    from tool.benchmark import ReferenceRotationNet, count_operators
+    """The benchmark's per-joint, per-vertex RotationNet (the original's) loads this one's weights
+    and agrees with it; the depth decoder launches fewer operators for the same training step."""
+    from tool.bench.original_heads import OriginalRotationNet
+    from tool.benchmark import count_operators
     net = make_net().train()
     adj = net.graph_block[0].adj
-    reference = ReferenceRotationNet(adj, GRAPH_JOINT_IDX, SMPL_PARENTS, feat_dim=24, graph_dim=8).train()
+    reference = OriginalRotationNet(adj, GRAPH_JOINT_IDX, SMPL_PARENTS, feat_dim=24, graph_dim=8).train()
     reference.load_state_dict(net.state_dict(), strict=True)
     gen = torch.Generator().manual_seed(4)
     feat = torch.randn(3, 24, 8, 8, generator=gen)

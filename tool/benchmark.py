@@ -3,32 +3,35 @@
     python tool/benchmark.py [--mode model|data] [--batch 8] [--runs 10] [--warmup 3] [--smpl DIR]
                              [--contiguous-backbone] [--threads N] [--device cpu|cuda] [--amp]
 
-``--mode model`` builds the model (``get_model``) and a copy whose ``rotation_net`` is the
-original heads written out as the authors' code runs them (``ReferenceRotationNet``: per-vertex
-Linear + BatchNorm1d graph layers as separate modules, the 23 pose branches one after the other
-in joint order), with the same weights and the backbone in the contiguous memory format.  For both it measures the whole training step
-(forward + loss + backward, no optimizer step), the whole test forward (eval mode, no
-gradient), and the same two for the heads + SMPL alone (everything after the backbone, from a
-cached feature map).  The calls of the two models alternate run by run, so a busy machine slows
-both alike; each time is the median over ``--runs`` runs after ``--warmup`` runs.  Every
-measurement also reports the number of operators one call launches, forward and backward
-(``count_operators``: PyTorch profiler on the CPU side; the count is the same on a GPU, where
-each operator is a kernel launch).  ``--contiguous-backbone`` adds a copy whose backbone runs
-in the default contiguous memory format instead of the model's channels-last.  Before timing,
-outputs and losses of the copies are compared with the model's.
+``--mode model`` builds the model (``get_model``) and ``original_model(model)``
+(``tool/bench/original_heads.py``): a copy with the same weights whose everything after the
+backbone runs operation by operation as the authors' code does (per-joint feature and score
+sampling, per-vertex Linear + BatchNorm1d graph layers, the 23 pose branches one after the other,
+global -> relative one joint at a time, torchgeometry's masked conversions, smplpytorch's SMPL
+layer with its per-joint loops) and whose backbone runs in the contiguous memory format, as the
+original's does.  For both it measures the whole training step (forward + loss + backward, no
+optimizer step), the whole test forward (eval mode, no gradient), and the same two for the
+heads + SMPL alone (everything after the backbone, from a cached feature map).  The calls of
+the two models alternate run by run, so a busy machine slows both alike; each time is the
+median over ``--runs`` runs after ``--warmup`` runs.  Every measurement also reports the
+number of operators one call launches, forward and backward (``count_operators``: PyTorch
+profiler on the CPU side; the count is the same on a GPU, where each operator is a kernel
+launch).  ``--contiguous-backbone`` adds a copy whose backbone runs in the default contiguous
+memory format instead of the model's channels-last.  Before timing, outputs and losses of the
+copies are compared with the model's.
 
 Two more rows bound what the heads can gain: the rotation net's training step alone (from the
-cached feature and joint positions), and ``floor_rotation_net_train_step``, the matrix products
-that step must run whatever the implementation (``RotationNetGemmFloor``: the reference's
-shapes and FLOPs, each product one stacked call, nothing else).  Since the rest of the heads
-step is the same code in both models, ``(reference heads step - reference rotation net +
-floor) / reference heads step`` is the lowest time ratio any rotation net can reach on the
-device; the comparison prints it.  ``--cpu-clock`` (CPU, ``--threads 1``) times each call by
+cached feature and joint positions; the original's rotation net as reference), and
+``floor_rotation_net_train_step``, the matrix products that step must run whatever the
+implementation (``RotationNetGemmFloor``: the original's shapes and FLOPs, each product one
+stacked call, nothing else).  The comparison prints what this model's heads step would take
+with a rotation net at that floor.  ``--cpu-clock`` (CPU, ``--threads 1``) times each call by
 the calling thread's CPU time, so other processes on a busy machine do not count.
 
 The table is printed and written as JSON:
 ``{"device", "torch", "batch", "results": {name: {"median_ms", "min_ms", "max_ms", "runs",
-"ops", "compute_ops"}}, "agreement_max_rel_diff": {...}}``; the reference's rows are named
+"faults", "ops", "compute_ops"}}, "agreement_max_rel_diff": {...}}`` (``faults``: median minor
+page faults per call); the reference's rows are named
 ``reference_<name>``.
 
 ``--mode data`` measures data loading at the synthetic tree's small images and at each
@@ -97,19 +100,29 @@ if __name__ == '__main__':
     parse_args()  # --help and usage errors answer before torch is imported
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from main.config import cfg  # noqa: E402
-from common.nets.module import sample_joint_features  # noqa: E402
+from tool.bench.original_heads import original_model  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- timing
+def minor_page_faults():
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_alternating(fns, runs, warmup, device, clock=time.perf_counter):
     """Time several callables side by side: every run calls each once, the order alternating
     between runs, so slow phases of a shared machine hit all of them alike.
 
     fns: {name: callable}; clock: seconds (wall clock by default).  Returns
-    {name: {"median_ms", "min_ms", "max_ms", "runs"}}.
+    {name: {"median_ms", "min_ms", "max_ms", "runs", "faults"}}, ``faults`` the median number
+    of minor page faults per call (the process's first touches of fresh memory: on the CPU the
+    main source of spread between runs).
     """
     def sync():
         if device.type == 'cuda':
@@ -121,14 +134,18 @@ def time_alternating(fns, runs, warmup, device, clock=time.perf_counter):
             fns[name]()
     sync()
     times = {name: [] for name in names}
+    faults = {name: [] for name in names}
     for run in range(runs):
         for name in (names if run % 2 == 0 else names[::-1]):
+            first_faults = minor_page_faults()
             start = clock()
             fns[name]()
             sync()
             times[name].append((clock() - start) * 1000.0)
+            faults[name].append(minor_page_faults() - first_faults)
     return {name: {'median_ms': statistics.median(values), 'min_ms': min(values),
-                   'max_ms': max(values), 'runs': runs} for name, values in times.items()}
+                   'max_ms': max(values), 'runs': runs, 'faults': statistics.median(faults[name])}
+            for name, values in times.items()}
 
 
 def time_callable(fn, runs, warmup, device):
@@ -196,97 +213,7 @@ def ensure_body_model(smpl_dir, workdir):
     return f'synthetic body model (no SMPL files in {smpl_dir})'
 
 
-# ----------------------------------------------------------------------------- reference heads
-class PerVertexGraphConvBlock(nn.Module):
-    """The original graph layer: vertex v's features through its own ``Linear`` then
-    ``BatchNorm1d`` (``fcbn_list.<v>.{0,1}``), one module call per vertex, then ReLU(A @ F).
-
-    adj: (V, V) normalised adjacency.  (B, V, dim_in) -> (B, V, dim_out).
-    """
-
-    def __init__(self, adj, dim_in, dim_out):
-        super().__init__()
-        self.adj = torch.as_tensor(adj, dtype=torch.float32)
-        self.fcbn_list = nn.ModuleList(nn.Sequential(nn.Linear(dim_in, dim_out), nn.BatchNorm1d(dim_out))
-                                       for _ in range(self.adj.shape[0]))
-
-    def forward(self, x):
-        feat = torch.stack([fcbn(x[:, v]) for v, fcbn in enumerate(self.fcbn_list)], dim=1)
-        # a plain attribute, copied to the feature's device on every call
-        return torch.relu(torch.matmul(self.adj.to(feat.device), feat))
-
-
-class PerVertexGraphResBlock(nn.Module):
-    """x + graph_block2(graph_block1(x)) over two ``PerVertexGraphConvBlock``."""
-
-    def __init__(self, adj, dim):
-        super().__init__()
-        self.graph_block1 = PerVertexGraphConvBlock(adj, dim, dim)
-        self.graph_block2 = PerVertexGraphConvBlock(adj, dim, dim)
-
-    def forward(self, x):
-        return x + self.graph_block2(self.graph_block1(x))
-
-
-def linear_stack(dims):
-    """Linear-ReLU-...-Linear over consecutive ``dims`` (no ReLU after the last)."""
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class ReferenceRotationNet(nn.Module):
-    """The original RotationNet, written the way the authors' code runs it: per-vertex graph
-    layers as separate modules and the 23 pose branches one after the other in joint index
-    order.  Same parameter names as the library's ``RotationNet``, so either loads the other's
-    state_dict.  Inputs and outputs as ``RotationNet.forward``.
-    """
-
-    def __init__(self, graph_adj, graph_joint_idx, parents, feat_dim=2048, graph_dim=128,
-                 shape_dim=10, smpl_joint_num=24):
-        super().__init__()
-        self.graph_joint_idx = list(graph_joint_idx)
-        self.parents = [int(p) for p in parents]
-        self.graph_block = nn.Sequential(PerVertexGraphConvBlock(graph_adj, feat_dim + 4, graph_dim),
-                                         *[PerVertexGraphResBlock(graph_adj, graph_dim) for _ in range(4)])
-        graph_flat = len(self.graph_joint_idx) * graph_dim
-        self.shape_out = linear_stack([graph_flat, shape_dim])
-        self.cam_out = linear_stack([graph_flat, 3])
-        self.global_rot = linear_stack([graph_flat, 6])
-        self.pose_branch = nn.ModuleList(linear_stack([graph_flat + feat_dim + 6, graph_dim, graph_dim, 6])
-                                         for _ in range(smpl_joint_num - 1))
-
-    def forward(self, img_feat, joint_coord, joint_score, parents=None):
-        parents = self.parents if parents is None else parents
-        joint_feat = sample_joint_features(img_feat.float(), joint_coord)
-        idx = self.graph_joint_idx
-        graph_in = torch.cat((joint_feat[:, idx], joint_coord[:, idx], joint_score[:, idx]), dim=2)
-        graph_feat = self.graph_block(graph_in)
-        graph_feat = graph_feat.view(graph_feat.shape[0], -1)
-        rot6d = [self.global_rot(graph_feat)]
-        for j in range(1, len(self.pose_branch) + 1):
-            parent6d = rot6d[parents[j]]
-            branch_in = torch.cat((graph_feat, joint_feat[:, j], parent6d), dim=1)
-            rot6d.append(self.pose_branch[j - 1](branch_in) + parent6d)
-        return torch.cat(rot6d, dim=1), self.shape_out(graph_feat), self.cam_out(graph_feat)
-
-
-def with_reference_heads(model):
-    """The original model: a copy of ``model`` whose ``rotation_net`` is the
-    ``ReferenceRotationNet`` with the same weights and batch-norm state, and whose backbone runs
-    in the default contiguous memory format, as the original's does."""
-    human_model = model.human_model
-    graph_joint_idx = human_model.graph_joint_idx
-    reference = copy.deepcopy(model)
-    heads = ReferenceRotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents)
-    heads.load_state_dict(model.rotation_net.state_dict(), strict=True)
-    reference.rotation_net = heads.to(next(model.parameters()).device)
-    return reference.use_memory_format(torch.contiguous_format)
-
-
+# ----------------------------------------------------------------------------- model copies
 def with_contiguous_backbone(model):
     """A copy of ``model`` whose backbone and Pose2Feat run in the contiguous memory format."""
     return copy.deepcopy(model).use_memory_format(torch.contiguous_format)
@@ -464,7 +391,7 @@ def benchmark_model(args, device):
         raise SystemExit('--cpu-clock needs --device cpu and --threads 1 (other threads\' work would not count).')
     torch.manual_seed(0)
     model = get_model(6890, 30, 'train').to(device)
-    models = {'current': model, 'reference': with_reference_heads(model)}
+    models = {'current': model, 'reference': original_model(model)}
     if args.contiguous_backbone:
         models['contiguous'] = with_contiguous_backbone(model)
     inputs, targets, meta_info = random_batch(args.batch, device)
@@ -498,17 +425,23 @@ MODES = dict(zip(MODE_NAMES, (benchmark_model, benchmark_data)))
 
 
 # ----------------------------------------------------------------------------- report
+def _count(value):
+    return '-' if value is None else f'{value:.0f}'
+
+
 def print_table(report, authors=None):
     """Plain table of every result (name, median/min/max ms, runs, operator counts)."""
     authors = authors or {}
     print(f"device: {report['device']}   torch {report['torch']}   batch {report['batch']}")
-    header = f"{'name':<36}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'runs':>6}{'ops':>7}{'compute':>9}"
+    header = (f"{'name':<36}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'runs':>6}{'ops':>7}{'compute':>9}"
+              f"{'faults':>9}")
     if authors:
         header += f"{'authors ms*':>14}"
     print(header)
     for name, row in report['results'].items():
         line = (f"{name:<36}{row['median_ms']:>11.1f}{row['min_ms']:>9.1f}{row['max_ms']:>9.1f}"
-                f"{row['runs']:>6}{row.get('ops', '-'):>7}{row.get('compute_ops', '-'):>9}")
+                f"{row['runs']:>6}{row.get('ops', '-'):>7}{row.get('compute_ops', '-'):>9}"
+                f"{_count(row.get('faults')):>9}")
         if authors:
             line += f"{authors.get(name, '-'):>14}"
         print(line)
@@ -519,16 +452,19 @@ def print_table(report, authors=None):
 def print_comparison(report):
     """Before (reference heads) / after (this model) table: time, operators, ratios."""
     results = report['results']
-    print('\nreference = the original model (per-vertex graph layers, 23 sequential branches, '
-          'contiguous backbone); current = this model; same weights, same batch, timed alternately')
-    print(f"{'step':<20}{'ref ms':>9}{'cur ms':>9}{'ratio':>7}{'ref ops':>9}{'cur ops':>9}{'ratio':>7}"
-          f"{'ref comp':>10}{'cur comp':>10}{'ratio':>7}")
+    print('\nreference = the original model (after the backbone operation by operation as the authors\' code: '
+          'per-joint sampling, per-vertex graph layers, 23 sequential branches, smplpytorch\'s SMPL, '
+          'torchgeometry\'s conversions; contiguous backbone); current = this model; same weights, same batch, '
+          'timed alternately; ratio: of the medians, min ratio: of the fastest calls')
+    print(f"{'step':<20}{'ref ms':>9}{'cur ms':>9}{'ratio':>7}{'min ratio':>10}{'ref ops':>9}{'cur ops':>9}"
+          f"{'ratio':>7}{'ref comp':>10}{'cur comp':>10}{'ratio':>7}")
     for name, _ in MEASUREMENTS:
         cur, ref = results.get(name), results.get('reference_' + name)
         if cur is None or ref is None:
             continue
         print(f"{name:<20}{ref['median_ms']:>9.1f}{cur['median_ms']:>9.1f}"
-              f"{cur['median_ms'] / ref['median_ms']:>7.2f}{ref['ops']:>9}{cur['ops']:>9}"
+              f"{cur['median_ms'] / ref['median_ms']:>7.2f}{cur['min_ms'] / ref['min_ms']:>10.2f}"
+              f"{ref['ops']:>9}{cur['ops']:>9}"
               f"{cur['ops'] / ref['ops']:>7.2f}{ref['compute_ops']:>10}{cur['compute_ops']:>10}"
               f"{cur['compute_ops'] / ref['compute_ops']:>7.2f}")
     for name, _ in MEASUREMENTS:
@@ -537,13 +473,14 @@ def print_comparison(report):
             print(f"contiguous backbone, {name}: {variant['median_ms']:.1f} ms "
                   f"(channels-last is {results[name]['median_ms'] / variant['median_ms']:.2f}x of it)")
     floor = results.get('floor_rotation_net_train_step')
-    ref_net, ref_heads = results.get('reference_rotation_net_train_step'), results.get('reference_heads_train_step')
-    if floor and ref_net and ref_heads:
-        # the rest of the heads step (position net, rotations, SMPL, losses) is the same code in both
-        bound = ref_heads['median_ms'] - ref_net['median_ms'] + floor['median_ms']
+    net, heads, ref_heads = (results.get(name) for name in (
+        'rotation_net_train_step', 'heads_train_step', 'reference_heads_train_step'))
+    if floor and net and heads and ref_heads:
+        # this model's heads step with its rotation net replaced by the bare matrix products
+        bound = heads['median_ms'] - net['median_ms'] + floor['median_ms']
         print(f"floor: the rotation net's matrix products alone take {floor['median_ms']:.1f} ms; with "
-              f"the shared rest of the reference's heads step ({ref_heads['median_ms'] - ref_net['median_ms']:.1f} ms) "
-              f"no implementation of the heads train step gets below {bound / ref_heads['median_ms']:.2f}x "
+              f"the rest of this model's heads step ({heads['median_ms'] - net['median_ms']:.1f} ms) "
+              f"a rotation net at the floor would bring the heads train step to {bound / ref_heads['median_ms']:.2f}x "
               "of the reference on this device")
     for name, diff in report.get('agreement_max_rel_diff', {}).items():
         print(f'outputs and losses of {name} vs current: max relative difference {diff:.2e}')

@@ -47,18 +47,40 @@ def sample_volumes_at(volumes, coord):
     return sampled.view(batch, joints, 1)
 
 
+def bilinear_weights(coord, height, width):
+    """Bilinear interpolation weights of points on an (H, W) grid of cells, zero padding.
+
+    coord: (B, J, >=2) cell indices, (x, y) first.  Returns (B, J, H*W), row-major cells: the
+    four cells around a point get (1-fx)(1-fy), fx(1-fy), (1-fx)fy, fx*fy with (fx, fy) its
+    offset from the cell at floor(x, y); cells outside the grid get nothing.  ``weights @
+    values`` is ``grid_sample`` (bilinear, zeros, ``align_corners=True``) at those points, up to
+    float rounding (grid_sample first maps the points to [-1, 1] and back).
+    """
+    x, y = coord[..., 0], coord[..., 1]
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0, y - y0
+    xs = torch.stack((x0, x0 + 1, x0, x0 + 1), dim=-1)
+    ys = torch.stack((y0, y0, y0 + 1, y0 + 1), dim=-1)
+    taps = torch.stack(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy), dim=-1)
+    inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
+    # taps outside the grid weigh 0, so clamping their index anywhere inside is harmless
+    cells = (ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)).long().clamp_(0, height * width - 1)
+    weights = coord.new_zeros(coord.shape[:-1] + (height * width,))
+    return weights.scatter_add_(-1, cells, taps * inside)
+
+
 def sample_joint_features(feat, coord):
     """Bilinear feature vector at every joint's (x, y) cell coordinate.
 
-    feat: (B, C, H, W); coord: (B, J, >=2) cell indices, (x, y) first.  Returns (B, J, C).
-    One 4-D ``grid_sample`` with a (B, 1, J, 2) grid; zero padding, ``align_corners=True``.
+    feat: (B, C, H, W); coord: (B, J, >=2) cell indices, (x, y) first, of feat's dtype.
+    Returns (B, J, C), zero padding outside the map (``bilinear_weights``).  One batched product
+    of the (B, J, H*W) weights with the feature map; it runs in the inputs' dtype also under
+    autocast, as ``grid_sample`` does.
     """
-    height, width = feat.shape[2:]
-    grid = torch.stack((_normalise_coord(coord[..., 0], width),
-                        _normalise_coord(coord[..., 1], height)), dim=-1)
-    sampled = F.grid_sample(feat, grid.unsqueeze(1), mode='bilinear', padding_mode='zeros',
-                            align_corners=True)  # (B, C, 1, J)
-    return sampled[:, :, 0].transpose(1, 2)
+    batch, channels, height, width = feat.shape
+    weights = bilinear_weights(coord, height, width)
+    with torch.autocast(device_type=feat.device.type, enabled=False):
+        return torch.bmm(weights, feat.reshape(batch, channels, height * width).transpose(1, 2))
 
 
 class Pose2Feat(nn.Module):
@@ -145,7 +167,7 @@ class RotationNet(nn.Module):
 
     def forward(self, img_feat, joint_coord, joint_score, parents=None):
         parents = self.parents if parents is None else parents
-        # the grid comes from the (float32) soft-argmax, so sample a feature map of its dtype
+        # the weights come from the (float32) soft-argmax, so sample a feature map of its dtype
         joint_feat = sample_joint_features(img_feat.to(joint_coord.dtype), joint_coord)
         # stored joint-major, (J, B, C) contiguous, viewed as (B, J, C): the stacked products
         # then read every joint's (B, C) block in a BLAS layout instead of copying it per joint

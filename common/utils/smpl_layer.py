@@ -291,6 +291,19 @@ def load_smpl_model(path):
 
 
 # ----------------------------------------------------------------------------- the layer
+def left_multiply(matrix, batch):
+    """``matrix @ batch[b]`` for every b, as one matrix product.
+
+    matrix (K, N); batch (B, N, C).  Returns (B, K, C), a permuted view of a (K, B, C) result.
+    One (K, N) @ (N, B*C) product replaces B products of C columns each, which BLAS runs poorly
+    for narrow C such as vertex coordinates (3) and skinning rows (12); the sums are the same
+    up to float rounding.
+    """
+    size, rows, columns = batch.shape
+    flat = batch.permute(1, 0, 2).reshape(rows, size * columns)
+    return torch.mm(matrix, flat).view(-1, size, columns).permute(1, 0, 2)
+
+
 def _quaternion_products_to_rotmat():
     """(16, 9) coefficients taking the outer product q q^T of a unit quaternion (w, x, y, z),
     flattened row-major, to its rotation matrix, flattened row-major:
@@ -392,13 +405,13 @@ class SMPLLayer(nn.Module):
         num_verts = v_template.shape[1]
         # Blend shapes as (B, k) @ (k, V*3) products on the stored (V, 3, k) layout (no copies).
         v_shaped = v_template + F.linear(betas, shapedirs.reshape(num_verts * 3, -1)).reshape(batch, num_verts, 3)
-        joints_rest = torch.matmul(j_regressor, v_shaped)
+        joints_rest = left_multiply(j_regressor, v_shaped)
         v_posed = v_shaped + F.linear(pose_feature, posedirs.reshape(num_verts * 3, -1)).reshape(batch, num_verts, 3)
 
         global_rot, global_pos = self._forward_kinematics(rotmats, joints_rest)
         # Skinning transforms map rest-pose points: x -> R_g x + (t_g - R_g J_rest).
         skin = skinning_transforms(global_rot, global_pos, joints_rest)
-        per_vertex = torch.matmul(weights, skin)  # (B,6890,12): blended [R | t] per vertex
+        per_vertex = left_multiply(weights, skin)  # (B,6890,12): blended [R | t] per vertex
         verts = torch.einsum('bvij,bvj->bvi', per_vertex[..., :9].reshape(batch, -1, 3, 3), v_posed)
         verts = verts + per_vertex[..., 9:]
         # smplpytorch adds trans only when it is non-zero; adding zeros gives the same numbers.
