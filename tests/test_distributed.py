@@ -368,9 +368,10 @@ def test_first_step_equals_one_process_with_the_union_batch(ddp_run, tmp_path, c
     distributed = ddp_run['ranks'][0]['losses'][0]
     assert single.keys() == distributed.keys()
     # float32 rounding (statistics summed per rank, then over ranks) grows through the nine graph
-    # blocks to ~1e-4 in the camera terms; other batches or per-rank statistics differ by percents.
+    # blocks of a 4-sample batch: measured 1e-4 to 1.4e-3 relative, depending on the run; other
+    # batches or per-rank statistics differ by percents.
     for key, value in single.items():
-        assert math.isclose(distributed[key], value, rel_tol=1e-3), (key, distributed[key], value)
+        assert math.isclose(distributed[key], value, rel_tol=3e-3), (key, distributed[key], value)
 
 
 @pytest.mark.slow
