@@ -65,20 +65,15 @@ def first_used_h36m_frame(root, subject=1):
 
 
 # ----------------------------------------------------------------------------- Human3.6M
-def test_h36m_missing_bbox_names_data_file_and_annotation(tree):
-    data, _, ann, _ = first_used_h36m_frame(tree)
-    del next(a for a in data['annotations'] if a['id'] == ann['id'])['bbox']
+@pytest.mark.parametrize('collection, field', [('annotations', 'bbox'), ('images', 'cam_idx')])
+def test_h36m_missing_field_names_data_file_and_record(tree, collection, field):
+    data, img, ann, _ = first_used_h36m_frame(tree)
+    record = ann if collection == 'annotations' else img
+    del next(r for r in data[collection] if r['id'] == record['id'])[field]
     path = tree / H36M_ANN / 'Human36M_subject1_data.json'
     save(path, data)
-    refused('Human36M', 'train', path, f"annotation id {ann['id']}", 'bbox')
-
-
-def test_h36m_missing_image_field_names_data_file_and_image(tree):
-    data, img, _, _ = first_used_h36m_frame(tree)
-    del next(i for i in data['images'] if i['id'] == img['id'])['cam_idx']
-    path = tree / H36M_ANN / 'Human36M_subject1_data.json'
-    save(path, data)
-    refused('Human36M', 'train', path, f"image id {img['id']}", 'cam_idx')
+    kind = 'annotation' if collection == 'annotations' else 'image'
+    refused('Human36M', 'train', path, f"{kind} id {record['id']}", field)
 
 
 def test_h36m_nan_joint_names_joint_file_and_frame(tree):

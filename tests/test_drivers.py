@@ -267,13 +267,18 @@ class LossModel(TinyModel):
         return {'a': out.abs() * scale, 'b': (out - 1).pow(2)}
 
 
+def with_model(trainer, model):
+    """The bare trainer driving ``model`` (as network) with its usual optimizer."""
+    trainer.model = trainer.network = model
+    trainer.optimizer = trainer.get_optimizer(model)
+    return trainer
+
+
 def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(bare_trainer):
     from common.trainer import NonFiniteLossError
     from common.utils.device import make_grad_scaler
     model = LossModel()
-    trainer = bare_trainer
-    trainer.model = trainer.network = model
-    trainer.optimizer = trainer.get_optimizer(model)
+    trainer = with_model(bare_trainer, model)
     trainer.scaler = make_grad_scaler(trainer.device, False)
     trainer.max_nonfinite_in_a_row = 3
     inputs = {'img': torch.randn(4, 2)}
@@ -339,9 +344,7 @@ def test_a_nan_target_leaves_model_optimizer_and_batchnorm_statistics_unchanged(
     from common.utils.device import make_grad_scaler
     torch.manual_seed(0)
     model = BatchNormLossModel()
-    trainer = bare_trainer
-    trainer.model = trainer.network = model
-    trainer.optimizer = trainer.get_optimizer(model)
+    trainer = with_model(bare_trainer, model)
     trainer.use_amp = use_amp
     trainer.scaler = make_grad_scaler(trainer.device, use_amp, 256.0)
     inputs = {'img': torch.randn(4, 2)}
@@ -382,9 +385,7 @@ def test_nonfinite_gradients_of_a_finite_loss_leave_the_model_unchanged_and_coun
     from common.utils.device import make_grad_scaler
     torch.manual_seed(0)
     model = KinkLossModel()
-    trainer = bare_trainer
-    trainer.model = trainer.network = model
-    trainer.optimizer = trainer.get_optimizer(model)
+    trainer = with_model(bare_trainer, model)
     trainer.scaler = make_grad_scaler(trainer.device, False)
     trainer.max_nonfinite_in_a_row = 2
     inputs, targets = {'img': torch.randn(4, 2)}, {'y': torch.randn(4, 1)}
@@ -424,9 +425,7 @@ def test_amp_overflow_skips_the_step_and_resets_the_scale(bare_trainer, dynamic)
     from common.utils.device import make_grad_scaler
     cfg.amp_dynamic_scale = dynamic
     model = LossModel()
-    trainer = bare_trainer
-    trainer.model = trainer.network = model
-    trainer.optimizer = trainer.get_optimizer(model)
+    trainer = with_model(bare_trainer, model)
     trainer.use_amp, trainer.init_scale = True, 256.0
     trainer.scaler = make_grad_scaler(trainer.device, True, 256.0)
     inputs = {'img': torch.randn(4, 2)}
@@ -454,9 +453,7 @@ def test_bfloat16_autocast_trains_without_loss_scaling(bare_trainer):
     with pytest.raises(ValueError, match='amp_dtype'):
         Trainer(amp_dtype=torch.float32)
     model = LossModel()
-    trainer = bare_trainer
-    trainer.model = trainer.network = model
-    trainer.optimizer = trainer.get_optimizer(model)
+    trainer = with_model(bare_trainer, model)
     trainer.use_amp, trainer.amp_dtype = True, torch.bfloat16
     trainer.scaler = make_grad_scaler(trainer.device, False)
     dtypes = []
