@@ -20,12 +20,11 @@ joint index order): ``canonical_items`` / ``stacked_items`` convert between the 
 and the state-dict hooks use them, so per-joint checkpoints load strictly. The same two
 functions convert optimizer states (e.g. Adam moments) shaped like the parameters.
 """
-from functools import lru_cache
 
 import torch
 from torch import nn
 
-from common.utils.kinematics import tree_plan
+from common.utils.kinematics import index_tensor, select_level, tree_plan
 
 # own parameter -> (per-joint layer suffix, first-layer column block: 'graph', 'feature',
 # 'parent', or None for a whole tensor)
@@ -41,22 +40,6 @@ _SOURCES = (
 )
 # per-joint parameters in the order of the per-joint modules (Linear 0, 2, 4; weight, bias)
 _LAYER_SUFFIXES = ('0.weight', '0.bias', '2.weight', '2.bias', '4.weight', '4.bias')
-
-
-@lru_cache(maxsize=64)
-def _index_tensor(values, device):
-    """Cached int64 index tensor on ``device``, so a forward makes no host-to-device copy."""
-    return torch.tensor(values, dtype=torch.long, device=device)
-
-
-def _select_rows(x, parent_sel):
-    """Rows of ``x`` (M, B, 6) named by a ``TreePlan`` level's ``parent_sel``: ``x`` itself or
-    a view for a contiguous run, else a gather."""
-    kind, *args = parent_sel
-    if kind == 'slice':
-        # all rows: no slice, whose backward would zero-fill and copy the gradient
-        return x if (args[0], args[1]) == (0, len(x)) else x[args[0]:args[1]]
-    return x.index_select(0, _index_tensor(tuple(args[0]), x.device))
 
 
 class PoseBranches(nn.Module):
@@ -196,7 +179,7 @@ class PoseBranches(nn.Module):
         params = [getattr(self, name) for name, _, _ in _SOURCES]
         if tuple(order) == self.joint_order:
             return params
-        rows = _index_tensor(tuple(self.position[j] for j in order), params[0].device)
+        rows = index_tensor(tuple(self.position[j] for j in order), params[0].device)
         return [param.index_select(0, rows) for param in params]
 
     def forward(self, graph_feat, joint_feat, root6d, parents=None):
@@ -213,7 +196,7 @@ class PoseBranches(nn.Module):
         if order == tuple(range(order[0], order[0] + num)):  # e.g. SMPL: a view
             features = joint_feat[:, order[0]:order[0] + num]
         else:
-            features = joint_feat.index_select(1, _index_tensor(order, joint_feat.device))
+            features = joint_feat.index_select(1, index_tensor(order, joint_feat.device))
         # chain-independent first-layer products of all joints at once, as W @ x^T (N, H, B), so
         # each weight's gradient comes out in the weight's own layout (x @ W^T would give a
         # transposed one that autograd copies). The graph feature is the same for every joint:
@@ -231,7 +214,7 @@ class PoseBranches(nn.Module):
                     plan.levels)
         decoded = [root6d.unsqueeze(0)]  # (1, B, 6): depth 0
         for pre_d, wp_d, w2_d, b2_d, w3_d, b3_d, (start, end, parent_sel) in steps:
-            parent6d = _select_rows(decoded[-1], parent_sel)
+            parent6d = select_level(decoded[-1], parent_sel, -3)
             if len(parent6d) != end - start:  # one parent shared by the whole depth
                 parent6d = parent6d.expand(end - start, -1, -1)
             hidden = torch.relu(torch.baddbmm(pre_d, parent6d, wp_d))
@@ -239,7 +222,7 @@ class PoseBranches(nn.Module):
             decoded.append(torch.baddbmm(b3_d, hidden, w3_d) + parent6d)
         pose6d = torch.cat(decoded)  # (24, B, 6), depth order
         if plan.inverse is not None:
-            pose6d = pose6d.index_select(0, _index_tensor(plan.inverse, pose6d.device))
+            pose6d = pose6d.index_select(0, index_tensor(plan.inverse, pose6d.device))
         return pose6d.transpose(0, 1).reshape(batch, -1)
 
 

@@ -121,7 +121,7 @@ def tree_levels(parents):
 
 # ------------------------------------------------------------------ array-kind helpers
 @lru_cache(maxsize=64)
-def _index_tensor(values, device):
+def index_tensor(values, device):
     """Cached int64 index tensor on ``device`` (no host-to-device copy per call)."""
     return torch.tensor(values, dtype=torch.long, device=device)
 
@@ -129,12 +129,13 @@ def _index_tensor(values, device):
 def _take(x, positions, axis):
     """Entries ``positions`` of ``x`` along ``axis`` (a negative axis)."""
     if isinstance(x, torch.Tensor):
-        return x.index_select(axis, _index_tensor(tuple(positions), x.device))
+        return x.index_select(axis, index_tensor(tuple(positions), x.device))
     return np.take(x, positions, axis=axis)
 
 
-def _select(x, parent_sel, axis):
-    """The rows of ``x`` along the negative ``axis`` that ``parent_sel`` names (see ``TreePlan``)."""
+def select_level(x, parent_sel, axis):
+    """The rows of ``x`` along the negative ``axis`` that a ``TreePlan`` level's ``parent_sel``
+    names: ``x`` itself or a view for a contiguous run, else a gather."""
     if parent_sel[0] == 'slice':
         if (parent_sel[1], parent_sel[2]) == (0, x.shape[axis]):
             return x  # every row: no slice, whose backward would zero-fill and copy the gradient
@@ -217,10 +218,10 @@ def forward_kinematics(local_rot, joints_rest, parents):
         offset_blocks = _split(offsets[..., None], sizes[1:], -3)
         pos_blocks = [joints_rest[..., :1, :]]
     for level, (_, _, parent_sel) in enumerate(plan.levels, start=1):
-        parent_rot = _select(rot_blocks[level - 1], parent_sel, -3)
+        parent_rot = select_level(rot_blocks[level - 1], parent_sel, -3)
         if with_pos:
             moved = (parent_rot @ offset_blocks[level - 1])[..., 0]
-            pos_blocks.append(moved + _select(pos_blocks[-1], parent_sel, -2))
+            pos_blocks.append(moved + select_level(pos_blocks[-1], parent_sel, -2))
         rot_blocks[level] = parent_rot @ rot_blocks[level]
     global_rot = _concat(rot_blocks, -3)
     global_pos = _concat(pos_blocks, -2) if with_pos else None
