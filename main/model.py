@@ -195,8 +195,7 @@ class Model(nn.Module):
         loss['smpl_joint_img'] = (1 / 8) * self.coord_loss(
             joint_img * 8, targets['fit_joint_img'],
             meta_info['fit_joint_trunc'] * is_valid_fit[:, None, None])
-        loss['smpl_pose'] = global_rotation_loss(rot_global, targets['pose_param'], is_valid_fit,
-                                                 self.parents)
+        loss['smpl_pose'] = self.pose_loss(rot_global, targets['pose_param'], is_valid_fit)
         loss['smpl_shape'] = self.param_loss(shape, targets['shape_param'], is_valid_fit[:, None])
         loss['body_joint_proj'] = (1 / 8) * self.coord_loss(
             joint_proj, targets['orig_joint_img'][:, :, :2], meta_info['orig_joint_trunc'])
@@ -205,6 +204,10 @@ class Model(nn.Module):
         loss['smpl_joint_cam'] = self.coord_loss(
             joint_cam, targets['fit_joint_cam'], is_valid_fit[:, None, None])
         return loss
+
+    def pose_loss(self, rot_global, pose_param, is_valid_fit):
+        """The ``smpl_pose`` term (``global_rotation_loss``): (B*24,) per joint."""
+        return global_rotation_loss(rot_global, pose_param, is_valid_fit, self.parents)
 
     def test_outputs(self, cam_param, joint_img, joint_proj, joint_score, mesh_cam, pose_aa, shape,
                      mesh_cam_render, targets, meta_info):
@@ -266,8 +269,7 @@ def get_model(vertex_num, joint_num, mode, human_model=None, options=None):
     pose2feat = Pose2Feat(joint_num)
     feature_hm_shape = tuple(size // 8 for size in options.geometry.output_hm_shape)
     position_net = PositionNet(joint_num, hm_shape=feature_hm_shape)
-    rotation_net = RotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents,
-                               joint_num=joint_num)
+    rotation_net = RotationNet(human_model.graph_adj, graph_joint_idx, human_model.parents)
     if mode == 'train':
         backbone.init_weights(options.imagenet_weights)
         pose2feat.apply(init_weights)

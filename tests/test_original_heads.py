@@ -4,6 +4,7 @@ heads and SMPL run operation by operation): the pieces against independent refer
 measured against it; and the page-fault count of the timing loop."""
 import copy
 import mmap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from tool.bench.original_heads import (OriginalSMPLLayer, axis_angle_to_rotmat_m
 from tool.benchmark import StepFunctions, count_operators, random_batch, time_alternating
 
 pytestmark = pytest.mark.usefixtures('cfg_state')
+
+KEY_FILE = Path(__file__).parent / 'data' / 'state_dict_keys.txt'
 
 # non-square crop and heatmap, so a height / width mix-up in the per-joint sampling shows
 SMALL_GEOMETRY = GeometryOptions(input_img_shape=(128, 96), output_hm_shape=(32, 32, 24), bbox_3d_size=2,
@@ -106,13 +109,25 @@ def test_original_copy_equals_the_model_in_float64(model):
                                    msg=lambda text, key=key: f'{key}: {text}')
 
 
-def test_state_dicts_load_into_each_other(model):
-    original = original_model(model)
-    theirs = original.state_dict()
-    assert list(theirs) == list(model.state_dict())
-    for key, value in model.state_dict().items():
+def test_original_state_dict_has_the_released_layout_and_loads_into_the_model(model, synthetic_smpl_dir):
+    """Keys (and shapes, except PositionNet's, which follow the small test geometry) as in the
+    released checkpoints' key list; a differently initialised model loads the copy's state
+    strictly and then holds its values."""
+    theirs = original_model(model).state_dict()
+    expected = [line.split() for line in KEY_FILE.read_text().splitlines()]
+    assert list(theirs) == [name[len('module.'):] for name, _ in expected]
+    for name, shape in expected:
+        key = name[len('module.'):]
+        if not key.startswith('position_net.'):
+            want = () if shape == 'scalar' else tuple(int(s) for s in shape.split('x'))
+            assert tuple(theirs[key].shape) == want, key
+    options = ModelOptions(geometry=SMALL_GEOMETRY, body_model=BodyModelPaths(synthetic_smpl_dir, synthetic_smpl_dir),
+                           resnet_type=50, imagenet_weights=None)
+    torch.manual_seed(7)
+    other = get_model(6890, 30, 'train', SMPL(options.body_model), options)
+    other.load_state_dict(theirs, strict=True)
+    for key, value in other.state_dict().items():
         assert torch.equal(value, theirs[key]), key
-    model.load_state_dict(theirs, strict=True)
 
 
 def test_heads_train_step_launches_at_most_a_third_of_the_originals_operators(synthetic_smpl_dir):

@@ -302,30 +302,6 @@ def test_cuda_float16_autocast_matches_modules_precision():
 
 
 # ----------------------------------------------------------------------------- benchmark reference
-def test_benchmark_reference_heads_match_and_launch_more_operators():
-    """The benchmark's per-joint, per-vertex RotationNet (the original's) loads this one's weights
-    and agrees with it; the depth decoder launches fewer operators for the same training step."""
-    from tool.bench.original_heads import OriginalRotationNet
-    from tool.benchmark import count_operators
-    net = make_net().train()
-    adj = net.graph_block[0].adj
-    reference = OriginalRotationNet(adj, GRAPH_JOINT_IDX, SMPL_PARENTS, feat_dim=24, graph_dim=8).train()
-    reference.load_state_dict(net.state_dict(), strict=True)
-    gen = torch.Generator().manual_seed(4)
-    feat = torch.randn(3, 24, 8, 8, generator=gen)
-    coord = torch.rand(3, 30, 3, generator=gen) * 7
-    score = torch.rand(3, 30, 1, generator=gen)
-    for ours, theirs in zip(net(feat, coord, score), reference(feat, coord, score)):
-        assert relative_error(ours.detach(), theirs.detach()) < 1e-5
-
-    def step(module):
-        module.zero_grad(set_to_none=True)
-        sum(out.square().sum() for out in module(feat, coord, score)).backward()
-
-    ours, theirs = count_operators(lambda: step(net)), count_operators(lambda: step(reference))
-    assert 0 < ours['compute_ops'] <= ours['ops'] and ours['ops'] < theirs['ops']
-
-
 def test_benchmark_floor_runs_only_the_rotation_nets_products_with_its_flops():
     """The floor measurement launches matrix products only, and as many multiply-adds as a
     hand count of the rotation net's training step (forward, weight and needed input gradients)."""

@@ -213,12 +213,6 @@ def ensure_body_model(smpl_dir, workdir):
     return f'synthetic body model (no SMPL files in {smpl_dir})'
 
 
-# ----------------------------------------------------------------------------- model copies
-def with_contiguous_backbone(model):
-    """A copy of ``model`` whose backbone and Pose2Feat run in the contiguous memory format."""
-    return copy.deepcopy(model).use_memory_format(torch.contiguous_format)
-
-
 # ----------------------------------------------------------------------------- model mode
 def random_batch(batch, device, seed=0):
     """Inputs / targets / meta_info with the shapes and dtypes of the training loaders."""
@@ -393,12 +387,11 @@ def benchmark_model(args, device):
     model = get_model(6890, 30, 'train').to(device)
     models = {'current': model, 'reference': original_model(model)}
     if args.contiguous_backbone:
-        models['contiguous'] = with_contiguous_backbone(model)
-    inputs, targets, meta_info = random_batch(args.batch, device)
-    batches = {name: (inputs, targets, meta_info) for name in models}
-    differences = agreement(models, inputs, targets, meta_info)
+        models['contiguous'] = copy.deepcopy(model).use_memory_format(torch.contiguous_format)
+    batch = random_batch(args.batch, device)
+    differences = agreement(models, *batch)
     amp = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=args.amp)
-    steps = {name: StepFunctions(m, *batches[name], amp) for name, m in models.items()}
+    steps = {name: StepFunctions(m, *batch, amp) for name, m in models.items()}
 
     results = {}
     for measurement, train in MEASUREMENTS:

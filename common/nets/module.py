@@ -134,12 +134,9 @@ class RotationNet(nn.Module):
     one tree depth per step. Checkpoint names stay ``pose_branch.<j>.{0,2,4}.{weight,bias}``.
     """
 
-    def __init__(self, graph_adj, graph_joint_idx, parents, joint_num=30, feat_dim=2048,
-                 graph_dim=128, shape_dim=10, smpl_joint_num=24):
+    def __init__(self, graph_adj, graph_joint_idx, parents, feat_dim=2048, graph_dim=128, shape_dim=10):
         super().__init__()
         graph_joint_num = len(graph_joint_idx)
-        self.joint_num = joint_num
-        self.smpl_joint_num = smpl_joint_num
         self.parents = [int(p) for p in parents]
         self.register_buffer('graph_joint_idx', torch.as_tensor(graph_joint_idx, dtype=torch.long),
                              persistent=False)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.nets.layer import make_linear_layers
 from main.model import Model
 
 
@@ -108,16 +109,6 @@ class PerVertexGraphResBlock(nn.Module):
         return x + self.graph_block2(self.graph_block1(x))
 
 
-def linear_stack(dims):
-    """Linear-ReLU-...-Linear over consecutive ``dims`` (no ReLU after the last)."""
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 class OriginalRotationNet(nn.Module):
     """The original RotationNet: per-joint feature sampling, per-vertex graph layers and the 23
     pose branches one after the other in joint index order.  Same parameter names as the
@@ -126,7 +117,7 @@ class OriginalRotationNet(nn.Module):
     """
 
     def __init__(self, graph_adj, graph_joint_idx, parents, hm_shape=(8, 8, 8), feat_dim=2048,
-                 graph_dim=128, shape_dim=10, smpl_joint_num=24):
+                 graph_dim=128, shape_dim=10):
         super().__init__()
         self.graph_joint_idx = [int(i) for i in graph_joint_idx]
         self.parents = [int(p) for p in parents]
@@ -134,11 +125,11 @@ class OriginalRotationNet(nn.Module):
         self.graph_block = nn.Sequential(PerVertexGraphConvBlock(graph_adj, feat_dim + 4, graph_dim),
                                          *[PerVertexGraphResBlock(graph_adj, graph_dim) for _ in range(4)])
         graph_flat = len(self.graph_joint_idx) * graph_dim
-        self.shape_out = linear_stack([graph_flat, shape_dim])
-        self.cam_out = linear_stack([graph_flat, 3])
-        self.global_rot = linear_stack([graph_flat, 6])
-        self.pose_branch = nn.ModuleList(linear_stack([graph_flat + feat_dim + 6, graph_dim, graph_dim, 6])
-                                         for _ in range(smpl_joint_num - 1))
+        self.shape_out = make_linear_layers([graph_flat, shape_dim])
+        self.cam_out = make_linear_layers([graph_flat, 3])
+        self.global_rot = make_linear_layers([graph_flat, 6])
+        self.pose_branch = nn.ModuleList(make_linear_layers([graph_flat + feat_dim + 6, graph_dim, graph_dim, 6])
+                                         for _ in range(len(self.parents) - 1))
 
     def sample_image_feature(self, img_feat, joint_coord):
         """(B, C, H, W), (B, J, >=2) cells -> (B, J, C), one ``grid_sample`` per joint."""
@@ -344,7 +335,7 @@ class OriginalSMPLLayer(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 class OriginalModel(Model):
-    """``Model`` whose rotation conversions, joint regressor and losses run as the original's
+    """``Model`` whose rotation conversions, joint regressor and pose loss run as the original's
     forward does (with ``OriginalPositionNet``, ``OriginalRotationNet`` and
     ``OriginalSMPLLayer`` as its modules, everything after the backbone is the original's)."""
 
@@ -357,26 +348,12 @@ class OriginalModel(Model):
         rot_rel = global_to_relative(rot_global, self.parents).reshape(batch * 24, 3, 3)
         return rot_global, rotmat_to_axis_angle(rot_rel).reshape(batch, 24 * 3)
 
-    def losses(self, joint_img, joint_proj, joint_cam, rot_global, shape, targets, meta_info):
+    def pose_loss(self, rot_global, pose_param, is_valid_fit):
         batch = rot_global.shape[0]
-        is_3d, is_valid_fit = meta_info['is_3D'], meta_info['is_valid_fit']
-        gt_rel = axis_angle_to_rotmat_masked(targets['pose_param'].reshape(batch * 24, 3))[:, :3, :3]
+        gt_rel = axis_angle_to_rotmat_masked(pose_param.reshape(batch * 24, 3))[:, :3, :3]
         gt_global = relative_to_global(gt_rel.reshape(batch, 24, 3, 3), self.parents).reshape(batch * 24, 3, 3)
         valid = is_valid_fit[:, None].expand(-1, 24).reshape(batch * 24, 1)
-        loss = {}
-        loss['body_joint_img'] = (1 / 8) * self.coord_loss(
-            joint_img * 8, targets['orig_joint_img'], meta_info['orig_joint_trunc'], is_3d)
-        loss['smpl_joint_img'] = (1 / 8) * self.coord_loss(
-            joint_img * 8, targets['fit_joint_img'], meta_info['fit_joint_trunc'] * is_valid_fit[:, None, None])
-        loss['smpl_pose'] = torch.pow(rot_global.reshape(batch * 24, 9) - gt_global.reshape(batch * 24, 9),
-                                      2).mean(dim=1) * valid[:, 0]
-        loss['smpl_shape'] = self.param_loss(shape, targets['shape_param'], is_valid_fit[:, None])
-        loss['body_joint_proj'] = (1 / 8) * self.coord_loss(
-            joint_proj, targets['orig_joint_img'][:, :, :2], meta_info['orig_joint_trunc'])
-        loss['body_joint_cam'] = self.coord_loss(
-            joint_cam, targets['orig_joint_cam'], meta_info['orig_joint_valid'] * is_3d[:, None, None])
-        loss['smpl_joint_cam'] = self.coord_loss(joint_cam, targets['fit_joint_cam'], is_valid_fit[:, None, None])
-        return loss
+        return torch.pow(rot_global.reshape(batch * 24, 9) - gt_global.reshape(batch * 24, 9), 2).mean(dim=1) * valid[:, 0]
 
 
 def original_model(model):
