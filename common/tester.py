@@ -40,7 +40,7 @@ from common.utils import run_csv
 from common.utils.files import FileWriteError, atomic_write, atomic_write_text, is_writable_dir
 from common.utils.table import format_table
 from common.utils.training_figure import write_training_figure
-from data.registry import dataset_class, evaluation_name, evaluation_names
+from data.registry import dataset_class, evaluation_names
 from main.config import cfg
 
 
@@ -61,11 +61,11 @@ def json_safe(value):
     return value
 
 
-def result_stem(testset, epoch, crowd=False):
-    """``<evaluation set>_snapshot_<epoch>`` (``data.registry.evaluation_name``: ``PW3D`` with
-    ``crowd`` is ``PW3D-crowd``): the set, its mode and the snapshot, so that the results of
-    different sets of one snapshot never overwrite each other."""
-    return f'{evaluation_name(testset, crowd)}_snapshot_{int(epoch)}'
+def result_stem(testset, epoch):
+    """``<evaluation set>_snapshot_<epoch>``, the set named as ``data.registry.evaluation_names``
+    resolves it (``PW3D-crowd``, ``PW3D-OC``, ...), so that the results of different sets of
+    one snapshot never overwrite each other."""
+    return f'{testset}_snapshot_{int(epoch)}'
 
 
 def summary_table(summaries):
@@ -239,8 +239,9 @@ class Tester(Runner):
             return out['cam_trans']
         return self.model.camera_translation(out['cam_param'], meta_info, render=self.render)
 
-    def test(self):
+    def test(self, redraw=True):
         """Run the test set; print, log and write the metrics; return ``summarize()``'s dict.
+        ``redraw``: redraw ``training.png`` afterwards (``test_all`` does it once for all sets).
 
         Under torchrun every rank runs its share of the batches and rank 0 gathers, prints
         and writes the results (the same as one process's); other ranks return ``None``.
@@ -258,14 +259,15 @@ class Tester(Runner):
         self.result_paths = write_results(self.result_dir, stem, summary, predictions)
         self.logger.info(f'Metrics ({self.testset_name}): {json.dumps(json_safe(summary))}')
         self.logger.info(f'Wrote {self.result_paths[0]} and {self.result_paths[1]}')
-        self._record_metrics(summary)
-        return summary
-
-    def _record_metrics(self, summary):
-        """Add the set's metrics to ``<log folder>/metrics.csv``; redraw ``training.png`` there
-        when the folder holds the training losses (a figure that fails is only reported)."""
         rows = run_csv.metric_rows(self.test_epoch, self.testset_name, json_safe(summary), self.checkpoint_path)
         run_csv.append_metrics(os.path.join(self.log_dir, run_csv.METRICS_FILE), rows)
+        if redraw:
+            self.redraw_training_figure()
+        return summary
+
+    def redraw_training_figure(self):
+        """Redraw ``training.png`` in the log folder when it holds the training losses (a
+        figure that fails is only reported)."""
         if os.path.isfile(os.path.join(self.log_dir, run_csv.LOSS_FILE)):
             try:
                 write_training_figure(self.log_dir)
@@ -281,9 +283,10 @@ class Tester(Runner):
         for name in self.testset_names:
             if name != self.testset_name or not hasattr(self, 'batch_generator'):
                 self.make_batch_generator(name)
-            summaries[name] = self.test()
+            summaries[name] = self.test(redraw=False)
         if not self.is_main_process:
             return None
+        self.redraw_training_figure()
         table = summary_table(summaries)
         path = os.path.join(self.result_dir, f'eval_summary_snapshot_{self.test_epoch}.txt')
         atomic_write_text(path, f'snapshot: {self.checkpoint_path}\n{table}\n')

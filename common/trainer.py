@@ -102,12 +102,14 @@ def restore_running_statistics(saved):
 def gradients_are_finite(optimizer):
     """Whether every gradient of ``optimizer``'s parameters is finite.
 
-    One max-abs reduction per gradient and one host sync: the largest magnitude is NaN or inf
-    exactly when some entry is (a 2-norm could overflow on large finite gradients)."""
+    One min/max reduction per gradient (no copy) and one host sync: NaN propagates into both and
+    an infinite entry is the minimum or the maximum (a 2-norm could overflow on large finite
+    gradients)."""
     grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
     if not grads:
         return True
-    return bool(torch.isfinite(torch.stack([g.detach().abs().amax() for g in grads]).amax()))
+    extremes = [value for g in grads for value in torch.aminmax(g.detach())]
+    return bool(torch.isfinite(torch.stack(extremes)).all())
 
 
 def lr_at(epoch, base_lr, lr_dec_epoch, lr_dec_factor):

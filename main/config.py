@@ -21,8 +21,7 @@ import numpy as np
 import yaml
 
 from common.errors import ConfigError, RunDirError
-# ``--gpu`` parsing lives with the device selection; importable from here as before.
-from common.utils.gpu_ids import parse_gpu_ids  # noqa: F401
+from common.utils.gpu_ids import parse_gpu_ids
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError, RunDirError
-from main.config import Config, ROOT_DIR, cfg, parse_gpu_ids
+from common.utils.gpu_ids import parse_gpu_ids
+from main.config import Config, ROOT_DIR, cfg
 
 # These tests set options on the global ``cfg``; ``cfg_state`` restores it after each test.
 pytestmark = pytest.mark.usefixtures('cfg_state')

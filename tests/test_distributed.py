@@ -94,15 +94,6 @@ def test_rank_device_follows_local_rank_without_remapping(monkeypatch):
     assert setup.device.type == 'cpu' and setup.num_devices == 1 and 'gloo' in setup.warnings[0]
 
 
-def test_gpu_flag_is_optional_under_torchrun(monkeypatch):
-    from main.test import parse_args as parse_test_args
-    from main.train import parse_args
-    for key, value in torchrun_env(0, 2, 29500).items():
-        monkeypatch.setenv(key, value)
-    assert parse_args([]).gpu_ids is None
-    assert parse_test_args(['--test_epoch', '3']).gpu_ids is None
-
-
 # ---------------------------------------------------------------------------- samplers
 def epoch_seed(epoch):
     return 1000 + epoch

@@ -640,9 +640,7 @@ def released_experiment(tmp_path):
 
 def test_3dpw_and_3dpw_crowd_results_do_not_overwrite_each_other(tmp_path, cfg_state):
     from common.tester import result_stem
-    assert result_stem('PW3D', 10) == 'PW3D_snapshot_10'
-    assert result_stem('PW3D', 10, crowd=True) == 'PW3D-crowd_snapshot_10'
-    assert result_stem('Human36M', 3, crowd=True) == 'Human36M_snapshot_3'  # crowd means nothing there
+    assert result_stem('PW3D-crowd', 10) == 'PW3D-crowd_snapshot_10'
     exp = released_experiment(tmp_path)
     cfg.make_run_dirs()
     run_tester()

@@ -165,7 +165,7 @@ def test_crowd_true_still_selects_3dpw_crowd(data_cfg):
 
 
 @pytest.mark.slow
-def test_one_test_run_evaluates_every_listed_set(trained_snapshot, tiny_schedule_yaml, tmp_path):
+def test_one_test_run_evaluates_every_listed_set(trained_snapshot, tiny_schedule_yaml, tmp_path, monkeypatch):
     """test.py with two sets: a result file per set, a summary table and metrics.csv rows
     that repeat the result files' numbers; compare_runs reads them back."""
     import yaml
@@ -189,6 +189,10 @@ def test_one_test_run_evaluates_every_listed_set(trained_snapshot, tiny_schedule
 
     # The shared snapshot may already hold evaluations by other tests: this run's rows follow them.
     earlier = metric_rows()
+    import common.tester
+    drawn = []
+    real_figure = common.tester.write_training_figure
+    monkeypatch.setattr(common.tester, 'write_training_figure', lambda log_dir: drawn.append(real_figure(log_dir)))
     run_in_process(main, ['--gpu', '0', '--exp_dir', str(exp), '--test_epoch', '0', '--cfg', str(schedule)])
     result = exp / 'result'
     summaries = {name: json.loads((result / f'eval_{name}_snapshot_0.json').read_text())
@@ -207,7 +211,7 @@ def test_one_test_run_evaluates_every_listed_set(trained_snapshot, tiny_schedule
     for r in rows:
         assert float(r['value_mm']) == pytest.approx(summaries[r['testset']][r['metric']])
         assert r['checkpoint'] == str(exp / 'checkpoint' / 'snapshot_0.pth.tar')
-    assert (exp / 'log' / 'training.png').is_file()       # redrawn with the evaluation panel
+    assert (exp / 'log' / 'training.png').is_file() and len(drawn) == 1  # redrawn once, after both sets
     text = compare_runs.main([str(exp)])
     assert f"{summaries['PW3D-crowd']['mpjpe']:.2f}" in text.split('== PW3D-crowd ==')[1]
     assert os.path.basename(exp) in text

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from common.utils.plot import Series, line_chart, log_ticks, nice_ticks, smooth
+from common.utils.plot import BACKGROUND, Series, draw_chart, log_ticks, nice_ticks, smooth
 
 RED = (0, 0, 255)  # BGR
 
@@ -17,10 +17,14 @@ def red_mask(image):
     return (r > 200) & (g < 150) & (b < 150)
 
 
-def chart(series, **kwargs):
-    kwargs.setdefault('width', 500)
-    kwargs.setdefault('height', 320)
-    return line_chart(series, **kwargs)
+def line_chart(series, width=900, height=360, **kwargs):
+    """``(image, plot_box)``: a new ``width`` x ``height`` BGR image holding one ``draw_chart``."""
+    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    return canvas, draw_chart(canvas, (0, 0, width - 1, height - 1), series, **kwargs)
+
+
+def chart(series, width=500, height=320, **kwargs):
+    return line_chart(series, width, height, **kwargs)
 
 
 def test_a_horizontal_line_lands_on_the_row_of_its_value():

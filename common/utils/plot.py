@@ -1,9 +1,10 @@
 """Line charts drawn with OpenCV and NumPy: axes, ticks, gridlines, legend.
 
-    image, plot_box = line_chart([Series('loss', x, y, PALETTE[0])], width=900, height=360,
-                                 title='Training loss', xlabel='epoch', log_y=True)
+    plot_box = draw_chart(canvas, (x0, y0, x1, y1), [Series('loss', x, y, PALETTE[0])],
+                          title='Training loss', xlabel='epoch', log_y=True)
 
-Images are (H, W, 3) uint8 **BGR** (``cv2.imwrite`` order), white background.
+Charts are drawn into a box of an (H, W, 3) uint8 **BGR** image (``cv2.imwrite`` order), which
+is first filled white.
 ``plot_box = (x0, y0, x1, y1)`` are the pixel columns/rows of the data area's edges: a
 point ``(x, y)`` of the axis ranges ``[xlo, xhi] x [ylo, yhi]`` lands at column
 ``x0 + (x - xlo) / (xhi - xlo) * (x1 - x0)`` and row ``y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)``
@@ -267,14 +268,6 @@ def _auto_range(arrays, log):
     if not lows:
         return (1.0, 10.0) if log else (0.0, 1.0)
     return padded_range(min(lows), max(highs), log)
-
-
-def line_chart(series, width=900, height=360, **kwargs):
-    """``(image, plot_box)``: a new ``width`` x ``height`` BGR image holding one
-    :func:`draw_chart` (same keyword arguments)."""
-    canvas = np.full((int(height), int(width), 3), BACKGROUND, dtype=np.uint8)
-    plot_box = draw_chart(canvas, (0, 0, int(width) - 1, int(height) - 1), series, **kwargs)
-    return canvas, plot_box
 
 
 def smooth(values, weight=0.9):
