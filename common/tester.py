@@ -69,22 +69,14 @@ def result_stem(testset, epoch):
 
 
 def summary_table(summaries):
-    """Text table of evaluation sets (rows) x metrics (columns, mm) and sample counts from
-    ``{set: summarize() dict}`` (non-numeric entries left out)."""
-    metrics = []
-    for summary in summaries.values():
-        for key, value in summary.items():
-            if key != 'num_samples' and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and key not in metrics:
-                metrics.append(key)
+    """Text table of evaluation sets (rows) x metrics (columns, mm; ``run_csv.summary_metrics``)
+    and sample counts from ``{set: summarize() dict}``."""
+    per_set = {name: run_csv.summary_metrics(summary) for name, summary in summaries.items()}
+    metrics = list(dict.fromkeys(metric for values in per_set.values() for metric in values))
     header = ['evaluation set'] + [f'{m} (mm)' for m in metrics] + ['samples']
-    rows = [[name] + [_float_or_none(summary.get(m)) for m in metrics] + [summary.get('num_samples')]
+    rows = [[name] + [per_set[name].get(m) for m in metrics] + [summary.get('num_samples')]
             for name, summary in summaries.items()]
     return format_table(header, rows)
-
-
-def _float_or_none(value):
-    return None if value is None else float(value)
 
 
 def eval_fallback_dir(output_root, exp_dir):

@@ -77,18 +77,13 @@ def collect(experiments, eval_dirs, output_roots):
     tables = {label[r]: {} for r in real}
     for exp_real, exp in real.items():
         for path in metric_files(exp, output_roots(exp)):
-            _add_rows(tables[label[exp_real]], run_csv.read_metrics(path))
+            run_csv.latest_metrics(run_csv.read_metrics(path), tables[label[exp_real]])
     for folder in eval_dirs:
         for row in run_csv.read_metrics(eval_dir_file(folder)):
             owner = experiment_of(row.checkpoint)
             name = label.get(owner, os.path.basename(owner))
-            _add_rows(tables.setdefault(name, {}), [row])
+            run_csv.latest_metrics([row], tables.setdefault(name, {}))
     return tables
-
-
-def _add_rows(table, rows):
-    for row in rows:
-        table.setdefault((row.testset, row.epoch), {})[row.metric] = row.value_mm
 
 
 def best_epochs(tables, metric):

@@ -143,15 +143,26 @@ def _to_float(text):
         return math.nan
 
 
+def summary_metrics(summary):
+    """``{metric: value}`` of every top-level number of ``summary`` (a dataset's ``summarize()``
+    dict, millimetres) except the sample count, in the summary's order."""
+    return {str(key): float(value) for key, value in summary.items()
+            if key != 'num_samples' and not isinstance(value, bool) and isinstance(value, (int, float))}
+
+
 def metric_rows(epoch, testset, summary, checkpoint):
-    """The ``metrics.csv`` rows of one evaluation: every top-level number of ``summary``
-    (a dataset's ``summarize()`` dict, millimetres) except the sample count."""
-    rows = []
-    for key, value in summary.items():
-        if key == 'num_samples' or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        rows.append(MetricRow(int(epoch), str(testset), str(key), float(value), str(checkpoint)))
-    return rows
+    """The ``metrics.csv`` rows of one evaluation (:func:`summary_metrics` of ``summary``)."""
+    return [MetricRow(int(epoch), str(testset), metric, value, str(checkpoint))
+            for metric, value in summary_metrics(summary).items()]
+
+
+def latest_metrics(rows, table=None):
+    """``{(testset, epoch): {metric: value_mm}}`` of :class:`MetricRow` s, later rows winning (an
+    epoch evaluated twice keeps its last value); the rows are added to ``table`` when given."""
+    table = {} if table is None else table
+    for row in rows:
+        table.setdefault((row.testset, row.epoch), {})[row.metric] = row.value_mm
+    return table
 
 
 def append_metrics(path, rows):

@@ -72,14 +72,12 @@ def loss_panels(table):
 def metric_series(rows):
     """One :class:`Series` per (evaluation set, metric) of ``metrics.csv`` rows, by epoch; an
     epoch evaluated twice shows its last value."""
-    latest = {}
-    for row in rows:
-        latest[(row.testset, row.metric, row.epoch)] = row.value_mm
-    keys = sorted({(testset, metric) for testset, metric, _ in latest})
+    latest = run_csv.latest_metrics(rows)
+    keys = sorted({(testset, metric) for (testset, _), values in latest.items() for metric in values})
     series = []
     for i, (testset, metric) in enumerate(keys):
-        epochs = sorted(epoch for t, m, epoch in latest if (t, m) == (testset, metric))
-        values = [latest[(testset, metric, epoch)] for epoch in epochs]
+        epochs = sorted(epoch for (name, epoch), values in latest.items() if name == testset and metric in values)
+        values = [latest[(testset, epoch)][metric] for epoch in epochs]
         series.append(Series(f'{testset} {metric}', epochs, values, PALETTE[i % len(PALETTE)], markers=True))
     return series
 
