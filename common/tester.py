@@ -37,7 +37,7 @@ from common.utils import distributed as dist_utils
 from common.utils.batch import batch_size_of, split_batch, to_numpy
 from common.utils.device import move_to_device
 from common.utils import run_csv
-from common.utils.files import FileWriteError, atomic_write, atomic_write_text, is_writable_dir
+from common.utils.files import atomic_write, atomic_write_text
 from common.utils.table import format_table
 from common.utils.training_figure import write_training_figure
 from data.registry import dataset_class, evaluation_names
@@ -81,21 +81,26 @@ def summary_table(summaries):
 
 def eval_fallback_dir(output_root, exp_dir):
     """``<output_root>/eval_<experiment folder name>``: where the evaluation of a read-only
-    experiment folder writes its ``log/``, ``result/`` and ``vis/`` (``main/test.py`` chooses it
-    up front; the Tester falls back to it when a folder still cannot be written)."""
+    experiment folder writes its ``log/``, ``result/`` and ``vis/`` (see ``evaluation_output_dir``)."""
     return os.path.join(str(output_root), f'eval_{os.path.basename(os.path.normpath(str(exp_dir)))}')
 
 
-def writable_or_fallback(preferred, fallback):
-    """``(folder, moved)``: ``preferred`` when it is (or can be made) a writable folder, else
-    ``fallback`` (created); ``moved`` tells which.  Raises :class:`FileWriteError`
-    naming both when neither can be written."""
-    if is_writable_dir(preferred):
-        return str(preferred), False
-    if is_writable_dir(fallback):
-        return str(fallback), True
-    raise FileWriteError(f"Cannot write into {preferred} (read-only?) nor into the fallback {fallback}; "
-                         "set output_root (--cfg) to a writable folder.")
+def evaluation_output_dir(exp_dir, output_root):
+    """Where an evaluation of ``exp_dir`` writes its ``log/``, ``result/`` and ``vis/`` (the value
+    of ``cfg.eval_output_dir``): ``None`` (inside ``exp_dir``) when all three can be written
+    there, else ``eval_fallback_dir``, so that they always stay together.  A subfolder can be
+    written when it is a writable folder, or is missing and ``exp_dir`` is writable; nothing is
+    created here."""
+    def can_write(folder):
+        return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+    def sub_ok(sub):
+        path = os.path.join(exp_dir, sub)
+        return can_write(path) if os.path.lexists(path) else can_write(exp_dir)
+
+    if all(sub_ok(sub) for sub in ('log', 'result', 'vis')):
+        return None
+    return eval_fallback_dir(output_root, exp_dir)
 
 
 def write_results(result_dir, stem, summary, predictions):
@@ -118,29 +123,20 @@ class Tester(Runner):
     ``test_epoch`` selects ``<model_dir>/snapshot_<test_epoch>.pth.tar``;
     ``save_meshes`` adds the root-relative meshes to the predictions file;
     ``max_samples`` evaluates only the first N test samples (smoke runs);
-    ``result_dir`` / ``log_dir``: where the results and the log go (default: the experiment
-    folder's ``result/`` and ``log/``, or those of ``eval_fallback_dir`` when they cannot be
-    written, e.g. a read-only released experiment).
+    ``result_dir`` / ``log_dir``: where the results and the log go (default: ``cfg``'s, i.e. the
+    experiment folder's ``result/`` and ``log/``, or those under ``cfg.eval_output_dir``, which
+    ``main/test.py`` sets with ``evaluation_output_dir`` for a read-only experiment).
     """
 
     log_name = 'test_logs.txt'
 
     def __init__(self, test_epoch, save_meshes=False, max_samples=None, result_dir=None, log_dir=None):
-        log_moved = result_moved = False
-        if log_dir is None:
-            log_dir, log_moved = writable_or_fallback(
-                cfg.log_dir, os.path.join(eval_fallback_dir(cfg.output_root, cfg.output_dir), 'log'))
+        log_dir = cfg.log_dir if log_dir is None else log_dir
         super().__init__(log_dir, cfg.gpu_ids, deterministic=cfg.seed is not None)
         self.log_dir = str(log_dir)
         self.testset_names = evaluation_names(cfg.testset, cfg.crowd)
         self.testset_name = self.testset_names[0]
-        if result_dir is None:
-            result_dir, result_moved = writable_or_fallback(
-                cfg.result_dir, os.path.join(eval_fallback_dir(cfg.output_root, cfg.output_dir), 'result'))
-        self.result_dir = str(result_dir)
-        if self.is_main_process and (log_moved or result_moved):
-            self.logger.warning(f'{cfg.output_dir} cannot be written: the log goes to {log_dir} '
-                                f'and the results to {self.result_dir}.')
+        self.result_dir = str(cfg.result_dir if result_dir is None else result_dir)
         self.test_epoch = int(test_epoch)
         self.save_meshes = bool(save_meshes)
         self.max_samples = None if max_samples is None else int(max_samples)

@@ -77,25 +77,17 @@ def main(argv=None):
 
 def choose_eval_output_dir(out_dir):
     """Where this evaluation writes log/, result/ and vis/ (``cfg.eval_output_dir``): ``out_dir``
-    if given; ``None`` (inside ``--exp_dir``) if that folder is writable; else a folder
-    ``<output_root>/eval_<name of --exp_dir>``, announced on stderr.  The snapshot is always
-    read from ``--exp_dir``."""
+    if given, else ``common.tester.evaluation_output_dir`` (inside ``--exp_dir`` when it can be
+    written, else ``<output_root>/eval_<name of --exp_dir>``, announced on stderr).  The snapshot
+    is always read from ``--exp_dir``."""
     if out_dir:
         return os.path.abspath(out_dir)
-    if exp_dir_is_writable(cfg.output_dir):
-        return None
-    from common.tester import eval_fallback_dir
-    fallback = eval_fallback_dir(cfg.output_root, cfg.output_dir)
-    print(f'{cfg.output_dir} is not writable: this evaluation writes its log and results to {fallback} '
-          '(choose another folder with --out_dir).', file=sys.stderr)
+    from common.tester import evaluation_output_dir
+    fallback = evaluation_output_dir(cfg.output_dir, cfg.output_root)
+    if fallback is not None:
+        print(f'{cfg.output_dir} is not writable: this evaluation writes its log and results to {fallback} '
+              '(choose another folder with --out_dir).', file=sys.stderr)
     return fallback
-
-
-def exp_dir_is_writable(exp_dir):
-    """Whether an evaluation can write into ``exp_dir``: the folder, and those of its log/,
-    result/ and vis/ subfolders that exist, are writable."""
-    folders = [exp_dir] + [os.path.join(exp_dir, sub) for sub in ('log', 'result', 'vis')]
-    return all(os.access(folder, os.W_OK | os.X_OK) for folder in folders if os.path.isdir(folder))
 
 
 def run_cli(argv=None):

@@ -287,7 +287,9 @@ def test_test_evaluates_exp_dir_not_the_run_named_in_the_yaml(trained_snapshot, 
     values.update(output_root=str(fallback_root))
     config.write_text(yaml.safe_dump(values))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(test_script, 'exp_dir_is_writable', lambda folder: False)  # root ignores chmod
+        import common.tester  # root ignores chmod: the folder is declared read-only
+        patch.setattr(common.tester, 'evaluation_output_dir',
+                      lambda exp_dir, output_root: common.tester.eval_fallback_dir(output_root, exp_dir))
         run_in_process(test_script.main, ['--gpu', '0', '--exp_dir', str(trained_snapshot), '--test_epoch', '0',
                                           '--cfg', str(config)])
     fallback = fallback_root / f'eval_{trained_snapshot.name}'

@@ -660,13 +660,15 @@ def test_a_read_only_experiment_is_evaluated_into_the_fallback_folder(tmp_path, 
     monkeypatch.setattr(os, 'access', lambda path, mode: (not str(path).startswith(str(exp))
                                                           and real_access(path, mode)))
     monkeypatch.setattr(Path, 'mkdir', read_only_mkdir(exp, Path.mkdir))
-    tester = run_tester()
+    from common.tester import evaluation_output_dir
     fallback = tmp_path / 'out' / 'eval_exp_A'
+    cfg.eval_output_dir = evaluation_output_dir(str(exp), cfg.output_root)
+    assert cfg.eval_output_dir == str(fallback)
+    tester = run_tester()
     assert tester.result_dir == str(fallback / 'result')
     assert sorted(os.listdir(fallback / 'result')) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
     assert sorted(str(p.relative_to(exp)) for p in exp.rglob('*')) == before  # nothing written there
-    log = (fallback / 'log' / 'test_logs.txt').read_text()
-    assert f'{exp} cannot be written' in log and str(fallback) in log
+    assert (fallback / 'log' / 'test_logs.txt').is_file()
 
 
 def read_only_mkdir(folder, real_mkdir):
@@ -680,16 +682,25 @@ def read_only_mkdir(folder, real_mkdir):
     return mkdir
 
 
-def test_a_result_path_that_is_a_file_sends_results_elsewhere(tmp_path, cfg_state):
+def test_a_result_path_that_is_a_file_sends_the_whole_evaluation_elsewhere(tmp_path, cfg_state):
+    """One decision for log/, result/ and vis/: a file named ``result`` in the experiment moves
+    all three to ``<output_root>/eval_<exp>``, and the experiment is left as it was."""
+    from common.tester import evaluation_output_dir
     exp = released_experiment(tmp_path)
     (exp / 'result').write_text('not a folder')
     (exp / 'log').mkdir()
+    fallback = tmp_path / 'out' / 'eval_exp_A'
+    assert evaluation_output_dir(str(exp), cfg.output_root) == str(fallback)
+    (exp / 'result').unlink()
+    assert evaluation_output_dir(str(exp), cfg.output_root) is None  # a missing folder can be made
+    (exp / 'result').write_text('not a folder')
+    cfg.eval_output_dir = evaluation_output_dir(str(exp), cfg.output_root)
+    cfg.make_run_dirs()
     tester = run_tester()
-    fallback = tmp_path / 'out' / 'eval_exp_A' / 'result'
-    assert sorted(os.listdir(fallback)) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
-    assert (exp / 'result').read_text() == 'not a folder'
-    assert 'cannot be written' in (exp / 'log' / 'test_logs.txt').read_text()
-    assert tester.result_paths[0] == str(fallback / 'eval_PW3D_snapshot_10.json')
+    assert sorted(os.listdir(fallback / 'result')) == ['eval_PW3D_snapshot_10.json', 'predictions_PW3D_snapshot_10.npz']
+    assert sorted(os.listdir(fallback / 'log')) == ['metrics.csv', 'test_logs.txt']
+    assert (exp / 'result').read_text() == 'not a folder' and os.listdir(exp / 'log') == []
+    assert tester.result_paths[0] == str(fallback / 'result' / 'eval_PW3D_snapshot_10.json')
 
 
 def test_explicit_result_dir_is_used(tmp_path, cfg_state):
