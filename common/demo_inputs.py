@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from common.errors import DataError, ImageFileError
+from common.utils.files import remove_stale_temp_files, temp_path_for
 from common.utils.preprocessing import load_img
 
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'})
@@ -149,13 +150,16 @@ def video_fps(path, default=30.0):
 class VideoOutput:
     """Rendered frames -> one ``.mp4`` video (``mp4v``), sized by the first frame.
 
-    The file is written under a temporary name and renamed on :meth:`close`, so a run that
-    fails halfway leaves no truncated video under the final name.
+    The file is written under a temporary name unique to the writer
+    (``common.utils.files.temp_path_for``, keeping ``.mp4``: OpenCV picks the container from
+    it) and renamed on :meth:`close`, so a run that fails halfway leaves no truncated video
+    under the final name, two runs into one folder do not mix their frames, and the leftover
+    of a killed run is removed by the next writer into that folder.
     """
 
     def __init__(self, path, fps):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f'.{self.path.stem}.partial{self.path.suffix}')
+        self.tmp = temp_path_for(self.path, keep_suffix=True)
         self.fps = float(fps)
         self.writer = None
         self.size = None
@@ -166,6 +170,7 @@ class VideoOutput:
         height, width = rgb.shape[:2]
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.path.parent)
             self.size = (width, height)
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*'mp4v'), self.fps, self.size)
             if not self.writer.isOpened():

@@ -71,6 +71,33 @@ def test_unreadable_video_is_named(tmp_path):
         check_input(broken)
 
 
+def test_video_output_temporaries_are_per_writer_and_a_dead_writers_is_cleaned_up(tmp_path):
+    """Two writers into one folder get different temporary files, both ending in .mp4 and
+    owned by this process; a killed run's leftover is removed by the next writer, another
+    live writer's is kept, and the finished video holds the frames written."""
+    from common.demo_inputs import VideoOutput
+    from common.utils.files import temp_owner_pid
+    from tests.test_files import dead_pid
+    target = tmp_path / 'walk_render.mp4'
+    first, second = VideoOutput(target, 8.0), VideoOutput(target, 8.0)
+    assert first.tmp != second.tmp and first.tmp.parent == tmp_path
+    for writer in (first, second):
+        assert writer.tmp.name.startswith('.walk_render.mp4.tmp-') and writer.tmp.suffix == '.mp4'
+        assert temp_owner_pid(writer.tmp.name) == os.getpid()
+    killed = tmp_path / f'.walk_render.mp4.tmp-{dead_pid()}-0a1b2c3d.mp4'
+    live = tmp_path / f'.walk_render.mp4.tmp-{os.getppid()}-00ff00ff.mp4'
+    for leftover in (killed, live):
+        leftover.write_bytes(b'half a video')
+    for image in grey_frames(3):
+        first.write(image)
+    assert not killed.exists() and live.exists()
+    assert first.close() == str(target) and not first.tmp.exists()
+    second.abort()
+    capture = cv2.VideoCapture(str(target))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    capture.release()
+
+
 # ------------------------------------------------------------------------------ pose sources
 def frame(name, index=None, source=None):
     from common.demo_inputs import Frame
