@@ -163,7 +163,6 @@ class VideoOutput:
         self.fps = float(fps)
         self.writer = None
         self.size = None
-        self.frames = 0
 
     def write(self, rgb):
         """Append an (H, W, 3) uint8 RGB frame (every frame must have the first one's size)."""
@@ -178,7 +177,6 @@ class VideoOutput:
         if (width, height) != self.size:
             raise ValueError(f"Video frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}.")
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        self.frames += 1
 
     def close(self):
         """Finish the file and move it to its name; returns the path (None if no frame came)."""
