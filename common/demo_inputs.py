@@ -26,7 +26,9 @@ FRAME_DIGITS = 12          # OpenPose numbers video frames with 12 digits, from 
 
 
 class InputError(DataError):
-    """``--img`` names nothing usable: an empty folder, clashing image names, an unreadable video."""
+    """``--img`` names nothing usable: an empty folder, clashing image names, a video without a
+    readable frame.  (A video that does not open at all is, like an image that does not
+    decode, a ``common.errors.ImageFileError``.)"""
 
 
 @dataclass
@@ -82,7 +84,9 @@ def check_input(path):
     """Fail early, before any model work, on an ``--img`` that cannot be read.
 
     An image is decoded; a folder must hold images (the first is decoded); a video must open
-    and give a first frame.  Returns the kind (:func:`input_kind`).
+    and give a first frame.  Returns the kind (:func:`input_kind`).  Raises
+    ``common.errors.ImageFileError`` for an image or video that cannot be decoded or opened,
+    :class:`InputError` for a folder without images or a video without a frame.
     """
     kind = input_kind(path)
     if kind == 'image':
@@ -121,7 +125,8 @@ def _video_frames(path):
 
 
 class _open_video:
-    """``cv2.VideoCapture`` as a context manager; :class:`InputError` if it does not open."""
+    """``cv2.VideoCapture`` as a context manager; ``FileNotFoundError`` for a missing file,
+    ``common.errors.ImageFileError`` if it does not open (unsupported or corrupt)."""
 
     def __init__(self, path):
         if not os.path.isfile(path):

@@ -63,11 +63,11 @@ def test_video_frames_are_named_like_openpose(tmp_path):
 
 
 def test_unreadable_video_is_named(tmp_path):
-    from common.errors import UserError
+    from common.errors import ImageFileError
     from common.demo_inputs import check_input
     broken = tmp_path / 'broken.mp4'
     broken.write_bytes(b'not a video at all')
-    with pytest.raises(UserError, match='broken.mp4'):
+    with pytest.raises(ImageFileError, match='broken.mp4'):
         check_input(broken)
 
 
