@@ -320,3 +320,21 @@ def test_given_model_file_must_exist(tmp_path, rtmlib_available):
     from common.pose_estimator import EstimatorUnavailable, load_estimator
     with pytest.raises(EstimatorUnavailable, match='--pose_model .*nothing.onnx: no such file'):
         load_estimator(None, str(tmp_path / 'nothing.onnx'))
+
+
+@pytest.mark.parametrize('device, with_cuda, without_cuda', [
+    ('cpu', 'cpu', 'cpu'), ('cuda', 'cuda:0', 'cpu'), ('cuda:0', 'cuda:0', 'cpu'), ('cuda:1', 'cuda:1', 'cpu'),
+    (('cpu',), 'cpu', 'cpu'), (('cuda',), 'cuda:0', 'cpu'), (('cuda', 1), 'cuda:1', 'cpu')])
+def test_onnx_device_from_a_device_name_or_a_torch_device(monkeypatch, device, with_cuda, without_cuda):
+    """Names and ``torch.device`` s (a tuple here: its arguments) give the same onnxruntime
+    device; CUDA only where onnxruntime has its CUDA provider."""
+    import sys
+    import types
+    import torch
+    from common.pose_estimator import onnx_device
+    device = torch.device(*device) if isinstance(device, tuple) else device
+    for providers, expected in ((['CUDAExecutionProvider', 'CPUExecutionProvider'], with_cuda),
+                                (['CPUExecutionProvider'], without_cuda)):
+        fake = types.SimpleNamespace(get_available_providers=lambda providers=providers: providers)
+        monkeypatch.setitem(sys.modules, 'onnxruntime', fake)
+        assert onnx_device(device) == expected
