@@ -84,7 +84,8 @@ def read_pose_file(path, img_path=None, image_id=None):
     """Parse an OpenPose or COCO keypoint-results JSON file into a list of :class:`Detection`.
 
     For a COCO-results file holding several images, ``image_id`` picks one; without it the
-    image is matched by its file stem (``000000000785.jpg`` -> id 785).  Raises
+    image is matched by its file stem (``000000000785.jpg`` -> id 785; ids compare by
+    :func:`image_id_key`, as for many pictures in ``common.demo_poses.CocoResults``).  Raises
     ``FileNotFoundError`` for a missing file and :class:`PoseFileError` (naming the file and
     the offending entry) for anything malformed.
     """
@@ -146,9 +147,8 @@ def _read_openpose(people, path):
 
 
 def _read_coco_results(entries, path, img_path, image_id):
-    wanted = _wanted_image_id(entries, path, img_path, image_id)
-    return [coco_entry_detection(entry, i, path) for i, entry in enumerate(entries)
-            if str(entry.get('image_id')) == wanted]
+    by_id = coco_results_by_image(entries, path)
+    return by_id.get(_wanted_image_id(by_id, path, img_path, image_id), [])
 
 
 def coco_entry_detection(entry, index, path):
@@ -160,33 +160,39 @@ def coco_entry_detection(entry, index, path):
     return Detection(index, values.reshape(len(COCO17), 3), COCO17.names, 'coco-results')
 
 
-def _wanted_image_id(entries, path, img_path, image_id):
-    """The image id (as str) whose entries a COCO-results file contributes."""
-    distinct = list(dict.fromkeys(str(e.get('image_id')) for e in entries))
+def image_id_key(value):
+    """A COCO ``image_id`` (or a file stem, frame number, ``--image_id``) as the key that
+    matches a picture to its entries: digit strings and integers by value (``'000785'``,
+    ``'785'`` and ``785`` are one image), anything else as its text."""
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+def coco_results_by_image(entries, path):
+    """{:func:`image_id_key`: [:class:`Detection`] in file order} of COCO-results ``entries``."""
+    by_id = {}
+    for i, entry in enumerate(entries):
+        by_id.setdefault(image_id_key(entry.get('image_id')), []).append(coco_entry_detection(entry, i, path))
+    return by_id
+
+
+def _wanted_image_id(by_id, path, img_path, image_id):
+    """The key of the image a one-image COCO-results run takes: ``image_id``'s, else the only
+    one, else the one of the image's file stem."""
+    ids = list(by_id)
     if image_id is not None:
-        if str(image_id) not in distinct:
+        if image_id_key(image_id) not in by_id:
             raise PoseFileError(f"Pose file {path} has no entry with image_id {image_id} "
-                                f"(ids there: {', '.join(distinct[:10])}{' ...' if len(distinct) > 10 else ''}).")
-        return str(image_id)
-    if len(distinct) <= 1:
-        return distinct[0] if distinct else None
-    wanted = _image_id_from_name(img_path, distinct)
-    if wanted is None:
+                                f"(ids there: {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''}).")
+        return image_id_key(image_id)
+    if len(ids) <= 1:
+        return ids[0] if ids else None
+    stem = image_id_key(Path(img_path).stem) if img_path else None
+    if stem not in by_id:
         raise PoseFileError(
-            f"Pose file {path} holds poses of {len(distinct)} images and none has an image_id matching "
+            f"Pose file {path} holds poses of {len(ids)} images and none has an image_id matching "
             f"the image name {Path(img_path).name if img_path else '?'}; pass --image_id.")
-    return wanted
-
-
-def _image_id_from_name(img_path, ids):
-    """The id equal to the image's file stem (numerically for digit strings), else None."""
-    if img_path is None:
-        return None
-    stem = Path(img_path).stem
-    for candidate in ids:
-        if candidate == stem or (stem.isdigit() and candidate.isdigit() and int(stem) == int(candidate)):
-            return candidate
-    return None
+    return stem
 
 
 # ----------------------------------------------------------------------------- selection

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from common.errors import DataError, ImageFileError
+from common.utils.files import remove_stale_temp_files, temp_path_for
 from common.utils.preprocessing import load_img
 
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'})
@@ -25,7 +26,9 @@ FRAME_DIGITS = 12          # OpenPose numbers video frames with 12 digits, from 
 
 
 class InputError(DataError):
-    """``--img`` names nothing usable: an empty folder, clashing image names, an unreadable video."""
+    """``--img`` names nothing usable: an empty folder, clashing image names, a video without a
+    readable frame.  (A video that does not open at all is, like an image that does not
+    decode, a ``common.errors.ImageFileError``.)"""
 
 
 @dataclass
@@ -81,7 +84,9 @@ def check_input(path):
     """Fail early, before any model work, on an ``--img`` that cannot be read.
 
     An image is decoded; a folder must hold images (the first is decoded); a video must open
-    and give a first frame.  Returns the kind (:func:`input_kind`).
+    and give a first frame.  Returns the kind (:func:`input_kind`).  Raises
+    ``common.errors.ImageFileError`` for an image or video that cannot be decoded or opened,
+    :class:`InputError` for a folder without images or a video without a frame.
     """
     kind = input_kind(path)
     if kind == 'image':
@@ -120,7 +125,8 @@ def _video_frames(path):
 
 
 class _open_video:
-    """``cv2.VideoCapture`` as a context manager; :class:`InputError` if it does not open."""
+    """``cv2.VideoCapture`` as a context manager; ``FileNotFoundError`` for a missing file,
+    ``common.errors.ImageFileError`` if it does not open (unsupported or corrupt)."""
 
     def __init__(self, path):
         if not os.path.isfile(path):
@@ -149,23 +155,26 @@ def video_fps(path, default=30.0):
 class VideoOutput:
     """Rendered frames -> one ``.mp4`` video (``mp4v``), sized by the first frame.
 
-    The file is written under a temporary name and renamed on :meth:`close`, so a run that
-    fails halfway leaves no truncated video under the final name.
+    The file is written under a temporary name unique to the writer
+    (``common.utils.files.temp_path_for``, keeping ``.mp4``: OpenCV picks the container from
+    it) and renamed on :meth:`close`, so a run that fails halfway leaves no truncated video
+    under the final name, two runs into one folder do not mix their frames, and the leftover
+    of a killed run is removed by the next writer into that folder.
     """
 
     def __init__(self, path, fps):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f'.{self.path.stem}.partial{self.path.suffix}')
+        self.tmp = temp_path_for(self.path, keep_suffix=True)
         self.fps = float(fps)
         self.writer = None
         self.size = None
-        self.frames = 0
 
     def write(self, rgb):
         """Append an (H, W, 3) uint8 RGB frame (every frame must have the first one's size)."""
         height, width = rgb.shape[:2]
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.path.parent)
             self.size = (width, height)
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*'mp4v'), self.fps, self.size)
             if not self.writer.isOpened():
@@ -173,7 +182,6 @@ class VideoOutput:
         if (width, height) != self.size:
             raise ValueError(f"Video frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}.")
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        self.frames += 1
 
     def close(self):
         """Finish the file and move it to its name; returns the path (None if no frame came)."""

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from common.demo_defaults import AUTO
-from common.demo import (Detection, PoseFileError, coco_entry_detection, is_coco_results, load_pose_json,
-                         parse_pose_data, read_pose_file)
+from common.demo import (Detection, PoseFileError, coco_results_by_image, image_id_key, is_coco_results,
+                         load_pose_json, parse_pose_data, read_pose_file)
 from common.utils.joints import COCO17
 
 ESTIMATOR_LAYOUT = 'coco17-estimator'
@@ -80,9 +80,7 @@ class CocoResults:
         if not is_coco_results(entries):
             raise PoseFileError(f"Pose file {self.path} is not a COCO keypoint-results list "
                                 "[{\"image_id\": ..., \"keypoints\": [x, y, s] * 17, \"score\": ...}, ...].")
-        self.by_id = {}
-        for i, entry in enumerate(entries):
-            self.by_id.setdefault(_id_key(entry.get('image_id')), []).append(coco_entry_detection(entry, i, self.path))
+        self.by_id = coco_results_by_image(entries, self.path)
         self.images_path = images_path
         self.ids_by_stem = _image_list(images_path) if images_path else None
 
@@ -98,9 +96,9 @@ class CocoResults:
                                     f"{len(ids)} times (ids {', '.join(map(str, ids))}).")
             return ids[0]
         if frame.index is not None:
-            key = _id_key(frame.index)
+            key = image_id_key(frame.index)
         elif frame.name.isdigit():
-            key = _id_key(frame.name)
+            key = image_id_key(frame.name)
         else:
             raise PoseFileError(f"{_describe(frame)}: its name is not a number, so no image_id of {self.path} "
                                 "matches it; pass --coco_images with the COCO image list (id, file_name) the "
@@ -134,12 +132,6 @@ class EstimatorPoses:
         return self.estimator.describe()
 
 
-def _id_key(value):
-    """image_id as a comparable key: digit strings and integers by value, anything else as text."""
-    text = str(value)
-    return int(text) if text.isdigit() else text
-
-
 def _image_list(path):
     """{name stem: [image_id keys]} of a COCO-format file's ``images`` list."""
     data = load_pose_json(path)
@@ -149,7 +141,7 @@ def _image_list(path):
         raise PoseFileError(f"Image list {path} has no COCO 'images' list of {{\"id\", \"file_name\"}} entries.")
     stems = {}
     for image in images:
-        stems.setdefault(Path(str(image['file_name'])).stem, []).append(_id_key(image['id']))
+        stems.setdefault(Path(str(image['file_name'])).stem, []).append(image_id_key(image['id']))
     return stems
 
 

@@ -119,11 +119,16 @@ def _rtmlib_tools(rtmlib, det_path, pose_path, device):
 
 def onnx_device(torch_device):
     """rtmlib's device name for onnxruntime: 'cuda:<i>' when the demo runs on CUDA and
-    onnxruntime has the CUDA provider, else 'cpu'."""
+    onnxruntime has the CUDA provider, else 'cpu'.
+
+    torch_device: a ``torch.device`` or its name ('cpu', 'cuda', 'cuda:1'); a CUDA device
+    without an index is device 0.
+    """
     import onnxruntime
-    if getattr(torch_device, 'type', str(torch_device)) == 'cuda' and \
-            'CUDAExecutionProvider' in onnxruntime.get_available_providers():
-        return f'cuda:{torch_device.index or 0}'
+    import torch
+    device = torch.device(torch_device)
+    if device.type == 'cuda' and 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
+        return f'cuda:{device.index or 0}'
     return 'cpu'
 
 

@@ -103,6 +103,25 @@ def test_coco_results_pick_the_image(tmp_path):
         read_pose_file(path, img_path=str(tmp_path / 'other.jpg'))
 
 
+def test_zero_padded_and_integer_ids_are_one_image_for_one_picture_and_for_many(tmp_path):
+    """'000785' and 785 both name 785.jpg, whether the file is read for that one image (by its
+    name or by --image_id) or as the results of a folder of pictures."""
+    from common.demo import read_pose_file
+    from common.demo_inputs import Frame
+    from common.demo_poses import pose_source
+    rng = np.random.default_rng(3)
+    entries = [{'image_id': iid, 'keypoints': person((60 + 40 * i, 80), 100, rng).reshape(-1).tolist(),
+                'score': 0.9} for i, iid in enumerate(('000785', 785, 42))]
+    path = write_json(tmp_path / 'res.json', entries)
+    picture = str(tmp_path / '785.jpg')
+    assert [d.index for d in read_pose_file(path, img_path=picture)] == [0, 1]
+    assert [d.index for d in read_pose_file(path, img_path='x.jpg', image_id='785')] == [0, 1]
+    assert [d.index for d in read_pose_file(path, img_path='x.jpg', image_id='0785')] == [0, 1]
+    many = pose_source(path, 'folder', str(tmp_path))
+    assert [d.index for d in many.detections(Frame('785', None, picture))] == [0, 1]
+    assert [d.index for d in many.detections(Frame('000042', None, picture))] == [2]
+
+
 @pytest.mark.parametrize('content, message', [
     ('{"people": [{"pose_keypoints_2d": [1, 2', 'not valid JSON'),
     ('{"animals": []}', 'no supported format'),

@@ -63,12 +63,39 @@ def test_video_frames_are_named_like_openpose(tmp_path):
 
 
 def test_unreadable_video_is_named(tmp_path):
-    from common.errors import UserError
+    from common.errors import ImageFileError
     from common.demo_inputs import check_input
     broken = tmp_path / 'broken.mp4'
     broken.write_bytes(b'not a video at all')
-    with pytest.raises(UserError, match='broken.mp4'):
+    with pytest.raises(ImageFileError, match='broken.mp4'):
         check_input(broken)
+
+
+def test_video_output_temporaries_are_per_writer_and_a_dead_writers_is_cleaned_up(tmp_path):
+    """Two writers into one folder get different temporary files, both ending in .mp4 and
+    owned by this process; a killed run's leftover is removed by the next writer, another
+    live writer's is kept, and the finished video holds the frames written."""
+    from common.demo_inputs import VideoOutput
+    from common.utils.files import temp_owner_pid
+    from tests.test_files import dead_pid
+    target = tmp_path / 'walk_render.mp4'
+    first, second = VideoOutput(target, 8.0), VideoOutput(target, 8.0)
+    assert first.tmp != second.tmp and first.tmp.parent == tmp_path
+    for writer in (first, second):
+        assert writer.tmp.name.startswith('.walk_render.mp4.tmp-') and writer.tmp.suffix == '.mp4'
+        assert temp_owner_pid(writer.tmp.name) == os.getpid()
+    killed = tmp_path / f'.walk_render.mp4.tmp-{dead_pid()}-0a1b2c3d.mp4'
+    live = tmp_path / f'.walk_render.mp4.tmp-{os.getppid()}-00ff00ff.mp4'
+    for leftover in (killed, live):
+        leftover.write_bytes(b'half a video')
+    for image in grey_frames(3):
+        first.write(image)
+    assert not killed.exists() and live.exists()
+    assert first.close() == str(target) and not first.tmp.exists()
+    second.abort()
+    capture = cv2.VideoCapture(str(target))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    capture.release()
 
 
 # ------------------------------------------------------------------------------ pose sources
@@ -293,3 +320,21 @@ def test_given_model_file_must_exist(tmp_path, rtmlib_available):
     from common.pose_estimator import EstimatorUnavailable, load_estimator
     with pytest.raises(EstimatorUnavailable, match='--pose_model .*nothing.onnx: no such file'):
         load_estimator(None, str(tmp_path / 'nothing.onnx'))
+
+
+@pytest.mark.parametrize('device, with_cuda, without_cuda', [
+    ('cpu', 'cpu', 'cpu'), ('cuda', 'cuda:0', 'cpu'), ('cuda:0', 'cuda:0', 'cpu'), ('cuda:1', 'cuda:1', 'cpu'),
+    (('cpu',), 'cpu', 'cpu'), (('cuda',), 'cuda:0', 'cpu'), (('cuda', 1), 'cuda:1', 'cpu')])
+def test_onnx_device_from_a_device_name_or_a_torch_device(monkeypatch, device, with_cuda, without_cuda):
+    """Names and ``torch.device`` s (a tuple here: its arguments) give the same onnxruntime
+    device; CUDA only where onnxruntime has its CUDA provider."""
+    import sys
+    import types
+    import torch
+    from common.pose_estimator import onnx_device
+    device = torch.device(*device) if isinstance(device, tuple) else device
+    for providers, expected in ((['CUDAExecutionProvider', 'CPUExecutionProvider'], with_cuda),
+                                (['CPUExecutionProvider'], without_cuda)):
+        fake = types.SimpleNamespace(get_available_providers=lambda providers=providers: providers)
+        monkeypatch.setitem(sys.modules, 'onnxruntime', fake)
+        assert onnx_device(device) == expected

@@ -73,14 +73,16 @@ def test_atomic_copy_of_a_full_disk_leaves_no_file_under_the_final_name(tmp_path
 def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     dead = tmp_path / f'.snapshot_3.pth.tar.tmp-{dead_pid()}-0a1b2c3d'
     dead_old_style = tmp_path / f'.snapshot_2.pth.tar.tmp-{dead_pid()}'
+    dead_with_ending = tmp_path / f'.clip.mp4.tmp-{dead_pid()}-0a1b2c3d.mp4'
     live = tmp_path / f'.snapshot_4.pth.tar.tmp-{os.getppid()}-00ff00ff'
     mine = tmp_path / f'.snapshot_5.pth.tar.tmp-{os.getpid()}-00000000'
     other = tmp_path / 'notes.tmp-1'
-    for p in (dead, dead_old_style, live, mine, other):
+    not_ours = tmp_path / f'.notes.tmp-{dead_pid()}.txt'     # an ending only after the random part
+    for p in (dead, dead_old_style, dead_with_ending, live, mine, other, not_ours):
         p.write_bytes(b'partial')
     removed = files.remove_stale_temp_files(tmp_path)
-    assert sorted(removed) == sorted([str(dead), str(dead_old_style)])
-    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (live, mine, other))
+    assert sorted(removed) == sorted([str(dead), str(dead_old_style), str(dead_with_ending)])
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (live, mine, other, not_ours))
     assert files.remove_stale_temp_files(tmp_path / 'absent') == []
 
 

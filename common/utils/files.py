@@ -20,8 +20,8 @@ from pathlib import Path
 from common.errors import UserError
 
 TEMP_MARK = '.tmp-'
-# ``.<name>.tmp-<pid>`` (older writers) or ``.<name>.tmp-<pid>-<hex>``
-_TEMP_RE = re.compile(r'^\..+\.tmp-(\d+)(?:-[0-9a-f]+)?$')
+# ``.<name>.tmp-<pid>`` (older writers), ``.<name>.tmp-<pid>-<hex>`` or ``.<name>.tmp-<pid>-<hex>.<ext>``
+_TEMP_RE = re.compile(r'^\..+\.tmp-(\d+)(?:-[0-9a-f]+(?:\.[A-Za-z0-9]+)?)?$')
 
 
 class FileWriteError(UserError, RuntimeError):
@@ -34,10 +34,15 @@ class FileWriteError(UserError, RuntimeError):
         self.errno = errno_value
 
 
-def temp_path_for(path):
-    """``<folder>/.<name>.tmp-<pid>-<random hex>``: unique per writer and call."""
+def temp_path_for(path, keep_suffix=False):
+    """``<folder>/.<name>.tmp-<pid>-<random hex>``: unique per writer and call.
+
+    ``keep_suffix``: end it with ``path``'s extension as well (``.clip.mp4.tmp-<pid>-<hex>.mp4``),
+    for writers that pick the file format from the name (OpenCV's ``VideoWriter``).
+    """
     path = Path(path)
-    return path.with_name(f'.{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}')
+    ending = path.suffix if keep_suffix else ''
+    return path.with_name(f'.{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{ending}')
 
 
 def temp_owner_pid(name):
