@@ -84,19 +84,15 @@ def running_statistics_copy(model):
     """A copy of every batch-norm running statistic of ``model``, for
     :func:`restore_running_statistics`: one flat tensor per dtype and device (a few hundred
     KiB), so saving costs one concatenation per group on every step."""
-    groups = {}
-    for _, buffer in dist_utils.running_statistics(model):
-        groups.setdefault((buffer.dtype, buffer.device), []).append(buffer)
-    return [(buffers, torch.cat([b.detach().reshape(-1) for b in buffers])) for buffers in groups.values()]
+    groups = dist_utils.buffer_groups(buffer for _, buffer in dist_utils.running_statistics(model))
+    return [(buffers, dist_utils.flatten_buffers(buffers)) for buffers in groups]
 
 
-@torch.no_grad()
 def restore_running_statistics(saved):
     """Write the copies of :func:`running_statistics_copy` back into their buffers, in place
     (only when a step is skipped)."""
     for buffers, flat in saved:
-        for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers])):
-            buffer.copy_(value.view_as(buffer))
+        dist_utils.unflatten_into(buffers, flat)
 
 
 def gradients_are_finite(optimizer):

@@ -176,6 +176,27 @@ def all_reduce_mean_(tensor):
     return tensor
 
 
+def buffer_groups(buffers):
+    """``buffers`` grouped by (device, dtype), each group in the given order: the unit that
+    :func:`flatten_buffers` joins into one tensor."""
+    groups = {}
+    for buffer in buffers:
+        groups.setdefault((buffer.device, buffer.dtype), []).append(buffer)
+    return list(groups.values())
+
+
+def flatten_buffers(buffers):
+    """One flat copy of a group of :func:`buffer_groups`."""
+    return torch.cat([buffer.detach().reshape(-1) for buffer in buffers])
+
+
+@torch.no_grad()
+def unflatten_into(buffers, flat):
+    """Write ``flat`` (as made by :func:`flatten_buffers`) back into ``buffers``, in place."""
+    for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+        buffer.copy_(value.view_as(buffer))
+
+
 def broadcast_module_buffers(module, names=None, src=0):
     """Copy rank ``src``'s buffers (those in ``names``, default all) to every rank, in place.
 
@@ -185,18 +206,10 @@ def broadcast_module_buffers(module, names=None, src=0):
     if not is_distributed():
         return
     wanted = None if names is None else set(names)
-    groups = {}
-    for name, buf in module.named_buffers():
-        if wanted is None or name in wanted:
-            groups.setdefault((buf.device, buf.dtype), []).append(buf)
-    for buffers in groups.values():
-        flat = torch.cat([buf.detach().reshape(-1) for buf in buffers])
+    for buffers in buffer_groups(buf for name, buf in module.named_buffers() if wanted is None or name in wanted):
+        flat = flatten_buffers(buffers)
         dist.broadcast(flat, src=src)
-        offset = 0
-        with torch.no_grad():
-            for buf in buffers:
-                buf.copy_(flat[offset:offset + buf.numel()].view_as(buf))
-                offset += buf.numel()
+        unflatten_into(buffers, flat)
 
 
 def shared_seed(seed):
