@@ -28,7 +28,7 @@ from common.utils.required_files import RequiredFile
 from data.annotations import (AnnotationError, check_finite, check_finite_number, coco_index,
                               count_missing_fits, finite_array, h36m_regressor_file, image_folder, image_in,
                               json_list_file, json_object_file, parse_bbox, parse_smpl_param, read_json,
-                              require_fields)
+                              read_json_object, require_fields)
 from data.dataset import resolve_data_options
 from data.sample_steps import CropState, input_image
 from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, SmplFit, fitting_error, smpl_fit_targets
@@ -215,12 +215,9 @@ class Human36M(MocapTrainDataset):
                     image_files.setdefault(img.get('id'), path)
         per_subject = {}
         for subject in subjects:
-            per_subject[subject] = {kind: read_json(self.annotation_path(subject, kind), LAYOUT_HINT)
+            per_subject[subject] = {kind: read_json_object(self.annotation_path(subject, kind), LAYOUT_HINT,
+                                                           keyed_by=KIND_KEYS[kind])
                                     for kind in ANNOTATION_KINDS[1:]}
-            for kind, table in per_subject[subject].items():
-                if not isinstance(table, dict):
-                    raise AnnotationError(f"{self.annotation_path(subject, kind)}: expected a JSON object "
-                                          f"(see docs/METHOD.md, \"Data on disk\").")
         return db, per_subject, image_files
 
     def load_rootnet(self):
