@@ -73,12 +73,18 @@ def image_dir(data_dir):
     return osp.join(data_dir, 'Human36M', 'images')
 
 
+def reads_frame(data_split, img):
+    """Whether the split reads an image record's frame: every ``FRAME_STEP``-th ``frame_idx``;
+    test: camera ``TEST_CAMERA`` only.  A field the decision needs that the record lacks raises
+    KeyError; a non-numeric one, TypeError."""
+    return img['frame_idx'] % FRAME_STEP[data_split] == 0 and (data_split == 'train' or img['cam_idx'] == TEST_CAMERA)
+
+
 def read_image_path(img_dir, data_split, img):
-    """Path of an image record's file when the split reads its frame (every ``FRAME_STEP``-th frame;
-    test: camera ``TEST_CAMERA`` only), else None.  Test frames without an SMPL fit are also skipped
-    by the loader, which this record-only test cannot see."""
-    reads = img['frame_idx'] % FRAME_STEP[data_split] == 0 and (data_split == 'train' or img['cam_idx'] == TEST_CAMERA)
-    return image_in(img_dir, img) if reads else None
+    """Path of an image record's file when the split reads its frame (``reads_frame``), else None.
+    Test frames without an SMPL fit are also skipped by the loader, which this record-only test
+    cannot see."""
+    return image_in(img_dir, img) if reads_frame(data_split, img) else None
 
 
 def rootnet_path(data_dir):
@@ -244,7 +250,6 @@ class Human36M(MocapTrainDataset):
         use_rootnet = self.data_split == 'test' and not self.options.use_gt_info
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         rootnet = self.load_rootnet() if use_rootnet else None
-        step = FRAME_STEP[self.data_split]
         datalist = []
         for ann_id in db.anns:
             ann = db.anns[ann_id]
@@ -258,7 +263,7 @@ class Human36M(MocapTrainDataset):
             subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
             frame, cam_idx = img['frame_idx'], img['cam_idx']
             check_finite_number(frame, data_path, f"image id {img['id']}", 'frame_idx')
-            if frame % step != 0 or (self.data_split == 'test' and cam_idx != TEST_CAMERA):
+            if not reads_frame(self.data_split, img):
                 continue
             if subject not in per_subject:
                 raise AnnotationError(f"{data_path}: image id {img['id']} has subject {subject}, which is not one of "
