@@ -208,23 +208,37 @@ class Human36M(MocapTrainDataset):
     def load_annotations(self):
         """Read the four files of every subject once.
 
-        Returns (COCO index, {subject: {kind: table}}, {image id: its data file}).
+        Returns (COCO index, {subject: {kind: table}}).
         """
         subjects = SPLIT_SUBJECTS[self.data_split]
         data_paths = [self.annotation_path(s, 'data') for s in subjects]
         contents = [read_subject_data(p) for p in data_paths]
-        db = coco_index(merge_subject_data(contents, data_paths), 'Human36M ' + ', '.join(data_paths))
-        image_files = {}
-        for content, path in zip(contents, data_paths):
-            for img in content.get('images', []):
-                if isinstance(img, dict):
-                    image_files.setdefault(img.get('id'), path)
+        db = coco_index(merge_subject_data(contents, data_paths), self.data_files_named())
         per_subject = {}
         for subject in subjects:
             per_subject[subject] = {kind: read_json_object(self.annotation_path(subject, kind), LAYOUT_HINT,
                                                            keyed_by=KIND_KEYS[kind])
                                     for kind in ANNOTATION_KINDS[1:]}
-        return db, per_subject, image_files
+        return db, per_subject
+
+    def data_files_named(self, img=None):
+        """The data file(s) to name in an error about an image record (or the whole index):
+        the subject's ``Human36M_subject{S}_data.json``, or, when the record's subject is
+        missing or not one of the split's, every data file of the split."""
+        subjects = SPLIT_SUBJECTS[self.data_split]
+        subject = None if img is None else img.get('subject')
+        if subject in subjects:
+            return self.annotation_path(subjects[subjects.index(subject)], 'data')
+        return 'Human36M ' + ', '.join(self.annotation_path(s, 'data') for s in subjects)
+
+    def skips_frame(self, img):
+        """True for an image record the split does not read (``reads_frame``).  A record whose
+        ``frame_idx`` / ``cam_idx`` is missing, non-numeric or non-finite is not skipped: the
+        validation of the kept records names it."""
+        try:
+            return not reads_frame(self.data_split, img) and bool(np.isfinite(img['frame_idx']))
+        except (KeyError, TypeError):
+            return False
 
     def load_rootnet(self):
         """RootNet detections ``{image_id: (bbox (4,), root depth mm)}`` (test with use_gt_info=False)."""
@@ -246,7 +260,7 @@ class Human36M(MocapTrainDataset):
 
     def load_data(self):
         """The datalist (one entry per kept frame and camera)."""
-        db, per_subject, image_files = self.load_annotations()
+        db, per_subject = self.load_annotations()
         use_rootnet = self.data_split == 'test' and not self.options.use_gt_info
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         rootnet = self.load_rootnet() if use_rootnet else None
@@ -254,17 +268,17 @@ class Human36M(MocapTrainDataset):
         for ann_id in db.anns:
             ann = db.anns[ann_id]
             if ann['image_id'] not in db.imgs:
-                raise AnnotationError(f"Human36M {', '.join(sorted(set(image_files.values())))}: annotation id "
-                                      f"{ann_id} refers to the unknown image id {ann['image_id']}.")
+                raise AnnotationError(f"{self.data_files_named()}: annotation id {ann_id} refers to the unknown "
+                                      f"image id {ann['image_id']}.")
             img = db.imgs[ann['image_id']]
-            data_path = image_files.get(img.get('id'), 'Human36M data files')
+            if self.skips_frame(img):
+                continue
+            data_path = self.data_files_named(img)
             require_fields(img, IMAGE_FIELDS, data_path, 'image')
             require_fields(ann, ('bbox',), data_path, 'annotation')
             subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
             frame, cam_idx = img['frame_idx'], img['cam_idx']
             check_finite_number(frame, data_path, f"image id {img['id']}", 'frame_idx')
-            if not reads_frame(self.data_split, img):
-                continue
             if subject not in per_subject:
                 raise AnnotationError(f"{data_path}: image id {img['id']} has subject {subject}, which is not one of "
                                       f"the '{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")
