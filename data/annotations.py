@@ -225,10 +225,11 @@ def parse_keypoints(ann, num_joints, path):
     return check_finite(keypoints, path, f"annotation id {ann.get('id')}", 'keypoints')
 
 
-def parse_bbox(ann, path):
-    """Annotated ``bbox`` [x, y, w, h] -> (4,) float32, refused (``AnnotationError``) when missing,
-    malformed or non-finite (a NaN box would otherwise be dropped silently as degenerate)."""
-    return finite_array(ann.get('bbox'), (4,), path, f"annotation id {ann.get('id')}", 'bbox')
+def parse_bbox(ann, path, dtype=np.float32):
+    """Annotated ``bbox`` [x, y, w, h] -> (4,) array of ``dtype``, refused (``AnnotationError``) when
+    missing, malformed or non-finite (a NaN box would otherwise be dropped silently as degenerate).
+    float64 keeps the JSON values unrounded, as ``process_bbox`` of the raw list sees them."""
+    return finite_array(ann.get('bbox'), (4,), path, f"annotation id {ann.get('id')}", 'bbox', dtype=dtype)
 
 
 def split_validity(joint_img):
@@ -305,8 +306,8 @@ def load_neuralannot_people(files, person_joints, neighbour_joints=None, keep_an
             require_fields(ann, ann_fields, annot_path, 'annotation')
             if keep_annotation is not None and not keep_annotation(ann):
                 continue
-            parse_bbox(ann, annot_path)
-            bbox = process_bbox(ann['bbox'], width, height, aspect_ratio=aspect_ratio)
+            annotated_bbox = parse_bbox(ann, annot_path, dtype=np.float64)
+            bbox = process_bbox(annotated_bbox, width, height, aspect_ratio=aspect_ratio)
             if bbox is None:
                 degenerate += 1
                 continue
@@ -316,7 +317,7 @@ def load_neuralannot_people(files, person_joints, neighbour_joints=None, keep_an
                 smpl_param, cam_param = parse_neuralannot(fits[str(ann['id'])], fit_path, ann['id'])
             people.append({
                 'img_path': img_path, 'img_id': img_id, 'ann_id': ann['id'], 'img_shape': (height, width),
-                'bbox': bbox, 'tight_bbox': np.asarray(ann['bbox'], dtype=np.float32),
+                'bbox': bbox, 'tight_bbox': annotated_bbox.astype(np.float32),
                 'joint_img': joint_img, 'joint_valid': joint_valid,
                 'smpl_param': smpl_param, 'cam_param': cam_param,
             })
