@@ -161,18 +161,15 @@ def nested_lookup(table, keys, path, what):
 
 
 def parse_camera(camera, path, cam_idx):
-    """Camera entry -> dict of float32 ``R`` (3,3), ``t`` (3,) mm, ``focal`` (2,), ``princpt`` (2,), all finite."""
-    try:
-        camera = {'R': np.asarray(camera['R'], dtype=np.float32).reshape(3, 3),
-                  't': np.asarray(camera['t'], dtype=np.float32).reshape(3),
-                  'focal': np.asarray(camera['f'], dtype=np.float32).reshape(2),
-                  'princpt': np.asarray(camera['c'], dtype=np.float32).reshape(2)}
-    except (KeyError, ValueError, TypeError) as err:
-        raise AnnotationError(f"{path}: malformed camera {cam_idx!r} (needs R 3x3, t[3], f[2], c[2]): {err}") \
-            from err
-    for key, value in camera.items():
-        check_finite(value, path, f'camera {cam_idx!r}', key)
-    return camera
+    """Camera entry (JSON ``R``, ``t``, ``f``, ``c``) -> dict of float32 ``R`` (3,3), ``t`` (3,) mm,
+    ``focal`` (2,), ``princpt`` (2,), all finite; a missing or malformed one names file, camera and field."""
+    if not isinstance(camera, dict):
+        raise AnnotationError(f"{path}: camera {cam_idx!r} must be a JSON object with R, t, f and c.")
+    record = f'camera {cam_idx!r}'
+    return {'R': finite_array(camera.get('R'), (3, 3), path, record, 'R'),
+            't': finite_array(camera.get('t'), (3,), path, record, 't'),
+            'focal': finite_array(camera.get('f'), (2,), path, record, 'f'),
+            'princpt': finite_array(camera.get('c'), (2,), path, record, 'c')}
 
 
 class Human36M(MocapTrainDataset):
