@@ -212,13 +212,22 @@ def test_coco_nan_names_file_annotation_and_field(tree, field, index):
     refused('MSCOCO', 'train', path, f"annotation id {ann['id']}", field, 'non-finite')
 
 
-def test_neuralannot_nan_camera_names_fit_file_and_annotation(tree):
+def test_neuralannot_nan_camera_names_fit_file_annotation_and_field(tree):
     path = tree / COCO_ANN / 'MSCOCO_train_SMPL_NeuralAnnot.json'
     content = load(path)
     key = next(iter(content))
     content[key]['cam_param']['focal'][0] = float('nan')
     save(path, content)
-    refused('MSCOCO', 'train', path, f'annotation id {key}', 'non-finite')
+    refused('MSCOCO', 'train', path, f'annotation id {key}', "'cam_param.focal'", 'non-finite')
+
+
+def test_neuralannot_short_pose_names_fit_file_annotation_and_field(tree):
+    path = tree / COCO_ANN / 'MSCOCO_train_SMPL_NeuralAnnot.json'
+    content = load(path)
+    key = next(iter(content))
+    content[key]['smpl_param']['pose'] = content[key]['smpl_param']['pose'][:69]
+    save(path, content)
+    refused('MSCOCO', 'train', path, f'annotation id {key}', "'smpl_param.pose'", '72 numbers')
 
 
 @pytest.mark.parametrize('name, fit_file', [('MSCOCO', COCO_ANN / 'MSCOCO_train_SMPL_NeuralAnnot.json'),
