@@ -175,17 +175,17 @@ def require_fields(record, fields, path, kind):
                          "(file formats: docs/METHOD.md, \"Data on disk\").")
 
 
-def float32_fields(record, sizes):
-    """``{key: float32 array of shape size}`` for the (key, size) pairs of a JSON record.
+def float32_fields(record, sizes, path, entry, prefix=''):
+    """``{key: float32 array of shape (size,)}`` for the (key, size) pairs of the JSON object ``record``.
 
-    Raises KeyError, ValueError or TypeError on a missing, wrongly sized or non-finite
-    field (callers turn them into a message naming the file and the entry).
+    path: the file; entry: which record (e.g. "SMPL fit for annotation id 7"); prefix: put
+    before each key in messages (e.g. "smpl_param.").  A record that is not an object, or a
+    missing, wrongly sized or non-finite field, raises ``AnnotationError`` naming all three.
     """
-    fields = {key: np.asarray(record[key], dtype=np.float32).reshape(size) for key, size in sizes}
-    for key, values in fields.items():
-        if not np.isfinite(values).all():
-            raise ValueError(f"'{key}' holds a non-finite value ({values[~np.isfinite(values)][0]})")
-    return fields
+    if not isinstance(record, dict):
+        layout = ', '.join(f'{prefix}{key}[{size}]' for key, size in sizes)
+        raise AnnotationError(f"{path}: {entry}: expected a JSON object with {layout}, got {type(record).__name__}.")
+    return {key: finite_array(record.get(key), (size,), path, entry, prefix + key) for key, size in sizes}
 
 
 def parse_smpl_param(param, path, entry):
@@ -193,26 +193,19 @@ def parse_smpl_param(param, path, entry):
 
     ``entry`` says which fit of the file (e.g. "for annotation id 7") in the error message.
     """
-    try:
-        return float32_fields(param, SMPL_PARAM_SIZES)
-    except (KeyError, ValueError, TypeError) as err:
-        raise AnnotationError(f"{path}: malformed SMPL fit {entry} (needs finite pose[72], shape[10], trans[3]): "
-                              f"{err}") from err
+    return float32_fields(param, SMPL_PARAM_SIZES, path, f'SMPL fit {entry}')
 
 
 def parse_neuralannot(entry, path, ann_id):
     """NeuralAnnot entry -> (smpl_param {pose (72,), shape (10,), trans (3,)}, cam_param {focal, princpt}).
 
-    Arrays are float32; a malformed entry raises naming the file and the annotation id.
+    Arrays are float32; a malformed entry raises naming the file, the annotation id and the field.
     """
-    try:
-        smpl_param = float32_fields(entry['smpl_param'], SMPL_PARAM_SIZES)
-        cam_param = float32_fields(entry['cam_param'], NEURALANNOT_CAMERA_SIZES)
-    except (KeyError, ValueError, TypeError) as err:
-        raise AnnotationError(
-            f"{path}: malformed NeuralAnnot entry for annotation id {ann_id} (needs finite smpl_param.pose[72], "
-            f"shape[10], trans[3] and cam_param.focal[2], princpt[2]): {err}") from err
-    return smpl_param, cam_param
+    record = f'NeuralAnnot entry for annotation id {ann_id}'
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{path}: {record}: expected a JSON object with 'smpl_param' and 'cam_param'.")
+    return (float32_fields(entry.get('smpl_param'), SMPL_PARAM_SIZES, path, record, 'smpl_param.'),
+            float32_fields(entry.get('cam_param'), NEURALANNOT_CAMERA_SIZES, path, record, 'cam_param.'))
 
 
 def parse_keypoints(ann, num_joints, path):
@@ -225,10 +218,11 @@ def parse_keypoints(ann, num_joints, path):
     return check_finite(keypoints, path, f"annotation id {ann.get('id')}", 'keypoints')
 
 
-def parse_bbox(ann, path):
-    """Annotated ``bbox`` [x, y, w, h] -> (4,) float32, refused (``AnnotationError``) when missing,
-    malformed or non-finite (a NaN box would otherwise be dropped silently as degenerate)."""
-    return finite_array(ann.get('bbox'), (4,), path, f"annotation id {ann.get('id')}", 'bbox')
+def parse_bbox(ann, path, dtype=np.float32):
+    """Annotated ``bbox`` [x, y, w, h] -> (4,) array of ``dtype``, refused (``AnnotationError``) when
+    missing, malformed or non-finite (a NaN box would otherwise be dropped silently as degenerate).
+    float64 keeps the JSON values unrounded, as ``process_bbox`` of the raw list sees them."""
+    return finite_array(ann.get('bbox'), (4,), path, f"annotation id {ann.get('id')}", 'bbox', dtype=dtype)
 
 
 def split_validity(joint_img):
@@ -305,8 +299,8 @@ def load_neuralannot_people(files, person_joints, neighbour_joints=None, keep_an
             require_fields(ann, ann_fields, annot_path, 'annotation')
             if keep_annotation is not None and not keep_annotation(ann):
                 continue
-            parse_bbox(ann, annot_path)
-            bbox = process_bbox(ann['bbox'], width, height, aspect_ratio=aspect_ratio)
+            annotated_bbox = parse_bbox(ann, annot_path, dtype=np.float64)
+            bbox = process_bbox(annotated_bbox, width, height, aspect_ratio=aspect_ratio)
             if bbox is None:
                 degenerate += 1
                 continue
@@ -316,7 +310,7 @@ def load_neuralannot_people(files, person_joints, neighbour_joints=None, keep_an
                 smpl_param, cam_param = parse_neuralannot(fits[str(ann['id'])], fit_path, ann['id'])
             people.append({
                 'img_path': img_path, 'img_id': img_id, 'ann_id': ann['id'], 'img_shape': (height, width),
-                'bbox': bbox, 'tight_bbox': np.asarray(ann['bbox'], dtype=np.float32),
+                'bbox': bbox, 'tight_bbox': annotated_bbox.astype(np.float32),
                 'joint_img': joint_img, 'joint_valid': joint_valid,
                 'smpl_param': smpl_param, 'cam_param': cam_param,
             })

@@ -76,6 +76,36 @@ def test_h36m_missing_field_names_data_file_and_record(tree, collection, field):
     refused('Human36M', 'train', path, f"{kind} id {record['id']}", field)
 
 
+@pytest.mark.parametrize('value', [None, float('nan')])
+def test_h36m_missing_or_nan_frame_index_names_data_file_and_record(tree, value):
+    data, img, _, _ = first_used_h36m_frame(tree, subject=5)
+    record = next(r for r in data['images'] if r['id'] == img['id'])
+    if value is None:
+        del record['frame_idx']
+    else:
+        record['frame_idx'] = value
+    path = tree / H36M_ANN / 'Human36M_subject5_data.json'
+    save(path, data)
+    refused('Human36M', 'train', path, f"image id {img['id']}", 'frame_idx')
+
+
+def test_h36m_skipped_frames_are_not_validated(tree):
+    """A frame the split does not read (frame_idx % 5 != 0) may lack fields: the datalist is unchanged."""
+    before = [data['img_id'] for data in build('Human36M').datalist]
+    path = tree / H36M_ANN / 'Human36M_subject1_data.json'
+    data = load(path)
+    skipped = [img for img in data['images'] if img['frame_idx'] % 5 != 0]
+    assert skipped
+    skipped_ids = {img['id'] for img in skipped}
+    for img in skipped:
+        del img['height'], img['subject']
+    for ann in data['annotations']:
+        if ann['image_id'] in skipped_ids:
+            del ann['bbox']
+    save(path, data)
+    assert [data['img_id'] for data in build('Human36M').datalist] == before
+
+
 def test_h36m_nan_joint_names_joint_file_and_frame(tree):
     _, _, _, keys = first_used_h36m_frame(tree)
     path = tree / H36M_ANN / 'Human36M_subject1_joint_3d.json'
@@ -182,13 +212,22 @@ def test_coco_nan_names_file_annotation_and_field(tree, field, index):
     refused('MSCOCO', 'train', path, f"annotation id {ann['id']}", field, 'non-finite')
 
 
-def test_neuralannot_nan_camera_names_fit_file_and_annotation(tree):
+def test_neuralannot_nan_camera_names_fit_file_annotation_and_field(tree):
     path = tree / COCO_ANN / 'MSCOCO_train_SMPL_NeuralAnnot.json'
     content = load(path)
     key = next(iter(content))
     content[key]['cam_param']['focal'][0] = float('nan')
     save(path, content)
-    refused('MSCOCO', 'train', path, f'annotation id {key}', 'non-finite')
+    refused('MSCOCO', 'train', path, f'annotation id {key}', "'cam_param.focal'", 'non-finite')
+
+
+def test_neuralannot_short_pose_names_fit_file_annotation_and_field(tree):
+    path = tree / COCO_ANN / 'MSCOCO_train_SMPL_NeuralAnnot.json'
+    content = load(path)
+    key = next(iter(content))
+    content[key]['smpl_param']['pose'] = content[key]['smpl_param']['pose'][:69]
+    save(path, content)
+    refused('MSCOCO', 'train', path, f'annotation id {key}', "'smpl_param.pose'", '72 numbers')
 
 
 @pytest.mark.parametrize('name, fit_file', [('MSCOCO', COCO_ANN / 'MSCOCO_train_SMPL_NeuralAnnot.json'),

@@ -118,7 +118,7 @@ def spread(items, count):
 def inspect_images(entry, content, count):
     """Decode ``count`` of the images an annotation file lists (those its loader reads, evenly
     spread); one finding for all failures.  A record ``image_path`` maps to None is not read."""
-    from common.utils.preprocessing import load_img  # OpenCV only when images are checked
+    from common.utils.preprocessing import read_image  # OpenCV only when images are checked
     records = content.get('images', []) if isinstance(content, dict) else []
     paths, bad_records = [], []
     for record in records:
@@ -133,7 +133,7 @@ def inspect_images(entry, content, count):
     unreadable = []
     for path in sample:
         try:
-            load_img(path)
+            read_image(path)  # the decode is the check: the pixels are not used
         except MALFORMED_ERRORS as err:
             unreadable.append(first_line(err))
     findings = []

@@ -28,7 +28,7 @@ from common.utils.required_files import RequiredFile
 from data.annotations import (AnnotationError, check_finite, check_finite_number, coco_index,
                               count_missing_fits, finite_array, h36m_regressor_file, image_folder, image_in,
                               json_list_file, json_object_file, parse_bbox, parse_smpl_param, read_json,
-                              require_fields)
+                              read_json_object, require_fields)
 from data.dataset import resolve_data_options
 from data.sample_steps import CropState, input_image
 from data.smpl_targets import FITTING_ERROR_THRESHOLD_MM, SmplFit, fitting_error, smpl_fit_targets
@@ -73,12 +73,18 @@ def image_dir(data_dir):
     return osp.join(data_dir, 'Human36M', 'images')
 
 
+def reads_frame(data_split, img):
+    """Whether the split reads an image record's frame: every ``FRAME_STEP``-th ``frame_idx``;
+    test: camera ``TEST_CAMERA`` only.  A field the decision needs that the record lacks raises
+    KeyError; a non-numeric one, TypeError."""
+    return img['frame_idx'] % FRAME_STEP[data_split] == 0 and (data_split == 'train' or img['cam_idx'] == TEST_CAMERA)
+
+
 def read_image_path(img_dir, data_split, img):
-    """Path of an image record's file when the split reads its frame (every ``FRAME_STEP``-th frame;
-    test: camera ``TEST_CAMERA`` only), else None.  Test frames without an SMPL fit are also skipped
-    by the loader, which this record-only test cannot see."""
-    reads = img['frame_idx'] % FRAME_STEP[data_split] == 0 and (data_split == 'train' or img['cam_idx'] == TEST_CAMERA)
-    return image_in(img_dir, img) if reads else None
+    """Path of an image record's file when the split reads its frame (``reads_frame``), else None.
+    Test frames without an SMPL fit are also skipped by the loader, which this record-only test
+    cannot see."""
+    return image_in(img_dir, img) if reads_frame(data_split, img) else None
 
 
 def rootnet_path(data_dir):
@@ -155,18 +161,15 @@ def nested_lookup(table, keys, path, what):
 
 
 def parse_camera(camera, path, cam_idx):
-    """Camera entry -> dict of float32 ``R`` (3,3), ``t`` (3,) mm, ``focal`` (2,), ``princpt`` (2,), all finite."""
-    try:
-        camera = {'R': np.asarray(camera['R'], dtype=np.float32).reshape(3, 3),
-                  't': np.asarray(camera['t'], dtype=np.float32).reshape(3),
-                  'focal': np.asarray(camera['f'], dtype=np.float32).reshape(2),
-                  'princpt': np.asarray(camera['c'], dtype=np.float32).reshape(2)}
-    except (KeyError, ValueError, TypeError) as err:
-        raise AnnotationError(f"{path}: malformed camera {cam_idx!r} (needs R 3x3, t[3], f[2], c[2]): {err}") \
-            from err
-    for key, value in camera.items():
-        check_finite(value, path, f'camera {cam_idx!r}', key)
-    return camera
+    """Camera entry (JSON ``R``, ``t``, ``f``, ``c``) -> dict of float32 ``R`` (3,3), ``t`` (3,) mm,
+    ``focal`` (2,), ``princpt`` (2,), all finite; a missing or malformed one names file, camera and field."""
+    if not isinstance(camera, dict):
+        raise AnnotationError(f"{path}: camera {cam_idx!r} must be a JSON object with R, t, f and c.")
+    record = f'camera {cam_idx!r}'
+    return {'R': finite_array(camera.get('R'), (3, 3), path, record, 'R'),
+            't': finite_array(camera.get('t'), (3,), path, record, 't'),
+            'focal': finite_array(camera.get('f'), (2,), path, record, 'f'),
+            'princpt': finite_array(camera.get('c'), (2,), path, record, 'c')}
 
 
 class Human36M(MocapTrainDataset):
@@ -202,26 +205,37 @@ class Human36M(MocapTrainDataset):
     def load_annotations(self):
         """Read the four files of every subject once.
 
-        Returns (COCO index, {subject: {kind: table}}, {image id: its data file}).
+        Returns (COCO index, {subject: {kind: table}}).
         """
         subjects = SPLIT_SUBJECTS[self.data_split]
         data_paths = [self.annotation_path(s, 'data') for s in subjects]
         contents = [read_subject_data(p) for p in data_paths]
-        db = coco_index(merge_subject_data(contents, data_paths), 'Human36M ' + ', '.join(data_paths))
-        image_files = {}
-        for content, path in zip(contents, data_paths):
-            for img in content.get('images', []):
-                if isinstance(img, dict):
-                    image_files.setdefault(img.get('id'), path)
+        db = coco_index(merge_subject_data(contents, data_paths), self.data_files_named())
         per_subject = {}
         for subject in subjects:
-            per_subject[subject] = {kind: read_json(self.annotation_path(subject, kind), LAYOUT_HINT)
+            per_subject[subject] = {kind: read_json_object(self.annotation_path(subject, kind), LAYOUT_HINT,
+                                                           keyed_by=KIND_KEYS[kind])
                                     for kind in ANNOTATION_KINDS[1:]}
-            for kind, table in per_subject[subject].items():
-                if not isinstance(table, dict):
-                    raise AnnotationError(f"{self.annotation_path(subject, kind)}: expected a JSON object "
-                                          f"(see docs/METHOD.md, \"Data on disk\").")
-        return db, per_subject, image_files
+        return db, per_subject
+
+    def data_files_named(self, img=None):
+        """The data file(s) to name in an error about an image record (or the whole index):
+        the subject's ``Human36M_subject{S}_data.json``, or, when the record's subject is
+        missing or not one of the split's, every data file of the split."""
+        subjects = SPLIT_SUBJECTS[self.data_split]
+        subject = None if img is None else img.get('subject')
+        if subject in subjects:
+            return self.annotation_path(subjects[subjects.index(subject)], 'data')
+        return 'Human36M ' + ', '.join(self.annotation_path(s, 'data') for s in subjects)
+
+    def skips_frame(self, img):
+        """True for an image record the split does not read (``reads_frame``).  A record whose
+        ``frame_idx`` / ``cam_idx`` is missing, non-numeric or non-finite is not skipped: the
+        validation of the kept records names it."""
+        try:
+            return not reads_frame(self.data_split, img) and bool(np.isfinite(img['frame_idx']))
+        except (KeyError, TypeError):
+            return False
 
     def load_rootnet(self):
         """RootNet detections ``{image_id: (bbox (4,), root depth mm)}`` (test with use_gt_info=False)."""
@@ -243,26 +257,25 @@ class Human36M(MocapTrainDataset):
 
     def load_data(self):
         """The datalist (one entry per kept frame and camera)."""
-        db, per_subject, image_files = self.load_annotations()
+        db, per_subject = self.load_annotations()
         use_rootnet = self.data_split == 'test' and not self.options.use_gt_info
         aspect_ratio = input_aspect_ratio(self.options.geometry)
         rootnet = self.load_rootnet() if use_rootnet else None
-        step = FRAME_STEP[self.data_split]
         datalist = []
         for ann_id in db.anns:
             ann = db.anns[ann_id]
             if ann['image_id'] not in db.imgs:
-                raise AnnotationError(f"Human36M {', '.join(sorted(set(image_files.values())))}: annotation id "
-                                      f"{ann_id} refers to the unknown image id {ann['image_id']}.")
+                raise AnnotationError(f"{self.data_files_named()}: annotation id {ann_id} refers to the unknown "
+                                      f"image id {ann['image_id']}.")
             img = db.imgs[ann['image_id']]
-            data_path = image_files.get(img.get('id'), 'Human36M data files')
+            if self.skips_frame(img):
+                continue
+            data_path = self.data_files_named(img)
             require_fields(img, IMAGE_FIELDS, data_path, 'image')
             require_fields(ann, ('bbox',), data_path, 'annotation')
             subject, action, subaction = img['subject'], img['action_idx'], img['subaction_idx']
             frame, cam_idx = img['frame_idx'], img['cam_idx']
             check_finite_number(frame, data_path, f"image id {img['id']}", 'frame_idx')
-            if frame % step != 0 or (self.data_split == 'test' and cam_idx != TEST_CAMERA):
-                continue
             if subject not in per_subject:
                 raise AnnotationError(f"{data_path}: image id {img['id']} has subject {subject}, which is not one of "
                                       f"the '{self.data_split}' subjects {SPLIT_SUBJECTS[self.data_split]}.")

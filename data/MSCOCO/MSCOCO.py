@@ -115,8 +115,8 @@ class MSCOCO(TrainDataset):
                                       f"{ann['image_id']}.")
             img = db.imgs[ann['image_id']]
             require_fields(img, IMAGE_FIELDS, annot_path, 'image')
-            parse_bbox(ann, annot_path)
-            bbox = process_bbox(ann['bbox'], img['width'], img['height'], aspect_ratio=aspect_ratio)
+            annotated_bbox = parse_bbox(ann, annot_path, dtype=np.float64)
+            bbox = process_bbox(annotated_bbox, img['width'], img['height'], aspect_ratio=aspect_ratio)
             if bbox is None:
                 degenerate += 1
                 continue
@@ -124,7 +124,7 @@ class MSCOCO(TrainDataset):
             datalist.append({
                 'img_path': image_in(self.files['images'].path, img),
                 'img_id': ann['image_id'], 'ann_id': ann['id'], 'img_shape': (img['height'], img['width']),
-                'bbox': bbox, 'tight_bbox': np.asarray(ann['bbox'], dtype=np.float32),
+                'bbox': bbox, 'tight_bbox': annotated_bbox.astype(np.float32),
                 'joint_img': joint_img, 'joint_valid': joint_valid,
             })
             if len(datalist) >= VAL_SAMPLE_LIMIT:

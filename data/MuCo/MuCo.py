@@ -19,7 +19,7 @@ import numpy as np
 
 from common.utils.joints import COCO17, H36M17, MUCO21, transfer_joints
 from common.utils.preprocessing import input_aspect_ratio, process_bbox
-from data.annotations import (AnnotationError, check_finite, coco_file, count_missing_fits, find_neighbours,
+from data.annotations import (AnnotationError, coco_file, count_missing_fits, find_neighbours, finite_array,
                               h36m_regressor_file, image_folder, image_in, json_object_file, parse_smpl_param,
                               read_coco, read_json_object, require_fields)
 from data.dataset import resolve_data_options
@@ -62,17 +62,10 @@ def parse_person(ann, path):
 
     A missing, malformed or non-finite field raises ``AnnotationError`` naming file and annotation.
     """
-    try:
-        joint_cam = np.asarray(ann['keypoints_cam'], dtype=np.float32).reshape(len(MUCO21), 3)
-        joint_xy = np.asarray(ann['keypoints_img'], dtype=np.float32).reshape(len(MUCO21), 2)
-        bbox = np.asarray(ann['bbox'], dtype=np.float32).reshape(4)
-    except (KeyError, ValueError, TypeError) as err:
-        raise AnnotationError(f"{path}: annotation id {ann.get('id')} needs keypoints_cam (21x3, mm), "
-                              f"keypoints_img (21x2) and bbox[4] ({err}).") from err
     record = f"annotation id {ann.get('id')}"
-    for field, value in (('keypoints_cam', joint_cam), ('keypoints_img', joint_xy), ('bbox', bbox)):
-        check_finite(value, path, record, field)
-    return joint_cam, joint_xy, bbox
+    joint_cam = finite_array(ann.get('keypoints_cam'), (len(MUCO21), 3), path, record, 'keypoints_cam')
+    joint_xy = finite_array(ann.get('keypoints_img'), (len(MUCO21), 2), path, record, 'keypoints_img')
+    return joint_cam, joint_xy, finite_array(ann.get('bbox'), (4,), path, record, 'bbox')
 
 
 class MuCo(MocapTrainDataset):
@@ -120,13 +113,10 @@ class MuCo(MocapTrainDataset):
             joint_cam, joint_xy, tight_bbox = people[chosen]
             try:
                 img_shape = (int(img['height']), int(img['width']))
-                cam_param = {'focal': np.asarray(img['f'], dtype=np.float32).reshape(2),
-                             'princpt': np.asarray(img['c'], dtype=np.float32).reshape(2)}
             except (KeyError, ValueError, TypeError) as err:
-                raise AnnotationError(f"{ann_path}: image id {img_id} needs width, height, f[2] and c[2] ({err}).") \
-                    from err
-            for field, value in cam_param.items():
-                check_finite(value, ann_path, f'image id {img_id}', {'focal': 'f', 'princpt': 'c'}[field])
+                raise AnnotationError(f"{ann_path}: image id {img_id} needs width and height ({err}).") from err
+            cam_param = {'focal': finite_array(img.get('f'), (2,), ann_path, f'image id {img_id}', 'f'),
+                         'princpt': finite_array(img.get('c'), (2,), ann_path, f'image id {img_id}', 'c')}
             bbox = process_bbox(tight_bbox, img_shape[1], img_shape[0], aspect_ratio=aspect_ratio)
             if bbox is None:
                 self.skipped_bbox_count += 1

@@ -19,16 +19,12 @@ REGRESSOR_PLACES = (
 
 
 def copy_regressors(root, smpl_dir):
-    """Copy the three regressor ``.npy`` files from ``smpl_dir`` to their places under ``root``."""
+    """Copy the three regressor ``.npy`` files from ``smpl_dir`` to their places under ``root``
+    (``make_synthetic_data`` has checked that they exist)."""
     root, smpl_dir = Path(root), Path(smpl_dir)
     for name, dest in REGRESSOR_PLACES:
-        src = smpl_dir / name
-        if not src.is_file():
-            raise FileNotFoundError(
-                f"'{name}' not found in '{smpl_dir}'. The synthetic data tree copies it from the body-model "
-                "folder; make that folder with `python tool/make_synthetic_smpl.py --out DIR`.")
         (root / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, root / dest)
+        shutil.copyfile(smpl_dir / name, root / dest)
 
 
 def dataset_rng(seed, name):
