@@ -16,7 +16,8 @@ from common.utils.smpl import SMPL
 from main.model import get_model
 from tool.bench.original_heads import (OriginalSMPLLayer, axis_angle_to_rotmat_masked, original_model,
                                        rotmat_to_axis_angle)
-from tool.benchmark import StepFunctions, count_operators, random_batch, time_alternating
+from tool.bench.timing import time_alternating
+from tool.benchmark import StepFunctions, count_operators, random_batch
 
 pytestmark = pytest.mark.usefixtures('cfg_state')
 

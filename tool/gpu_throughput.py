@@ -40,9 +40,7 @@ if ROOT not in sys.path:
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from common.errors import ConfigError  # noqa: E402
@@ -159,33 +157,20 @@ def skip_reason(dtype, device):
 
 # ----------------------------------------------------------------------------- timing
 def timed_row(fn, batch, runs, warmup, device):
-    """Run ``fn`` ``warmup`` times, then time ``runs`` calls (synchronised on CUDA).
+    """Run ``fn`` ``warmup`` times, then time ``runs`` calls (``tool/bench/timing.py``).
 
     Returns the ``ok`` row: median/min/max ms, samples/s at the median and peak memory (MB,
     ``None`` on the CPU) over all calls."""
     import torch
+    from tool.bench.timing import time_callable
     cuda = device.type == 'cuda'
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
     if cuda:
-        sync()
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1000.0)
-    median = statistics.median(times)
+    stats = time_callable(fn, runs, warmup, device)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else None
-    return {'status': 'ok', 'median_ms': median, 'min_ms': min(times), 'max_ms': max(times),
-            'samples_per_s': batch / (median / 1000.0), 'peak_memory_mb': peak}
+    return {'status': 'ok', 'median_ms': stats['median_ms'], 'min_ms': stats['min_ms'], 'max_ms': stats['max_ms'],
+            'samples_per_s': batch / (stats['median_ms'] / 1000.0), 'peak_memory_mb': peak}
 
 
 def train_call(trainer, batch):

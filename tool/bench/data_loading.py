@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from main.config import cfg
+from tool.bench.timing import time_alternating, time_callable
 
 TRAIN_LOADERS = (('Human36M', 'train'), ('MuCo', 'train'), ('MSCOCO', 'train'), ('MPII', 'train'))
 TEST_LOADERS = (('PW3D', 'test'), ('Human36M', 'test'), ('MSCOCO', 'val'))
@@ -102,7 +103,7 @@ def crop_functions(root):
 
 
 # ----------------------------------------------------------------------------- loaders
-def loader_rows(runs, warmup, time_callable):
+def loader_rows(runs, warmup):
     """ms per sample of each train and test loader on the configured tree (one process, one thread)."""
     import torch
     import torchvision.transforms as T
@@ -155,7 +156,7 @@ def stream_rate(workers, batch, batches_per_worker):
 
 
 # ----------------------------------------------------------------------------- the mode
-def benchmark_data(args, time_callable, time_alternating):
+def benchmark_data(args):
     """All rows for each size in ``args.sizes``; returns ``(results, extra)`` for the report."""
     import torch
     torch.set_num_threads(1)
@@ -171,7 +172,7 @@ def benchmark_data(args, time_callable, time_alternating):
         # The crop rows are cheap and their ratio is the point: three times the runs against the noise.
         for name, stats in time_alternating(crops, 3 * args.runs, args.warmup, torch.device('cpu')).items():
             results[f'{size}/{name}'] = {**per_item(stats, count), 'samples': count}
-        for name, row in loader_rows(args.runs, args.warmup, time_callable).items():
+        for name, row in loader_rows(args.runs, args.warmup).items():
             results[f'{size}/{name}'] = row
         for count in sorted({1, workers}):
             label = f'{size}/stream {count} worker' + ('s' if count > 1 else '')
