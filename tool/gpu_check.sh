@@ -5,11 +5,10 @@
 #
 # 1. gpu tests    python -m pytest -m gpu: float16 autocast of the model and SMPL on CUDA, AMP
 #                 training steps with the original's fixed loss scale and with amp_dynamic_scale,
-#                 torchrun/NCCL training and evaluation on min(2, #GPUs) processes;
+#                 torchrun/NCCL training (--amp; sync_bn with two or more GPUs) and evaluation
+#                 on min(2, #GPUs) processes;
 # 2. throughput   tool/gpu_throughput.py --batch $BATCH (default 128) --dtypes fp32,fp16,bf16:
-#                 training step and evaluation forward, samples/s and peak memory per dtype;
-# 3. nccl 2-proc  a two-process torchrun training run (NCCL, --amp, sync_bn) on the synthetic
-#                 tree, when two or more GPUs are present (skipped with a message otherwise).
+#                 training step and evaluation forward, samples/s and peak memory per dtype.
 #
 # Each step's output is shown and kept in OUT_DIR/<step>.log (throughput also as JSON).  The
 # script ends with one summary table and exits 1 if any step failed, or at once if there is no
@@ -37,42 +36,9 @@ run_step() {   # run_step NAME COMMAND...: run, show and log the command; record
     STEPS+=("$name")
     if [ "$rc" -eq 0 ]; then RESULTS+=("PASS $((SECONDS - start)) s"); else RESULTS+=("FAIL (exit $rc) $((SECONDS - start)) s"); fi
 }
-skip_step() {  # skip_step NAME REASON
-    echo "=== $1: skipped, $2"
-    STEPS+=("$1")
-    RESULTS+=("SKIP $2")
-}
-
-nccl_smoke() {   # two torchrun processes train two iterations; the log must say NCCL
-    local dir="$OUT/nccl"
-    "$PYTHON" tool/make_synthetic_smpl.py --out "$dir/smpl" || return 1
-    "$PYTHON" tool/make_synthetic_data.py --root "$dir/data" --smpl "$dir/smpl" || return 1
-    cat > "$dir/tiny.yaml" <<EOF
-data_dir: $dir/data
-smpl_model_dir: $dir/smpl
-output_root: $dir/runs
-train_batch_size: 2
-max_iters_per_epoch: 2
-end_epoch: 1
-lr_dec_epoch: [1]
-num_thread: 0
-seed: 0
-sync_bn: true
-EOF
-    "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=2 main/train.py --amp --cfg "$dir/tiny.yaml" || return 1
-    grep -h 'Distributed: 2 processes (nccl)' "$dir"/runs/*/log/train_logs.txt || {
-        echo "the training log does not say 'Distributed: 2 processes (nccl)'"; return 1; }
-}
-
 run_step "gpu tests" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
 run_step "throughput" "$PYTHON" tool/gpu_throughput.py --batch "$BATCH" --dtypes fp32,fp16,bf16 --device cuda \
     --out "$OUT/throughput.json"
-GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
-if [ "${GPUS:-0}" -ge 2 ]; then
-    run_step "nccl 2-proc" nccl_smoke
-else
-    skip_step "nccl 2-proc" "needs two GPUs, ${GPUS:-0} present"
-fi
 
 echo
 echo "=== summary ($("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0), "x", torch.cuda.device_count(), "| torch", torch.__version__)'))"
