@@ -255,22 +255,16 @@ def pw3d_file(tree):
     return path, load(path)
 
 
-@pytest.mark.parametrize('field', ['smpl_param', 'bbox', 'openpose_result'])
-def test_pw3d_missing_annotation_field_names_file_and_annotation(tree, field):
+@pytest.mark.parametrize('collection, index, field', [
+    ('annotations', 1, 'smpl_param'), ('annotations', 1, 'bbox'), ('annotations', 1, 'openpose_result'),
+    ('images', 0, 'cam_param'), ('images', 0, 'sequence'), ('images', 0, 'width')])
+def test_pw3d_missing_field_names_file_and_record(tree, collection, index, field):
     path, content = pw3d_file(tree)
-    ann = content['annotations'][1]
-    del ann[field]
+    record = content[collection][index]
+    del record[field]
     save(path, content)
-    refused('PW3D', 'test', path, f"annotation id {ann['id']}", field)
-
-
-@pytest.mark.parametrize('field', ['cam_param', 'sequence', 'width'])
-def test_pw3d_missing_image_field_names_file_and_image(tree, field):
-    path, content = pw3d_file(tree)
-    img = content['images'][0]
-    del img[field]
-    save(path, content)
-    refused('PW3D', 'test', path, f"image id {img['id']}", field)
+    kind = 'annotation' if collection == 'annotations' else 'image'
+    refused('PW3D', 'test', path, f"{kind} id {record['id']}", field)
 
 
 def test_pw3d_camera_without_focal_names_file_and_image(tree):
