@@ -278,7 +278,8 @@ def _duplicate_reason(other_index, distance):
 def person_inputs(img, person, geometry):
     """Network inputs of one person: crop, heatmap-space joints, mask, transforms.
 
-    img (H, W, 3) float32 RGB 0..255; person: a :class:`Person`; geometry: ``GeometryOptions``.
+    img: a ``BGRImage`` (``read_image``; only the pixels the crop reads are converted) or an
+    (H, W, 3) float32 RGB 0..255 array; person: a :class:`Person`; geometry: ``GeometryOptions``.
     Returns a dict of ``img`` (3, H_in, W_in) float32 in [0, 1], ``joints`` (30, 3)
     ``[x_hm, y_hm, score]``, ``joints_mask`` (30, 1) (confident and inside the heatmap),
     ``bbox`` (4,), ``img2bb_trans`` / ``bb2img_trans`` (2, 3), all float32 NumPy.

@@ -3,9 +3,11 @@
 What ``--img`` names decides the kind (:func:`input_kind`): a folder is a folder of images
 (its files with an image extension, sorted by name, not recursive); a file with a video
 extension is a video, read frame by frame with ``cv2.VideoCapture``; any other file is an
-image.  Every picture becomes a :class:`Frame`; a video frame is named as OpenPose names
-it, ``<video stem>_<frame number, 12 digits>``, so that its outputs and its OpenPose file
-(``<name>_keypoints.json``) share that name.
+image.  Every picture becomes a :class:`Frame` holding it as decoded, uint8 BGR
+(``common.utils.preprocessing.BGRImage``): the crops, the estimator and the reduced drawing
+read those pixels directly, so no full-size converted copy is made.  A video frame is named
+as OpenPose names it, ``<video stem>_<frame number, 12 digits>``, so that its outputs and its
+OpenPose file (``<name>_keypoints.json``) share that name.
 
 :class:`VideoOutput` writes the rendered frames into one ``.mp4`` (``mp4v`` codec).
 """
@@ -18,7 +20,7 @@ import numpy as np
 
 from common.errors import DataError, ImageFileError
 from common.utils.files import remove_stale_temp_files, temp_path_for
-from common.utils.preprocessing import load_img
+from common.utils.preprocessing import BGRImage, read_image
 
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'})
 VIDEO_EXTENSIONS = frozenset({'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv'})
@@ -36,11 +38,11 @@ class Frame:
     """One input picture.
 
     name: the output name stem (image file stem, or ``<video stem>_<000000000000>``);
-    img: (H, W, 3) float32 RGB 0..255; source: the image or video path; index: the frame
-    number in a video (from 0), None for an image.
+    img: a ``BGRImage`` (``pixels`` (H, W, 3) uint8, BGR, as OpenCV decodes it); source: the
+    image or video path; index: the frame number in a video (from 0), None for an image.
     """
     name: str
-    img: np.ndarray
+    img: BGRImage
     source: str
     index: int = None
 
@@ -90,9 +92,9 @@ def check_input(path):
     """
     kind = input_kind(path)
     if kind == 'image':
-        load_img(path)
+        read_image(path)
     elif kind == 'folder':
-        load_img(folder_images(path)[0])
+        read_image(folder_images(path)[0])
     else:
         with _open_video(path) as capture:
             if not capture.read()[0]:
@@ -104,10 +106,10 @@ def iter_frames(path):
     """The :class:`Frame` s of ``--img`` in order, each decoded when it is reached."""
     kind = input_kind(path)
     if kind == 'image':
-        yield Frame(Path(path).stem, load_img(path), str(path))
+        yield Frame(Path(path).stem, read_image(path), str(path))
     elif kind == 'folder':
         for image in folder_images(path):
-            yield Frame(Path(image).stem, load_img(image), image)
+            yield Frame(Path(image).stem, read_image(image), image)
     else:
         yield from _video_frames(path)
 
@@ -119,8 +121,7 @@ def _video_frames(path):
             ok, bgr = capture.read()
             if not ok:
                 break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
-            yield Frame(frame_name(path, index), rgb, str(path), index)
+            yield Frame(frame_name(path, index), BGRImage(bgr), str(path), index)
             index += 1
 
 

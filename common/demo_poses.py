@@ -117,15 +117,15 @@ class CocoResults:
 
 
 class EstimatorPoses:
-    """Poses from a 2D estimator: ``estimator(rgb uint8 (H, W, 3)) -> (N, 17, 3)`` COCO-17
-    ``[x, y, score]`` in image pixels (``common.pose_estimator.Rtmlib2DPose``)."""
+    """Poses from a 2D estimator: ``estimator(bgr uint8 (H, W, 3)) -> (N, 17, 3)`` COCO-17
+    ``[x, y, score]`` in image pixels (``common.pose_estimator.Rtmlib2DPose``); it is given
+    the frame's decoded pixels themselves (``Frame.img.pixels``), not a copy."""
 
     def __init__(self, estimator):
         self.estimator = estimator
 
     def detections(self, frame):
-        image = np.clip(np.rint(frame.img), 0, 255).astype(np.uint8)
-        poses = np.asarray(self.estimator(image), np.float64).reshape(-1, len(COCO17), 3)
+        poses = np.asarray(self.estimator(frame.img.pixels), np.float64).reshape(-1, len(COCO17), 3)
         return [Detection(i, pose, COCO17.names, ESTIMATOR_LAYOUT) for i, pose in enumerate(poses)]
 
     def origin(self, frame):

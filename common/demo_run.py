@@ -6,8 +6,9 @@ and ``common.demo.Detection`` lists; the pose source decides where they come fro
 one :class:`FrameResult` per frame, in order.  People of consecutive frames are gathered until
 ``batch_size`` people (or ``batch_size`` frames) are waiting, then run through the network in
 chunks of ``batch_size``; each person's outputs equal those of a run on its picture alone
-(eval mode: no layer mixes samples).  Frames wait as bounded-size uint8 pictures, so memory
-stays bounded for long videos and very large images.
+(eval mode: no layer mixes samples).  A frame's full-size picture is its decoded uint8 BGR
+pixels (``Frame.img``), which the crops read directly; frames wait only as bounded-size uint8
+RGB pictures, so memory stays bounded for long videos and very large images.
 
 Pictures are drawn at most ``render_max_side`` pixels on their longer side: the meshes are
 rasterised straight into the reduced picture through the correspondingly scaled camera
@@ -20,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from common.demo_defaults import DEFAULT_BATCH_SIZE, DEFAULT_RENDER_MAX_SIDE
@@ -28,7 +30,8 @@ from common.demo import (SCORE_THR, person_inputs, predict_in_batches, read_pose
 from common.demo_inputs import Frame
 from common.utils import vis
 from common.utils.files import atomic_write_text
-from common.utils.preprocessing import load_img
+from common.utils.preprocessing import read_image
+from common.utils.warp_source import release_canvas
 
 SKIPPED_COLOR = (0.6, 0.6, 0.6)
 
@@ -86,7 +89,7 @@ def run_demo(img_path, pose_path, out_dir, model, geometry, image_id=None, check
     Returns ``{'render', 'pose_2d', 'json': path, 'obj': [paths], 'people': int,
     'skipped': [dict(index, reason)]}``.
     """
-    frame = Frame(Path(img_path).stem, load_img(img_path), str(img_path))
+    frame = Frame(Path(img_path).stem, read_image(img_path), str(img_path))
     detections = read_pose_file(pose_path, img_path, image_id)
     options = OutputOptions(render_max_side=render_max_side, checkpoint_path=checkpoint_path)
     results = iter_demo([(frame, detections, str(pose_path))], out_dir, model, geometry, options, log=log,
@@ -121,14 +124,24 @@ def _prepare(frame, detections, pose_origin, geometry, render_max_side, log, war
     log(f'{frame.name}: {len(detections)} input poses, {len(people)} people kept, {len(skipped)} skipped.')
     samples = [person_inputs(frame.img, p, geometry) for p in people]
     size = vis.bounded_size(height, width, render_max_side)
-    picture = vis.resize_image(frame.img, size)
-    frame.img = None                     # the full-size float picture is no longer needed
+    picture = bounded_picture(frame.img, size)
+    frame.img = None                     # the full-size picture is no longer needed
     return _Pending(frame, detections, pose_origin, people, skipped, samples, picture,
                     (size[1] / width, size[0] / height))
 
 
+def bounded_picture(image, size):
+    """The picture to draw on: a ``BGRImage`` -> (H', W', 3) uint8 RGB of ``size`` (H', W').
+
+    The uint8 BGR pixels are reduced first (``vis.resize_image``, area-averaged per channel, so
+    the channel order does not matter) and only the reduced picture is turned into RGB.
+    """
+    return cv2.cvtColor(vis.resize_image(image.pixels, size), cv2.COLOR_BGR2RGB)
+
+
 def _finish(pending, out_dir, model, options, batch_size, log):
     """Run the waiting people through the network, then write and yield each frame."""
+    release_canvas()                     # the crops' full-size buffer is not needed while drawing
     samples = [s for p in pending for s in p.samples]
     out = None
     if samples:

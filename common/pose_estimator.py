@@ -16,7 +16,6 @@ goes through onnxruntime sessions, which is what the tests drive with small ONNX
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from common.errors import UserError
@@ -133,7 +132,10 @@ def onnx_device(torch_device):
 
 
 class Rtmlib2DPose:
-    """Detector + top-down pose network; ``__call__(rgb uint8 (H, W, 3)) -> (N, 17, 3)``."""
+    """Detector + top-down pose network; ``__call__(bgr uint8 (H, W, 3)) -> (N, 17, 3)``.
+
+    The picture is BGR, as OpenCV decodes it and as rtmlib's tools read it.
+    """
 
     def __init__(self, det_path, pose_path, device='cpu', rtmlib=None):
         rtmlib = rtmlib or _import_rtmlib()
@@ -147,8 +149,8 @@ class Rtmlib2DPose:
     def describe(self):
         return f'rtmlib: detector {self.det_path.name}, pose {self.pose_path.name}'
 
-    def __call__(self, rgb):
-        bgr = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)  # rtmlib reads BGR
+    def __call__(self, bgr):
+        bgr = np.ascontiguousarray(bgr, dtype=np.uint8)     # no copy for a decoded picture
         boxes = np.asarray(self.detector(bgr), np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             # RTMPose treats "no boxes" as one box over the whole picture: nobody here.

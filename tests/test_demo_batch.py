@@ -127,8 +127,8 @@ def test_large_picture_is_drawn_on_a_bounded_canvas_and_the_meshes_still_align(t
         from common.demo import read_pose_file
         from common.demo_inputs import Frame
         from common.demo_run import OutputOptions, iter_demo
-        from common.utils.preprocessing import load_img
-        item = (Frame('big', load_img(img_path), img_path), read_pose_file(pose_path), pose_path)
+        from common.utils.preprocessing import read_image
+        item = (Frame('big', read_image(img_path), img_path), read_pose_file(pose_path), pose_path)
         result = next(iter_demo([item], tmp_path / out, BigSquareNetwork(), GEOMETRY,
                                 OutputOptions(render_max_side=max_side), log=quiet))
         return result.paths, result.rendered        # the drawing before JPEG compression
@@ -160,6 +160,22 @@ def test_large_picture_is_drawn_on_a_bounded_canvas_and_the_meshes_still_align(t
     for pose in poses:
         hits = [changed[int(round((y + 0.5) * 0.2 - 0.5)), int(round((x + 0.5) * 0.2 - 0.5))] for x, y, _ in pose]
         assert np.mean(hits) > 0.8
+
+
+def test_a_picture_without_people_is_drawn_as_its_rgb_pixels_reduced(tmp_path):
+    """The drawing of a frame with nobody in it is the file's picture in RGB, area-reduced to the
+    bounded size (reference: OpenCV's own read, colour conversion and INTER_AREA resize of the
+    RGB picture), and the picture itself at full size."""
+    from common.demo_inputs import iter_frames
+    from common.demo_run import OutputOptions, iter_demo
+    rgb = np.random.default_rng(5).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    path = tmp_path / 'noise.png'
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    for max_side, expected in ((40, cv2.resize(rgb, (40, 30), interpolation=cv2.INTER_AREA)), (0, rgb)):
+        items = [(frame, [], 'none') for frame in iter_frames(path)]
+        (result,) = iter_demo(items, tmp_path / f'out{max_side}', None, GEOMETRY,
+                              OutputOptions(render_max_side=max_side, write_pose_image=False), log=quiet)
+        np.testing.assert_array_equal(result.rendered, expected)
 
 
 def test_bounded_size_keeps_the_aspect_and_small_pictures():

@@ -40,7 +40,7 @@ def test_folder_frames_in_name_order_and_clashing_stems(tmp_path):
     assert check_input(folder) == 'folder'
     frames = list(iter_frames(folder))
     assert [(f.name, f.img.shape, f.index) for f in frames] == [('a', (5, 7, 3), None), ('b', (6, 8, 3), None)]
-    assert frames[1].source == str(folder / 'b.png') and abs(frames[1].img.mean() - 200) < 1
+    assert frames[1].source == str(folder / 'b.png') and abs(frames[1].img.pixels.mean() - 200) < 1
     cv2.imwrite(str(folder / 'a.png'), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(InputError, match='a.jpg / a.png'):
         check_input(folder)
@@ -58,8 +58,25 @@ def test_video_frames_are_named_like_openpose(tmp_path):
     assert [f.name for f in frames] == [f'clip_{i:012d}' for i in range(4)]
     assert [f.index for f in frames] == [0, 1, 2, 3]
     for i, frame in enumerate(frames):
-        assert frame.img.shape == (48, 64, 3) and frame.img.dtype == np.float32
-        assert abs(frame.img.mean() - (30 + 40 * i)) < 4        # lossy codec: close, not equal
+        assert frame.img.shape == (48, 64, 3) and frame.img.pixels.dtype == np.uint8
+        assert abs(frame.img.pixels.mean() - (30 + 40 * i)) < 4        # lossy codec: close, not equal
+
+
+def test_pictures_are_kept_as_decoded_bgr_pixels(tmp_path):
+    """An image frame holds exactly the file's pixels in OpenCV's BGR order; a video frame of a
+    red picture (RGB 220, 30, 30) holds it BGR too: red is the last channel."""
+    from common.demo_inputs import iter_frames
+    from common.utils.preprocessing import BGRImage
+    bgr = np.random.default_rng(2).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'noise.png'), bgr)                 # PNG: lossless
+    (picture,) = iter_frames(tmp_path / 'noise.png')
+    assert isinstance(picture.img, BGRImage)
+    np.testing.assert_array_equal(picture.img.pixels, bgr)
+    red = np.zeros((48, 64, 3), np.uint8) + np.array([220, 30, 30], np.uint8)
+    for frame in iter_frames(write_video(tmp_path / 'red.mp4', [red] * 2)):
+        assert isinstance(frame.img, BGRImage)
+        blue, _, r = frame.img.pixels.reshape(-1, 3).mean(0)
+        assert abs(r - 220) < 10 and abs(blue - 30) < 10
 
 
 def test_unreadable_video_is_named(tmp_path):
@@ -101,7 +118,8 @@ def test_video_output_temporaries_are_per_writer_and_a_dead_writers_is_cleaned_u
 # ------------------------------------------------------------------------------ pose sources
 def frame(name, index=None, source=None):
     from common.demo_inputs import Frame
-    return Frame(name, np.zeros((4, 4, 3), np.float32), source or f'{name}.jpg', index)
+    from common.utils.preprocessing import BGRImage
+    return Frame(name, BGRImage(np.zeros((4, 4, 3), np.uint8)), source or f'{name}.jpg', index)
 
 
 def test_openpose_folder_reads_each_pictures_file(tmp_path):
@@ -252,13 +270,14 @@ def test_estimator_plumbing_with_fixed_output_onnx_models(tmp_path, rtmlib_avail
     from common.pose_estimator import load_estimator
     det, pose = tiny_estimator_models(tmp_path)
     estimator = load_estimator(det, pose, 'cpu', cache_dir=tmp_path / 'no_cache')
-    img = np.random.default_rng(3).integers(0, 255, (120, 200, 3)).astype(np.float32)
+    from common.utils.preprocessing import BGRImage
+    img = np.random.default_rng(3).integers(0, 255, (120, 200, 3)).astype(np.uint8)
     expected = expected_keypoints(img.shape[:2])
-    np.testing.assert_allclose(estimator(img.astype(np.uint8)), expected, atol=1e-3)
+    np.testing.assert_allclose(estimator(img), expected, atol=1e-3)
 
     source = EstimatorPoses(estimator)
     picture = frame('street')
-    picture.img = img
+    picture.img = BGRImage(img)
     dets = source.detections(picture)
     assert [d.layout for d in dets] == [ESTIMATOR_LAYOUT] * 2
     assert 'det.onnx' in source.origin(picture) and 'pose.onnx' in source.origin(picture)
@@ -272,6 +291,39 @@ def test_estimator_plumbing_with_fixed_output_onnx_models(tmp_path, rtmlib_avail
                             OutputOptions(), log=lambda *a: None))
     summary = json.load(open(result.paths['json']))
     assert summary['pose_layouts'] == [ESTIMATOR_LAYOUT] and len(summary['people']) == 2
+
+
+def test_estimator_reads_the_decoded_bgr_pixels_themselves(tmp_path):
+    """rtmlib's detector and pose tools (stand-ins recording what they get) receive the very
+    pixels the frame holds, equal to the file's BGR pixels: no converted copy on the way."""
+    from types import SimpleNamespace
+    from common.demo_inputs import iter_frames
+    from common.demo_poses import EstimatorPoses
+    from common.pose_estimator import Rtmlib2DPose
+    seen = []
+
+    class Tool:
+        def __init__(self, path, **options):
+            self.session = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(shape=[1, 3, 64, 48])])
+
+    class Detector(Tool):
+        def __call__(self, image):
+            seen.append(image)
+            return np.array([[2.0, 3.0, 10.0, 8.0]])
+
+    class Pose(Tool):
+        def __call__(self, image, bboxes):
+            seen.append(image)
+            return np.full((len(bboxes), 17, 2), 5.0), np.full((len(bboxes), 17), 0.8)
+
+    bgr = np.random.default_rng(4).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'noise.png'), bgr)
+    (picture,) = iter_frames(tmp_path / 'noise.png')
+    estimator = Rtmlib2DPose('det.onnx', 'pose.onnx', rtmlib=SimpleNamespace(YOLOX=Detector, RTMPose=Pose))
+    (detection,) = EstimatorPoses(estimator).detections(picture)
+    np.testing.assert_array_equal(detection.joints, np.tile([5.0, 5.0, 0.8], (17, 1)))
+    assert len(seen) == 2 and all(image is picture.img.pixels for image in seen)
+    np.testing.assert_array_equal(seen[0], bgr)
 
 
 def test_whole_body_models_keep_the_17_body_keypoints(tmp_path, rtmlib_available):

@@ -64,6 +64,16 @@ def chroma(rgb):
 
 
 # ------------------------------------------------------------------------------ files
+def test_as_uint8_image_copies_uint8_and_rounds_other_dtypes():
+    from common.utils.vis import as_uint8_image
+    img = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)[:, ::-1]        # not contiguous
+    out = as_uint8_image(img)
+    np.testing.assert_array_equal(out, img)
+    assert out.flags.c_contiguous and not np.shares_memory(out, img)    # drawing on it leaves img alone
+    floats = np.array([-3.2, 0.4, 1.5, 2.5, 254.6, 300.0], np.float32).reshape(1, 2, 3)
+    np.testing.assert_array_equal(as_uint8_image(floats), np.array([0, 0, 2, 2, 255, 255]).reshape(1, 2, 3))
+
+
 def test_write_obj_plain_faces_one_based(tmp_path):
     verts = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.5], [1.0, 1.0, 2.0]])
     faces = np.array([[0, 1, 2], [1, 3, 2]])

@@ -195,3 +195,11 @@ def test_reused_canvas_buffer_never_leaks_into_a_later_crop():
     assert same_bits(patch, whole_image_patch(small, bbox_small, 1.0, 0.0, True, (256, 256))[0])
     canvas = warp_source.uninitialised_canvas((10, 20, 3), np.float32)
     assert canvas.shape == (10, 20, 3) and canvas.dtype == np.float32
+
+
+def test_released_canvas_buffer_is_not_reused():
+    first = warp_source.uninitialised_canvas((10, 20, 3), np.float32)
+    assert np.shares_memory(first, warp_source.uninitialised_canvas((5, 5, 3), np.float32))    # reused
+    warp_source.release_canvas()
+    again = warp_source.uninitialised_canvas((10, 20, 3), np.float32)
+    assert again.shape == (10, 20, 3) and not np.shares_memory(first, again)

@@ -71,10 +71,12 @@ def _line_width(img):
 
 # ----------------------------------------------------------------------------- drawing
 def as_uint8_image(img):
-    """(H, W, 3) array 0..255 (any dtype) -> contiguous uint8 copy."""
+    """(H, W, 3) array 0..255 (any dtype; others rounded and clipped) -> contiguous uint8 copy."""
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {img.shape}")
+    if img.dtype == np.uint8:
+        return np.array(img, order='C', copy=True)       # already exact: no float round trip
     return np.ascontiguousarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
 
 
@@ -206,12 +208,16 @@ def bounded_size(height, width, max_side):
 
 
 def resize_image(image, size):
-    """(H, W, 3) image -> uint8 RGB of ``size`` (H', W'), area-averaged (no copy if equal).
+    """(H, W, 3) image 0..255 -> uint8 of ``size`` (H', W'), area-averaged per channel.
 
-    Pixel centres follow OpenCV's resize: image pixel ``u`` lands on ``(u + 0.5) * W'/W - 0.5``
-    (:func:`to_resized_pixels`).
+    A uint8 image is reduced as it is (in either channel order, which is kept; returned
+    itself, not a copy, when the size is already ``size``); any other dtype is first rounded
+    to uint8 (:func:`as_uint8_image`).  Pixel centres follow OpenCV's resize: image pixel
+    ``u`` lands on ``(u + 0.5) * W'/W - 0.5`` (:func:`to_resized_pixels`).
     """
-    image = as_uint8_image(image)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = as_uint8_image(image)
     if tuple(size) == image.shape[:2]:
         return image
     return cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
